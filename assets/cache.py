@@ -1,0 +1,80 @@
+"""The assets that run the subject model: dense `activations` (per layer) and sparse `latents` (layer x sae).
+
+Both use single-run backfills, so a run over several partitions runs the model once with hooks at every
+requested layer; both take a slot of the `gpu` pool.
+"""
+
+
+import dagster as dg
+
+from sae import pipeline
+from sae.config import PipelineConfig
+
+from .metadata import folder_bytes, markdown_table
+from .partitions import layer_partitions, layer_sae_keys, layer_sae_partitions
+from .resources import PipelineConfigResource
+
+
+def build_cache_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        group_name="cache",
+        partitions_def=layer_partitions(cfg),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="gpu",
+        deps=["contexts"],
+        kinds={"parquet", "pytorch"},
+    )
+    def activations(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+        """Dense float16 activations at each hookpoint, one row per token: (ctx_id, pos, act[d_model])."""
+        cfg = pipeline_config.config
+        wanted = [h for h in context.partition_keys if cfg.writes_activations(h)]
+        skipped = sorted(set(context.partition_keys) - set(wanted))
+        if skipped:
+            context.log.info(f"activations switched off for {skipped} (`activations: false` in the config)")
+        if not wanted:
+            return dg.MaterializeResult(metadata={"skipped": ", ".join(skipped)})
+        report = pipeline.cache_activations(cfg, wanted)
+        lake = pipeline.lake_for(cfg)
+        lake.refresh_views()
+        rows = [{"layer": h, "bytes": folder_bytes(lake.partition("activations", h))} for h in wanted]
+        return dg.MaterializeResult(
+            metadata={
+                "tokens": report.tokens,
+                "tokens_per_second": round(report.tokens_per_second, 1),
+                "chunks_resumed": report.chunks_skipped,
+                "partitions": markdown_table(rows),
+            }
+        )
+
+    @dg.asset(
+        group_name="cache",
+        partitions_def=layer_sae_partitions(cfg),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="gpu",
+        deps=["contexts", "saes"],
+        kinds={"parquet", "duckdb"},
+    )
+    def latents(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+        """Non-zero SAE latent activations (latent, ctx_id, pos, act), sorted by latent, ZSTD-compressed."""
+        cfg = pipeline_config.config
+        keys = layer_sae_keys(context)
+        report = pipeline.cache_latents(cfg, keys)
+        lake = pipeline.lake_for(cfg)
+        lake.refresh_views()
+        rows = []
+        for hookpoint, name in keys:
+            nnz = pipeline.count_rows(lake.files("latents", hookpoint, name))
+            size = folder_bytes(lake.partition("latents", hookpoint, name))
+            rows.append({"layer": hookpoint, "sae": name, "non_zeros": nnz, "bytes": size,
+                         "bytes_per_non_zero": size / max(nnz, 1), "l0": nnz / max(report.tokens, 1)})
+        return dg.MaterializeResult(
+            metadata={
+                "tokens": report.tokens,
+                "tokens_per_second": round(report.tokens_per_second, 1),
+                "chunks_resumed": report.chunks_skipped,
+                "non_zeros": sum(r["non_zeros"] for r in rows),
+                "partitions": markdown_table(rows),
+            }
+        )
+
+    return [activations, latents]

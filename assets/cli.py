@@ -1,0 +1,130 @@
+"""The `saelake` command: `run` the whole graph, query the lake with `sql`, open the `ui`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GPU_POOL = "gpu"
+RUN_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _use_repo_instance() -> None:
+    """Point Dagster at the repo's dagster.yaml unless the user chose an instance already."""
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
+
+
+def _config_path(args) -> str:
+    from .resources import CONFIG_ENV, config_path_from_env
+
+    path = str(Path(args.config).resolve()) if args.config else config_path_from_env()
+    os.environ[CONFIG_ENV] = path
+    return path
+
+
+def run(args) -> int:
+    """Materialize every asset for every partition of the config, in-process, recorded in the instance."""
+    import warnings
+
+    import dagster as dg
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from sae.config import load_config
+
+    from .definitions import build_definitions
+    from .partitions import layer_partitions, layer_sae_partitions
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    _use_repo_instance()
+    path = _config_path(args)
+    cfg = load_config(path)
+    defs = build_definitions(path)
+    assets = list(defs.assets)
+    resources = defs.resources
+    instance = dg.DagsterInstance.get()
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
+
+    def span(keys: list[str]) -> dict[str, str]:
+        return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+
+    layer_keys = [h for h in layer_partitions(cfg).get_partition_keys() if cfg.writes_activations(h)]
+    sae_keys = layer_sae_partitions(cfg).get_partition_keys()
+    steps = [("contexts", ["contexts"], {})]
+    if layer_keys:
+        steps.append(("activations", ["activations"], span(layer_keys)))
+    steps.append(("saes, latents, latent_stats", ["saes", "latents", "latent_stats"], span(sae_keys)))
+    started = time.perf_counter()
+    for number, (label, selection, tags) in enumerate(steps, 1):
+        print(f"[{number}/{len(steps)}] materializing {label}", flush=True)
+        result = dg.materialize(
+            assets, selection=selection, resources=resources, instance=instance, tags=tags,
+            run_config=RUN_LOGGING, raise_on_error=False,
+        )
+        if not result.success:
+            print(f"saelake run: {label} failed (run {result.run_id}); see the error above or in the UI", file=sys.stderr)
+            return 1
+    lake = Path(cfg.lake).resolve()
+    print(f"done in {time.perf_counter() - started:.0f} s. Lake: {lake}\n"
+          f"  query it:  saelake sql \"SELECT layer, sae, count(*) FROM latents GROUP BY ALL\"\n"
+          f"  see it:    saelake ui   (then open http://127.0.0.1:3000)")
+    return 0
+
+
+def sql(args) -> int:
+    from sae.config import load_config
+    from sae.lake import Lake
+
+    lake = Lake(load_config(_config_path(args)).lake)
+    if not lake.root.exists():
+        print(f"saelake sql: no lake at {lake.root}; run `saelake run` first", file=sys.stderr)
+        return 1
+    if not lake.database.exists():
+        lake.refresh_views()
+    import duckdb
+
+    with lake.connect(read_only=True) as con:
+        try:
+            con.sql(args.query).show(max_rows=args.max_rows, max_width=args.max_width)
+        except duckdb.Error as err:
+            print(f"saelake sql: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def ui(args) -> int:
+    _use_repo_instance()
+    _config_path(args)
+    command = ["dagster", "dev", "--port", str(args.port), "--host", args.host]
+    print(f"starting {' '.join(command)} with DAGSTER_HOME={os.environ['DAGSTER_HOME']}", flush=True)
+    return subprocess.call(command, cwd=REPO_ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="saelake", description=__doc__)
+    parser.add_argument("--config", help="pipeline YAML (default: $SAELAKE_CONFIG, else configs/demo.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="materialize the whole graph for every partition").set_defaults(func=run)
+    query = commands.add_parser("sql", help="run one read-only SQL query over the lake and print the result")
+    query.add_argument("query", help='e.g. "SELECT layer, sae, count(*) FROM latents GROUP BY ALL"')
+    query.add_argument("--max-rows", type=int, default=40)
+    query.add_argument("--max-width", type=int, default=200)
+    query.set_defaults(func=sql)
+    serve = commands.add_parser("ui", help="start `dagster dev` on the repo's instance")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.set_defaults(func=ui)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"saelake {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The `contexts` asset: the corpus tokenized into fixed-length contexts."""
+
+
+import dagster as dg
+
+from sae import pipeline
+
+from .metadata import folder_bytes
+from .resources import PipelineConfigResource
+
+
+@dg.asset(group_name="corpus", kinds={"parquet"})
+def contexts(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+    """The corpus tokenized by the subject model's tokenizer into `ctx_len`-token contexts (one table).
+
+    Documents are joined with the EOS token between them; `doc_id` is the document of a context's first token.
+    """
+    cfg = pipeline_config.config
+    table = pipeline.build_contexts(cfg)
+    lake = pipeline.lake_for(cfg)
+    lake.refresh_views()
+    return dg.MaterializeResult(
+        metadata={
+            "contexts": table.num_rows,
+            "tokens": table.num_rows * cfg.ctx_len,
+            "documents": len(set(table.column("doc_id").to_pylist())),
+            "bytes": folder_bytes(lake.partition("contexts")),
+            "path": dg.MetadataValue.path(str(lake.partition("contexts"))),
+        }
+    )

@@ -1,0 +1,31 @@
+"""Builds the `Definitions` of the code location from one pipeline config."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+from sae.config import PipelineConfig, load_config
+
+from .cache import build_cache_assets
+from .corpus import contexts
+from .resources import PipelineConfigResource, config_path_from_env
+from .saes import build_sae_assets
+from .stats import build_stats_assets
+
+# Single-run backfills and the layer -> layer x sae mapping are marked beta; the pinned release is tested.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
+def build_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
+    return [contexts, *build_cache_assets(cfg), *build_sae_assets(cfg), *build_stats_assets(cfg)]
+
+
+def build_definitions(config_path: str | None = None) -> dg.Definitions:
+    path = config_path or config_path_from_env()
+    cfg = load_config(path)
+    return dg.Definitions(
+        assets=build_assets(cfg),
+        resources={"pipeline_config": PipelineConfigResource(path=str(path))},
+    )

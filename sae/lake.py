@@ -1,0 +1,100 @@
+"""The lake on disk: hive-partitioned Parquet tables, atomic partition commits, and DuckDB views.
+
+Layout (`layer` and `sae` are hive partition columns):
+  contexts/part-00000.parquet
+  activations/layer=<hookpoint>/part-NNNNN.parquet
+  saes/layer=<hookpoint>/sae=<name>/            (cfg.json + sae.safetensors, sparsify layout)
+  sae_metrics/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
+  latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  saelake.duckdb                                 (views over every table)
+A partition is built under .staging/ and renamed into place when complete, so a failed or killed run
+never leaves a half-written partition visible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TABLES = ("contexts", "activations", "sae_metrics", "latents", "latent_stats")
+DATABASE = "saelake.duckdb"
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=3)
+
+
+class Lake:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def partition(self, table: str, layer: str | None = None, sae: str | None = None) -> Path:
+        path = self.root / table
+        if layer is not None:
+            path = path / f"layer={layer}"
+        if sae is not None:
+            path = path / f"sae={sae}"
+        return path
+
+    def staging(self, table: str, layer: str | None = None, sae: str | None = None) -> Path:
+        """A private folder where a partition is built; kept across failures so a rerun can resume."""
+        final = self.partition(table, layer, sae)
+        return self.root / ".staging" / final.relative_to(self.root)
+
+    def commit(self, staging: Path, final: Path) -> None:
+        """Replace `final` by the complete `staging` folder (two renames; never a mix of old and new)."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        trash = self.root / ".trash" / uuid.uuid4().hex
+        if final.exists():
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def write_partition(self, table: pa.Table, name: str, layer: str | None = None, sae: str | None = None) -> Path:
+        """Write a one-file partition atomically."""
+        staging = self.staging(name, layer, sae)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write_parquet(table, staging / "part-00000.parquet")
+        final = self.partition(name, layer, sae)
+        self.commit(staging, final)
+        return final / "part-00000.parquet"
+
+    def files(self, table: str, layer: str | None = None, sae: str | None = None) -> list[Path]:
+        return sorted(self.partition(table, layer, sae).glob("**/*.parquet"))
+
+    @property
+    def database(self) -> Path:
+        return self.root / DATABASE
+
+    def refresh_views(self) -> None:
+        """(Re)create one DuckDB view per table that has data, over absolute paths into the lake."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(str(self.database)) as con:
+            for table in TABLES:
+                partitioned = table != "contexts"
+                pattern = self.root / table / ("**/*.parquet" if partitioned else "*.parquet")
+                if self.files(table):
+                    con.execute(
+                        f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{pattern}', "
+                        f"hive_partitioning = {str(partitioned).lower()}, union_by_name = true)"
+                    )
+                else:
+                    con.execute(f"DROP VIEW IF EXISTS {table}")
+
+    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+        if not self.database.exists():
+            self.refresh_views()
+        return duckdb.connect(str(self.database), read_only=read_only)
+
+
+def write_parquet(table: pa.Table, path: Path, **options) -> None:
+    """Write to a temporary name, then rename: a file in the lake is always complete."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
+    os.replace(tmp, path)

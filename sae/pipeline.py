@@ -1,0 +1,228 @@
+"""The stages of the pipeline as plain functions over a config and a lake; the Dagster assets call these."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .cache import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
+from .codecs import Sae, detect_format, load_sae, save_sae
+from .config import PipelineConfig
+from .corpus import iter_documents, tokenize_contexts
+from .lake import Lake
+from .models import load_model, load_tokenizer, model_source, resolve_device
+from .sql import run_query
+from .train import SaeMetrics, evaluate, holdout_start, iter_activations, train_topk
+
+log = logging.getLogger(__name__)
+
+CONTEXT_KEYS = ("model", "corpus", "n_tokens", "ctx_len")
+FINGERPRINT_META = b"saelake.fingerprint"
+
+
+class StaleDataError(RuntimeError):
+    """An upstream table was built from other settings than the current config."""
+
+
+def lake_for(cfg: PipelineConfig) -> Lake:
+    return Lake(cfg.lake)
+
+
+# contexts -----------------------------------------------------------------------------------------------
+
+
+def build_contexts(cfg: PipelineConfig) -> pa.Table:
+    lake = lake_for(cfg)
+    tokenizer = load_tokenizer(cfg.model, lake.root)
+    table = tokenize_contexts(iter_documents(cfg.corpus), tokenizer, cfg.n_contexts, cfg.ctx_len)
+    if table.num_rows < cfg.n_contexts:
+        log.warning("the corpus ran out: %d contexts instead of %d", table.num_rows, cfg.n_contexts)
+    table = table.replace_schema_metadata({FINGERPRINT_META: cfg.fingerprint(*CONTEXT_KEYS).encode()})
+    lake.write_partition(table, "contexts")
+    return table
+
+
+def load_context_tokens(cfg: PipelineConfig) -> np.ndarray:
+    """The contexts as an int32 array [n_contexts, ctx_len], checked to match the current config."""
+    files = lake_for(cfg).files("contexts")
+    if not files:
+        raise FileNotFoundError(f"no contexts in {cfg.lake}: materialize the `contexts` asset first")
+    table = pq.read_table(files[0])
+    stored = (table.schema.metadata or {}).get(FINGERPRINT_META, b"").decode()
+    if stored != cfg.fingerprint(*CONTEXT_KEYS):
+        raise StaleDataError(
+            "the contexts in the lake were built with another model, corpus, n_tokens or ctx_len than the "
+            "current config: materialize `contexts` again"
+        )
+    tokens = table.column("tokens").combine_chunks().flatten().to_numpy()
+    return tokens.reshape(table.num_rows, cfg.ctx_len)
+
+
+# activations and latents ---------------------------------------------------------------------------------
+
+
+def _run_fingerprint(cfg: PipelineConfig, extra: str = "") -> str:
+    return cfg.fingerprint(*CONTEXT_KEYS, "batch_size") + extra
+
+
+def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True, **hooks) -> CacheReport:
+    """Dense float16 activations of `hookpoints`, all from one forward pass."""
+    lake = lake_for(cfg)
+    tokens = load_context_tokens(cfg)
+    model = load_model(cfg.model, lake.root)
+    sinks = [ActivationSink(lake, h, _run_fingerprint(cfg)) for h in hookpoints]
+    return run_cache(model, tokens, sinks, cfg.batch_size, chunk_contexts_for(cfg.ctx_len), progress, **hooks)
+
+
+def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progress: bool = True,
+                  **hooks) -> CacheReport:
+    """Latents of every (hookpoint, sae) partition, all from one forward pass of the model."""
+    lake = lake_for(cfg)
+    tokens = load_context_tokens(cfg)
+    model = load_model(cfg.model, lake.root)
+    device = next(model.parameters()).device
+    sinks = []
+    for hookpoint, name in partitions:
+        folder = lake.partition("saes", hookpoint, name)
+        sae = load_stored_sae(cfg, hookpoint, name).to(device)
+        sinks.append(LatentSink(lake, hookpoint, _run_fingerprint(cfg, _folder_hash(folder)), name, sae))
+    return run_cache(model, tokens, sinks, cfg.batch_size, chunk_contexts_for(cfg.ctx_len), progress, **hooks)
+
+
+def _folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# SAEs --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SaeResult:
+    sae: Sae
+    metrics: SaeMetrics | None
+    folder: Path
+    written_format: str
+
+
+def model_hidden_size(cfg: PipelineConfig) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_source(cfg.model, lake_for(cfg).root), revision=cfg.model.revision).hidden_size
+
+
+def check_d_in(sae: Sae, hidden: int, where: str) -> None:
+    if sae.cfg.d_in != hidden:
+        raise ValueError(
+            f"{where} has d_in={sae.cfg.d_in}, but the model's hidden size at this hookpoint is {hidden}: "
+            "the SAE was trained on another model or hookpoint"
+        )
+
+
+def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = True) -> SaeResult:
+    """Train (or load) one SAE variant for one layer, evaluate it, and store it in the lake."""
+    lake = lake_for(cfg)
+    spec = cfg.sae(name)
+    device = resolve_device(cfg.model.device)
+    hidden = model_hidden_size(cfg)
+    activation_files = lake.files("activations", hookpoint)
+    n_contexts = cfg.n_contexts
+    if activation_files:
+        n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
+    if spec.train is not None:
+        sae = train_topk(activation_files, hidden, spec.train, n_contexts, cfg.ctx_len, cfg.seed, device,
+                         hookpoint, progress)
+        holdout = spec.train.holdout_fraction
+    else:
+        folder = spec.path_for(hookpoint)
+        detect_format(folder)  # a clear error before any work
+        sae = load_sae(folder, hookpoint).to(device)
+        check_d_in(sae, hidden, f"SAE {name!r} at {folder}")
+        holdout = 0.05
+    metrics = None
+    if activation_files:
+        held_from = holdout_start(n_contexts, holdout)
+        metrics = evaluate(sae, iter_activations(activation_files, 4096, held_from, heldout=True), device)
+        everything = evaluate(sae, iter_activations(activation_files, 4096, None, heldout=False), device)
+        metrics.dead_fraction = everything.dead_fraction
+    staging = lake.staging("saes", hookpoint, name)
+    shutil.rmtree(staging, ignore_errors=True)
+    written = save_sae(sae, staging)
+    final = lake.partition("saes", hookpoint, name)
+    lake.commit(staging, final)
+    row = {
+        "architecture": sae.cfg.architecture, "num_latents": sae.num_latents, "k": sae.cfg.k or 0,
+        "d_in": sae.cfg.d_in, "source": "trained" if spec.train else str(spec.path_for(hookpoint)),
+        **(metrics.as_dict() if metrics else {"fvu": None, "l0": None, "dead_fraction": None, "n_eval_tokens": 0}),
+    }
+    lake.write_partition(pa.Table.from_pylist([row]), "sae_metrics", hookpoint, name)
+    return SaeResult(sae, metrics, final, written)
+
+
+def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
+    folder = lake_for(cfg).partition("saes", hookpoint, name)
+    if not folder.exists():
+        raise FileNotFoundError(f"no SAE at {folder}: materialize `saes` for partition {hookpoint}|{name} first")
+    return load_sae(folder, hookpoint)
+
+
+# statistics --------------------------------------------------------------------------------------------
+
+
+def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table:
+    lake = lake_for(cfg)
+    files = lake.files("latents", hookpoint, name)
+    if not files:
+        raise FileNotFoundError(f"no latents for {hookpoint}|{name}: materialize `latents` first")
+    num_latents = load_stored_sae(cfg, hookpoint, name).num_latents
+    n_tokens = int(pq.read_metadata(lake.files("contexts")[0]).num_rows) * cfg.ctx_len
+    import duckdb
+
+    with duckdb.connect() as con:
+        table = run_query(
+            con, "latent_stats", files=[str(f) for f in files], num_latents=num_latents, n_tokens=n_tokens
+        ).to_arrow_table()
+    lake.write_partition(table, "latent_stats", hookpoint, name)
+    return table
+
+
+def device_name(cfg: PipelineConfig) -> str:
+    device = resolve_device(cfg.model.device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def count_rows(files: list[Path]) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def preview_latents(cfg: PipelineConfig, hookpoint: str, name: str, n: int = 5, window: int = 12) -> list[dict]:
+    """The most frequent latents with the text around their peak activation, the peak token in «»."""
+    import duckdb
+
+    lake = lake_for(cfg)
+    files = [str(f) for f in lake.files("latents", hookpoint, name)]
+    with duckdb.connect() as con:
+        top = run_query(con, "latent_preview", files=files, n=n).fetchall()
+    tokens = load_context_tokens(cfg)
+    tokenizer = load_tokenizer(cfg.model, lake.root)
+    rows = []
+    for latent, n_fired, max_act, peak in top:
+        ids = tokens[peak["ctx_id"]]
+        pos = peak["pos"]
+        before = tokenizer.decode(ids[max(0, pos - window) : pos])
+        after = tokenizer.decode(ids[pos + 1 : pos + 4])
+        text = f"{before}«{tokenizer.decode(ids[pos : pos + 1])}»{after}"
+        rows.append({"layer": hookpoint, "sae": name, "latent": latent, "n_fired": n_fired,
+                     "max_act": max_act, "peak_context": text})
+    return rows
