@@ -210,5 +210,5 @@ def run_cache(
     return report
 
 
-def chunk_contexts_for(ctx_len: int, chunk_tokens: int = 1 << 16) -> int:
+def chunk_contexts_for(ctx_len: int, chunk_tokens: int) -> int:
     return max(1, chunk_tokens // ctx_len)

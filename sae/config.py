@@ -91,6 +91,8 @@ class PipelineConfig:
     n_tokens: int = 100_000
     ctx_len: int = 256
     batch_size: int = 16  # contexts per forward pass
+    # Tokens per Parquet file of activations / latents: the unit of resumption and of writer memory.
+    chunk_tokens: int = 65_536
     seed: int = 0
     layers: tuple[LayerConfig, ...] = ()
     # Every SAE variant is applied at every layer: the lake is partitioned by layer x sae.
@@ -183,8 +185,10 @@ def _convert(hint, value, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected float, got {value!r}")
     if hint in (int, str, bool) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
@@ -195,8 +199,8 @@ def _check(config: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: ctx_len must be at least 2, got {config.ctx_len}")
     if config.n_tokens < config.ctx_len:
         raise ConfigError(f"{where}: n_tokens ({config.n_tokens}) must be at least ctx_len ({config.ctx_len})")
-    if config.batch_size < 1:
-        raise ConfigError(f"{where}: batch_size must be positive")
+    if config.batch_size < 1 or config.chunk_tokens < 1:
+        raise ConfigError(f"{where}: batch_size and chunk_tokens must be positive")
     if not config.layers:
         raise ConfigError(f"{where}: `layers` is empty; list at least one hookpoint, e.g. `- hookpoint: layers.6`")
     if len(set(config.hookpoints)) != len(config.hookpoints):

