@@ -70,6 +70,8 @@ def iter_activations(files: list[Path], batch_rows: int, holdout_from_ctx: int |
 
 
 def _drain(buffer: list[np.ndarray], batch_rows: int, rng, keep_tail: bool) -> Iterator[Tensor]:
+    if not buffer:
+        return
     rows = np.concatenate(buffer)
     buffer.clear()
     if rng is not None:
