@@ -17,7 +17,7 @@ from .resources import PipelineConfigResource
 
 def build_cache_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
-        group_name="cache",
+        group_name="saes",
         partitions_def=layer_partitions(cfg),
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="gpu",
@@ -47,7 +47,7 @@ def build_cache_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        group_name="cache",
+        group_name="latents",
         partitions_def=layer_sae_partitions(cfg),
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="gpu",

@@ -13,7 +13,7 @@ from .resources import PipelineConfigResource
 
 def build_stats_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
-        group_name="cache",
+        group_name="latents",
         partitions_def=layer_sae_partitions(cfg),
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["latents"],

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .codecs import Sae
+from .corpus import ContextTokens
 from .hookpoints import capture
 from .lake import Lake, write_parquet
 
@@ -34,7 +35,7 @@ LATENTS_SCHEMA = pa.schema(
     [("latent", pa.int32()), ("ctx_id", pa.int32()), ("pos", pa.int16()), ("act", pa.float16())]
 )
 FINGERPRINT_FILE = "_fingerprint"
-MAX_PENDING_WRITES = 2  # chunks queued for the writer thread; bounds memory
+MAX_PENDING_WRITES = 1  # chunks queued per sink for the writer thread while the next is computed; bounds memory
 
 
 class Sink:
@@ -157,7 +158,7 @@ class CacheReport:
 
 def run_cache(
     model,
-    tokens: np.ndarray,
+    tokens: np.ndarray | ContextTokens,
     sinks: list[Sink],
     batch_size: int,
     chunk_contexts: int,

@@ -148,3 +148,36 @@ def tokenize_contexts(documents: Iterator[str], tokenizer, n_contexts: int, ctx_
         },
         schema=CONTEXTS_SCHEMA,
     )
+
+
+class ContextTokens:
+    """Read-only view of the contexts table as an int32 array [n_contexts, ctx_len], read lazily by row
+    group, so memory does not grow with the number of contexts. Supports `shape` and `[lo:hi]` / `[i]`."""
+
+    def __init__(self, path):
+        import pyarrow.parquet as pq
+
+        self._file = pq.ParquetFile(path)
+        meta = self._file.metadata
+        self._starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        first = self._file.read_row_group(0, columns=["tokens"]).column(0)
+        self.shape = (int(self._starts[-1]), len(first[0]))
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _group(self, index: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != index:
+            column = self._file.read_row_group(index, columns=["tokens"]).column(0).combine_chunks()
+            self._cached = (index, column.flatten().to_numpy().reshape(-1, self.shape[1]))
+        return self._cached[1]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return self[int(key) : int(key) + 1][0]
+        lo, hi, _ = key.indices(self.shape[0])
+        parts = []
+        while lo < hi:
+            group = int(np.searchsorted(self._starts, lo, side="right")) - 1
+            end = min(hi, int(self._starts[group + 1]))
+            parts.append(self._group(group)[lo - self._starts[group] : end - self._starts[group]])
+            lo = end
+        return np.concatenate(parts) if parts else np.empty((0, self.shape[1]), dtype=np.int32)

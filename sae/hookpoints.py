@@ -1,8 +1,10 @@
 """Hookpoints of Hugging Face decoder models, and a forward pass truncated at the deepest one.
 
-Names (the sparsify convention):
-  layers.{i}      the residual stream after decoder block i
-  layers.{i}.mlp  the output of block i's MLP
+Names (the sparsify convention, extended):
+  layers.{i}             the residual stream after decoder block i
+  layers.{i}.mlp         the output of block i's MLP
+  layers.{i}.mlp.in      the input of block i's MLP (what a transcoder at layers.{i}.mlp reads)
+  layers.{i}.mlp.hidden  the MLP's hidden activations, the input of its down projection (the neurons)
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 _LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers")
-_HOOKPOINT = re.compile(r"^layers\.(\d+)(\.mlp)?$")
+_HOOKPOINT = re.compile(r"^layers\.(\d+)(\.mlp(\.in|\.hidden)?)?$")
+_DOWN_PROJECTIONS = ("down_proj", "c_proj", "dense_4h_to_h", "fc2")
 
 
 class HookpointError(ValueError):
@@ -33,27 +36,36 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise HookpointError(f"cannot find the decoder blocks of {type(model).__name__}; looked for {_LAYER_PATHS}")
 
 
-def valid_hookpoints(model: nn.Module) -> list[str]:
-    n = len(decoder_layers(model))
-    return [f"layers.{i}" for i in range(n)] + [f"layers.{i}.mlp" for i in range(n)]
-
-
-def resolve_hookpoint(model: nn.Module, name: str) -> tuple[nn.Module, int]:
-    """The module whose output is the hookpoint, and its block index."""
+def resolve_hookpoint(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
+    """The module at the hookpoint, and whether the hookpoint is that module's input (else its output)."""
     layers = decoder_layers(model)
     match = _HOOKPOINT.match(name)
     if match is None or int(match.group(1)) >= len(layers):
+        last = len(layers) - 1
         raise HookpointError(
             f"unknown hookpoint {name!r} for {type(model).__name__} with {len(layers)} blocks; valid names are "
-            f"layers.0 ... layers.{len(layers) - 1} (residual stream after block i) and "
-            f"layers.0.mlp ... layers.{len(layers) - 1}.mlp (MLP output)"
+            f"layers.0 ... layers.{last} (residual stream after block i), layers.0.mlp ... layers.{last}.mlp "
+            f"(MLP output), layers.i.mlp.in (MLP input) and layers.i.mlp.hidden (MLP neurons)"
         )
     block = layers[int(match.group(1))]
-    return (block.mlp if match.group(2) else block), int(match.group(1))
+    if match.group(2) is None:
+        return block, False
+    if match.group(3) == ".in":
+        return block.mlp, True
+    if match.group(3) == ".hidden":
+        for attr in _DOWN_PROJECTIONS:
+            if isinstance(getattr(block.mlp, attr, None), nn.Module):
+                return getattr(block.mlp, attr), True
+        raise HookpointError(f"cannot find the down projection of {type(block.mlp).__name__}; looked for "
+                             f"{_DOWN_PROJECTIONS}")
+    return block.mlp, False
 
 
-def hidden_size(model: nn.Module) -> int:
-    return model.config.hidden_size
+def hookpoint_width(model_config, name: str) -> int:
+    """Width of the activations at a hookpoint, from the model's config (no weights needed)."""
+    if name.endswith(".mlp.hidden"):
+        return getattr(model_config, "intermediate_size", None) or 4 * model_config.hidden_size
+    return model_config.hidden_size
 
 
 class _StopForward(Exception):
@@ -70,16 +82,16 @@ def capture(model: nn.Module, hookpoints: list[str]):
     captured: dict[str, Tensor] = {}
     handles = []
 
-    def make_hook(name):
-        def hook(module, args, output):
-            captured[name] = output[0] if isinstance(output, tuple) else output
-            if len(captured) == len(resolved):
-                raise _StopForward
+    def keep(name, value):
+        captured[name] = value[0] if isinstance(value, tuple) else value
+        if len(captured) == len(resolved):
+            raise _StopForward
 
-        return hook
-
-    for name, (module, _) in resolved.items():
-        handles.append(module.register_forward_hook(make_hook(name)))
+    for name, (module, is_input) in resolved.items():
+        if is_input:
+            handles.append(module.register_forward_pre_hook(lambda m, args, name=name: keep(name, args)))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out, name=name: keep(name, out)))
 
     @torch.inference_mode()
     def run(input_ids: Tensor) -> dict[str, Tensor]:

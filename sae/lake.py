@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 TABLES = ("contexts", "activations", "sae_metrics", "latents", "latent_stats")
 DATABASE = "saelake.duckdb"
-PARQUET_OPTIONS = dict(compression="zstd", compression_level=3)
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 
 
 class Lake:
@@ -55,12 +55,13 @@ class Lake:
         os.replace(staging, final)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def write_partition(self, table: pa.Table, name: str, layer: str | None = None, sae: str | None = None) -> Path:
+    def write_partition(self, table: pa.Table, name: str, layer: str | None = None, sae: str | None = None,
+                        **options) -> Path:
         """Write a one-file partition atomically."""
         staging = self.staging(name, layer, sae)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        write_parquet(table, staging / "part-00000.parquet")
+        write_parquet(table, staging / "part-00000.parquet", **options)
         final = self.partition(name, layer, sae)
         self.commit(staging, final)
         return final / "part-00000.parquet"

@@ -8,7 +8,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -16,7 +15,8 @@ import torch
 from .cache import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
 from .codecs import Sae, detect_format, load_sae, save_sae
 from .config import PipelineConfig
-from .corpus import iter_documents, tokenize_contexts
+from .corpus import ContextTokens, iter_documents, tokenize_contexts
+from .hookpoints import hookpoint_width
 from .lake import Lake
 from .models import load_model, load_tokenizer, model_source, resolve_device
 from .sql import run_query
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_KEYS = ("model", "corpus", "n_tokens", "ctx_len")
 FINGERPRINT_META = b"saelake.fingerprint"
+CONTEXTS_PER_ROW_GROUP = 256  # the unit in which the caching stages read contexts
 
 
 class StaleDataError(RuntimeError):
@@ -46,24 +47,22 @@ def build_contexts(cfg: PipelineConfig) -> pa.Table:
     if table.num_rows < cfg.n_contexts:
         log.warning("the corpus ran out: %d contexts instead of %d", table.num_rows, cfg.n_contexts)
     table = table.replace_schema_metadata({FINGERPRINT_META: cfg.fingerprint(*CONTEXT_KEYS).encode()})
-    lake.write_partition(table, "contexts")
+    lake.write_partition(table, "contexts", row_group_size=CONTEXTS_PER_ROW_GROUP)
     return table
 
 
-def load_context_tokens(cfg: PipelineConfig) -> np.ndarray:
-    """The contexts as an int32 array [n_contexts, ctx_len], checked to match the current config."""
+def load_context_tokens(cfg: PipelineConfig) -> ContextTokens:
+    """The contexts as a lazily read int32 array [n_contexts, ctx_len], checked to match the current config."""
     files = lake_for(cfg).files("contexts")
     if not files:
         raise FileNotFoundError(f"no contexts in {cfg.lake}: materialize the `contexts` asset first")
-    table = pq.read_table(files[0])
-    stored = (table.schema.metadata or {}).get(FINGERPRINT_META, b"").decode()
+    stored = (pq.read_schema(files[0]).metadata or {}).get(FINGERPRINT_META, b"").decode()
     if stored != cfg.fingerprint(*CONTEXT_KEYS):
         raise StaleDataError(
             "the contexts in the lake were built with another model, corpus, n_tokens or ctx_len than the "
             "current config: materialize `contexts` again"
         )
-    tokens = table.column("tokens").combine_chunks().flatten().to_numpy()
-    return tokens.reshape(table.num_rows, cfg.ctx_len)
+    return ContextTokens(files[0])
 
 
 # activations and latents ---------------------------------------------------------------------------------
@@ -122,16 +121,17 @@ class SaeResult:
     written_format: str
 
 
-def model_hidden_size(cfg: PipelineConfig) -> int:
+def width_at(cfg: PipelineConfig, hookpoint: str) -> int:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_source(cfg.model, lake_for(cfg).root), revision=cfg.model.revision).hidden_size
+    source = model_source(cfg.model, lake_for(cfg).root)
+    return hookpoint_width(AutoConfig.from_pretrained(source, revision=cfg.model.revision), hookpoint)
 
 
-def check_d_in(sae: Sae, hidden: int, where: str) -> None:
-    if sae.cfg.d_in != hidden:
+def check_d_in(sae: Sae, width: int, where: str) -> None:
+    if sae.cfg.d_in != width:
         raise ValueError(
-            f"{where} has d_in={sae.cfg.d_in}, but the model's hidden size at this hookpoint is {hidden}: "
+            f"{where} has d_in={sae.cfg.d_in}, but the model's hidden size at this hookpoint is {width}: "
             "the SAE was trained on another model or hookpoint"
         )
 
@@ -141,7 +141,7 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     lake = lake_for(cfg)
     spec = cfg.sae(name)
     device = resolve_device(cfg.model.device)
-    hidden = model_hidden_size(cfg)
+    hidden = width_at(cfg, hookpoint)
     activation_files = lake.files("activations", hookpoint)
     n_contexts = cfg.n_contexts
     if activation_files:

@@ -89,7 +89,7 @@ def _drain(buffer: list[np.ndarray], batch_rows: int, rng, keep_tail: bool) -> I
 
 def holdout_start(n_contexts: int, fraction: float) -> int:
     """First ctx_id of the held-out contexts (the last `fraction` of them, at least one)."""
-    return n_contexts - max(1, int(round(n_contexts * fraction)))
+    return n_contexts - max(1, round(n_contexts * fraction))
 
 
 def train_topk(files: list[Path], d_in: int, cfg: TrainConfig, n_contexts: int, ctx_len: int, seed: int,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import saelens, sparsify
+from . import gemmascope, saelens, sparsify
 from .base import ARCHITECTURES, Sae, SaeConfig, SparseCodes
 
-FORMATS = {module.NAME: module for module in (sparsify, saelens)}
+FORMATS = {module.NAME: module for module in (sparsify, saelens, gemmascope)}
 
 __all__ = ["ARCHITECTURES", "FORMATS", "Sae", "SaeConfig", "SparseCodes", "detect_format", "load_sae", "save_sae"]
 

@@ -59,12 +59,12 @@ def test_saelake_run_materializes_every_table(tmp_path, tiny_config_path, monkey
             fired = con.execute(f"SELECT sum(n_fired), count(*) FROM latent_stats WHERE layer = '{hookpoint}'").fetchone()
             assert fired == (nnz, 576 * 2)
             assert nnz <= cfg.n_tokens * 8
-            stored = dict(
-                ((latent, rank), act) for latent, rank, act in con.execute(
+            stored = {
+                (latent, rank): act for latent, rank, act in con.execute(
                     "SELECT latent, row_number() OVER (PARTITION BY latent ORDER BY act DESC) AS rank, act "
                     f"FROM latents WHERE layer = '{hookpoint}' QUALIFY rank <= 3"
                 ).fetchall()
-            )
+            }
             reference = reference_top_activations(cfg, hookpoint, lake.partition("saes", hookpoint, "topk-x2"))
             assert {latent for latent, rank in stored if rank == 1} == set(reference)
             for latent, top in reference.items():

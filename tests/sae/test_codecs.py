@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -399,3 +401,29 @@ def test_sae_rejects_wrong_shapes_and_missing_k():
             W_dec=torch.zeros(NUM_LATENTS, D_IN),
             b_dec=torch.zeros(D_IN),
         )
+
+
+def test_gemmascope_npz_encodes_as_jumprelu_without_b_dec_subtraction(tmp_path):
+    d, n = 16, 64
+    rng = np.random.default_rng(3)
+    params = {
+        "W_enc": rng.normal(size=(d, n)).astype(np.float32),
+        "W_dec": rng.normal(size=(n, d)).astype(np.float32),
+        "b_enc": rng.normal(size=n).astype(np.float32),
+        "b_dec": rng.normal(size=d).astype(np.float32) * 3,
+        "threshold": np.where(np.arange(n) % 2 == 0, 0.5, 2.5).astype(np.float32),
+    }
+    folder = tmp_path / "layer_6" / "width_16k" / "average_l0_71"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **params)
+    assert detect_format(folder) == "gemmascope"
+    sae = load_sae(folder)
+    x = torch.from_numpy(rng.normal(size=(32, d)).astype(np.float32))
+    pre = x @ torch.from_numpy(params["W_enc"]) + torch.from_numpy(params["b_enc"])
+    expected = (pre > torch.from_numpy(params["threshold"])) * torch.relu(pre)
+    assert ((pre > 0) & (expected == 0)).any()  # the threshold does cut positive pre-activations
+    torch.testing.assert_close(sae.encode_dense(x), expected)
+    codes = sae.encode(x)
+    dense = torch.zeros_like(expected)
+    dense[codes.rows, codes.latents] = codes.values
+    torch.testing.assert_close(dense, expected)

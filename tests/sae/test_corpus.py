@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sae.config import CorpusConfig
-from sae.corpus import CONTEXTS_SCHEMA, CorpusError, iter_documents, tokenize_contexts
+from sae.corpus import CONTEXTS_SCHEMA, ContextTokens, CorpusError, iter_documents, tokenize_contexts
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -184,3 +184,14 @@ def test_wikipedia_sample_is_clean_text():
         assert len(doc) >= 200
         title, _, body = doc.partition("\n\n")
         assert title and body.strip()
+
+
+def test_context_tokens_reads_any_slice_across_row_groups(tmp_path):
+    stream = np.arange(1000 * 8, dtype=np.int32).reshape(1000, 8)
+    table = pa.table({"tokens": pa.array(stream.tolist(), type=pa.list_(pa.int32()))})
+    pq.write_table(table, tmp_path / "contexts.parquet", row_group_size=64)
+    contexts = ContextTokens(tmp_path / "contexts.parquet")
+    assert contexts.shape == (1000, 8)
+    for lo, hi in [(0, 10), (60, 70), (63, 64), (0, 1000), (990, 1000), (128, 128)]:
+        np.testing.assert_array_equal(contexts[lo:hi], stream[lo:hi])
+    np.testing.assert_array_equal(contexts[500], stream[500])
