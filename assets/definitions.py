@@ -10,6 +10,7 @@ from sae.config import PipelineConfig, load_config
 
 from .cache import build_cache_assets
 from .corpus import contexts
+from .quality import build_quality_assets
 from .resources import PipelineConfigResource, config_path_from_env
 from .saes import build_sae_assets
 from .stats import build_stats_assets
@@ -19,7 +20,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
 def build_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
-    return [contexts, *build_cache_assets(cfg), *build_sae_assets(cfg), *build_stats_assets(cfg)]
+    return [contexts, *build_cache_assets(cfg), *build_sae_assets(cfg), *build_quality_assets(cfg),
+            *build_stats_assets(cfg)]
 
 
 def build_definitions(config_path: str | None = None) -> dg.Definitions:

@@ -93,6 +93,9 @@ class PipelineConfig:
     batch_size: int = 16  # contexts per forward pass
     # Tokens per Parquet file of activations / latents: the unit of resumption and of writer memory.
     chunk_tokens: int = 65_536
+    # Held-out contexts (the last ones) on which the spliced-in loss of every SAE is measured; capped so
+    # they stay inside every trained SAE's held-out set.
+    eval_contexts: int = 16
     seed: int = 0
     layers: tuple[LayerConfig, ...] = ()
     # Every SAE variant is applied at every layer: the lake is partitioned by layer x sae.
@@ -199,8 +202,8 @@ def _check(config: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: ctx_len must be at least 2, got {config.ctx_len}")
     if config.n_tokens < config.ctx_len:
         raise ConfigError(f"{where}: n_tokens ({config.n_tokens}) must be at least ctx_len ({config.ctx_len})")
-    if config.batch_size < 1 or config.chunk_tokens < 1:
-        raise ConfigError(f"{where}: batch_size and chunk_tokens must be positive")
+    if config.batch_size < 1 or config.chunk_tokens < 1 or config.eval_contexts < 1:
+        raise ConfigError(f"{where}: batch_size, chunk_tokens and eval_contexts must be positive")
     if not config.layers:
         raise ConfigError(f"{where}: `layers` is empty; list at least one hookpoint, e.g. `- hookpoint: layers.6`")
     if len(set(config.hookpoints)) != len(config.hookpoints):

@@ -5,6 +5,7 @@ Layout (`layer` and `sae` are hive partition columns):
   activations/layer=<hookpoint>/part-NNNNN.parquet
   saes/layer=<hookpoint>/sae=<name>/            (cfg.json + sae.safetensors, sparsify layout)
   sae_metrics/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  sae_quality/layer=<hookpoint>/sae=<name>/part-00000.parquet   (metrics + spliced-in cross-entropy)
   latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
   latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
   saelake.duckdb                                 (views over every table)
@@ -23,7 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TABLES = ("contexts", "activations", "sae_metrics", "latents", "latent_stats")
+TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "latents", "latent_stats")
 DATABASE = "saelake.duckdb"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 

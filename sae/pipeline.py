@@ -19,6 +19,7 @@ from .corpus import ContextTokens, iter_documents, tokenize_contexts
 from .hookpoints import hookpoint_width
 from .lake import Lake
 from .models import load_model, load_tokenizer, model_source, resolve_device
+from .quality import layer_baseline, spliced_loss
 from .sql import run_query
 from .train import SaeMetrics, evaluate, holdout_start, iter_activations, train_topk
 
@@ -183,6 +184,43 @@ def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
     return load_sae(folder, hookpoint)
 
 
+# quality -----------------------------------------------------------------------------------------------
+
+
+def eval_context_range(cfg: PipelineConfig, n_contexts: int) -> tuple[int, int]:
+    """The held-out contexts used for the spliced-in loss: inside every trained SAE's held-out set."""
+    fractions = [spec.train.holdout_fraction for spec in cfg.saes if spec.train] or [0.05]
+    start = max(holdout_start(n_contexts, min(fractions)), n_contexts - cfg.eval_contexts)
+    return start, n_contexts
+
+
+def measure_quality(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> list[dict]:
+    """Spliced-in CE increase of every (hookpoint, sae), joined with its FVU / L0 / dead fraction."""
+    import duckdb
+
+    lake = lake_for(cfg)
+    tokens = load_context_tokens(cfg)
+    lo, hi = eval_context_range(cfg, tokens.shape[0])
+    held_out = tokens[lo:hi]
+    model = load_model(cfg.model, lake.root)
+    device = next(model.parameters()).device
+    rows = []
+    for hookpoint in dict.fromkeys(h for h, _ in partitions):
+        baseline = layer_baseline(model, held_out, hookpoint, cfg.batch_size)
+        for name in [n for h, n in partitions if h == hookpoint]:
+            sae = load_stored_sae(cfg, hookpoint, name).to(device)
+            loss = spliced_loss(model, held_out, baseline, sae, cfg.batch_size)
+            with duckdb.connect() as con:
+                files = [str(f) for f in lake.files("sae_metrics", hookpoint, name)]
+                metrics = run_query(con, "sae_metrics_of_partition", files=files).fetchall()
+            architecture, num_latents, k, fvu, l0, dead = metrics[0]
+            row = {"architecture": architecture, "num_latents": num_latents, "k": k, "fvu": fvu, "l0": l0,
+                   "dead_fraction": dead, **loss.as_dict()}
+            lake.write_partition(pa.Table.from_pylist([row]), "sae_quality", hookpoint, name)
+            rows.append({"layer": hookpoint, "sae": name, **row})
+    return rows
+
+
 # statistics --------------------------------------------------------------------------------------------
 
 
@@ -232,3 +270,12 @@ def preview_latents(cfg: PipelineConfig, hookpoint: str, name: str, n: int = 5, 
         rows.append({"layer": hookpoint, "sae": name, "latent": latent, "n_fired": n_fired,
                      "max_act": max_act, "peak_context": text})
     return rows
+
+
+def quality_summary(cfg: PipelineConfig) -> list[dict]:
+    lake = lake_for(cfg)
+    lake.refresh_views()
+    with lake.connect(read_only=True) as con:
+        relation = run_query(con, "quality_summary")
+        columns = relation.columns
+        return [dict(zip(columns, row)) for row in relation.fetchall()]

@@ -5,7 +5,7 @@ import dagster as dg
 from assets.definitions import build_definitions
 from sae.config import DEFAULT_CONFIG, load_config
 
-EXPECTED = {"contexts", "activations", "saes", "latents", "latent_stats"}
+EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summary", "latents", "latent_stats"}
 
 
 def test_demo_definitions_load_with_every_asset_and_partition():
@@ -17,7 +17,7 @@ def test_demo_definitions_load_with_every_asset_and_partition():
     assert len(latents.partitions_def.get_partition_keys()) == len(cfg.hookpoints) * len(cfg.saes)
     activations = graph.get(dg.AssetKey("activations"))
     assert activations.partitions_def.get_partition_keys() == cfg.hookpoints
-    for key in ("activations", "latents", "saes"):
+    for key in ("activations", "latents", "saes", "sae_quality"):
         assert graph.get(dg.AssetKey(key)).pools == {"gpu"}
 
 

@@ -14,6 +14,8 @@ from sae.config import load_config
 from sae.lake import Lake
 from sae.models import load_model
 
+from ..conftest import write_config
+
 pytestmark = pytest.mark.slow
 
 
@@ -38,11 +40,18 @@ def reference_top_activations(cfg, hookpoint: str, sae_folder, n: int = 3) -> di
     return {latent: row.tolist() for latent, row in enumerate(top) if row[0] > 0}
 
 
-def test_saelake_run_materializes_every_table(tmp_path, tiny_config_path, monkeypatch, capsys):
+SIZES = {"topk-x2": 2, "topk-x4": 4}
+
+
+def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeypatch, capsys):
+    config_path = write_config(tmp_path, converted_model, saes=[
+        {"name": name, "train": {"expansion_factor": x, "k": 8, "epochs": 3, "batch_size": 256}}
+        for name, x in SIZES.items()
+    ])
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))
     (tmp_path / "dagster-home").mkdir()
-    assert main(["--config", str(tiny_config_path), "run"]) == 0
-    cfg = load_config(tiny_config_path)
+    assert main(["--config", str(config_path), "run"]) == 0
+    cfg = load_config(config_path)
     lake = Lake(cfg.lake)
     n_contexts = cfg.n_tokens // cfg.ctx_len
 
@@ -51,18 +60,25 @@ def test_saelake_run_materializes_every_table(tmp_path, tiny_config_path, monkey
         assert con.execute("SELECT min(len(tokens)), max(len(tokens)) FROM contexts").fetchone() == (cfg.ctx_len,) * 2
         per_layer = dict(con.execute("SELECT layer, count(*) FROM activations GROUP BY layer").fetchall())
         assert per_layer == {h: cfg.n_tokens for h in cfg.hookpoints}
-        metrics = con.execute("SELECT layer, sae, fvu, l0 FROM sae_metrics ORDER BY layer").fetchall()
-        assert [(m[0], m[1]) for m in metrics] == [(h, "topk-x2") for h in cfg.hookpoints]
+        metrics = con.execute("SELECT layer, sae, fvu, l0 FROM sae_metrics ORDER BY layer, sae").fetchall()
+        assert [(m[0], m[1]) for m in metrics] == [(h, s) for h in cfg.hookpoints for s in SIZES]
         assert all(0 < m[2] < 1 and m[3] <= 8 for m in metrics)
+        quality = con.execute(
+            "SELECT layer, sae, ce_increase, ce_increase_mean_ablated, fvu FROM sae_quality ORDER BY ALL").fetchall()
+        assert [(q[0], q[1]) for q in quality] == [(h, s) for h in cfg.hookpoints for s in SIZES]
+        for layer, sae, increase, mean_increase, fvu in quality:
+            assert fvu is not None and increase < mean_increase, (layer, sae)
         for hookpoint in cfg.hookpoints:
-            nnz = con.execute(f"SELECT count(*) FROM latents WHERE layer = '{hookpoint}'").fetchone()[0]
-            fired = con.execute(f"SELECT sum(n_fired), count(*) FROM latent_stats WHERE layer = '{hookpoint}'").fetchone()
-            assert fired == (nnz, 576 * 2)
-            assert nnz <= cfg.n_tokens * 8
+            for name, x in SIZES.items():
+                where = f"layer = '{hookpoint}' AND sae = '{name}'"
+                nnz = con.execute(f"SELECT count(*) FROM latents WHERE {where}").fetchone()[0]
+                fired = con.execute(f"SELECT sum(n_fired), count(*) FROM latent_stats WHERE {where}").fetchone()
+                assert fired == (nnz, 576 * x)
+                assert nnz <= cfg.n_tokens * 8
             stored = {
                 (latent, rank): act for latent, rank, act in con.execute(
                     "SELECT latent, row_number() OVER (PARTITION BY latent ORDER BY act DESC) AS rank, act "
-                    f"FROM latents WHERE layer = '{hookpoint}' QUALIFY rank <= 3"
+                    f"FROM latents WHERE layer = '{hookpoint}' AND sae = 'topk-x2' QUALIFY rank <= 3"
                 ).fetchall()
             }
             reference = reference_top_activations(cfg, hookpoint, lake.partition("saes", hookpoint, "topk-x2"))
