@@ -62,17 +62,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SaeSpec:
-    """One SAE variant. Exactly one of `train` or `path` is set."""
+    """One SAE variant: trained (`train`), or pretrained from a local `path` or a Hub repo (`hub`)."""
 
     name: str
     train: TrainConfig | None = None
-    # Local folder of a pretrained SAE (sparsify or SAELens layout, detected from its files).
-    # `{hookpoint}` in the path is replaced by the layer's hookpoint, so one entry serves every layer.
+    # A local folder of a pretrained SAE (any known layout, detected from its files). `{hookpoint}` is
+    # replaced by the layer's hookpoint, so one entry serves every layer.
     path: str | None = None
+    # A Hugging Face Hub repo id; `subfolder` (with `{hookpoint}`) picks the SAE inside it: sparsify repos
+    # hold one folder per hookpoint, SAELens releases one folder per SAE. Downloaded once, then cached.
+    hub: str | None = None
+    subfolder: str = "{hookpoint}"
+    revision: str | None = None
 
     def path_for(self, hookpoint: str) -> Path:
         assert self.path is not None
         return Path(self.path.replace("{hookpoint}", hookpoint)).expanduser()
+
+    def subfolder_for(self, hookpoint: str) -> str:
+        return self.subfolder.replace("{hookpoint}", hookpoint).strip("/")
 
 
 @dataclass(frozen=True)
@@ -213,8 +221,8 @@ def _check(config: PipelineConfig, where: str) -> None:
     if len(set(config.sae_names)) != len(config.sae_names):
         raise ConfigError(f"{where}: an SAE name is used twice in `saes`: {config.sae_names}")
     for spec in config.saes:
-        if (spec.train is None) == (spec.path is None):
-            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train` or `path`")
+        if [spec.train is not None, spec.path is not None, spec.hub is not None].count(True) != 1:
+            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path` or `hub`")
         if not spec.name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{where}: SAE name {spec.name!r} may hold only letters, digits, '-' and '_'")
         if spec.train and (spec.train.k < 1 or spec.train.expansion_factor < 1):

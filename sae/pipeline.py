@@ -14,7 +14,7 @@ import torch
 
 from .cache import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
 from .codecs import Sae, detect_format, load_sae, save_sae
-from .config import PipelineConfig
+from .config import PipelineConfig, SaeSpec
 from .corpus import ContextTokens, iter_documents, tokenize_contexts
 from .hookpoints import hookpoint_width
 from .lake import Lake
@@ -152,7 +152,7 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
                          hookpoint, progress)
         holdout = spec.train.holdout_fraction
     else:
-        folder = spec.path_for(hookpoint)
+        folder = pretrained_folder(spec, hookpoint)
         detect_format(folder)  # a clear error before any work
         sae = load_sae(folder, hookpoint).to(device)
         check_d_in(sae, hidden, f"SAE {name!r} at {folder}")
@@ -170,11 +170,24 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     lake.commit(staging, final)
     row = {
         "architecture": sae.cfg.architecture, "num_latents": sae.num_latents, "k": sae.cfg.k or 0,
-        "d_in": sae.cfg.d_in, "source": "trained" if spec.train else str(spec.path_for(hookpoint)),
+        "d_in": sae.cfg.d_in, "source": "trained" if spec.train else str(folder),
         **(metrics.as_dict() if metrics else {"fvu": None, "l0": None, "dead_fraction": None, "n_eval_tokens": 0}),
     }
     lake.write_partition(pa.Table.from_pylist([row]), "sae_metrics", hookpoint, name)
     return SaeResult(sae, metrics, final, written)
+
+
+def pretrained_folder(spec: SaeSpec, hookpoint: str) -> Path:
+    """The local folder of a pretrained SAE; a Hub SAE is downloaded (only its subfolder) and cached."""
+    if spec.hub is None:
+        return spec.path_for(hookpoint)
+    import huggingface_hub
+
+    subfolder = spec.subfolder_for(hookpoint)
+    root = huggingface_hub.snapshot_download(
+        spec.hub, revision=spec.revision, allow_patterns=[f"{subfolder}/*"] if subfolder else None
+    )
+    return Path(root) / subfolder
 
 
 def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
