@@ -5,7 +5,7 @@ import dagster as dg
 
 from sae import pipeline
 
-from .metadata import folder_bytes
+from .metadata import folder_bytes, markdown_table
 from .resources import PipelineConfigResource
 
 
@@ -26,5 +26,6 @@ def contexts(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigR
             "documents": len(set(table.column("doc_id").to_pylist())),
             "bytes": folder_bytes(lake.partition("contexts")),
             "path": dg.MetadataValue.path(str(lake.partition("contexts"))),
+            "preview": markdown_table(pipeline.preview_contexts(cfg)),
         }
     )

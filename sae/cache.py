@@ -38,6 +38,12 @@ FINGERPRINT_FILE = "_fingerprint"
 MAX_PENDING_WRITES = 1  # chunks queued per sink for the writer thread while the next is computed; bounds memory
 
 
+def to_float16(values: Tensor) -> np.ndarray:
+    """float16 for storage, saturating at its largest finite value instead of overflowing to inf."""
+    limit = torch.finfo(torch.float16).max
+    return values.clamp(-limit, limit).to(torch.float16).cpu().numpy()
+
+
 class Sink:
     """Receives a hookpoint's activations batch by batch and writes one file per chunk."""
 
@@ -95,7 +101,7 @@ class ActivationSink(Sink):
             {
                 "ctx_id": np.repeat(ctx_ids.numpy(), t),
                 "pos": np.tile(np.arange(t, dtype=np.int16), b),
-                "act": acts.reshape(b * t, d).to(torch.float16).cpu().numpy(),
+                "act": to_float16(acts.reshape(b * t, d)),
             }
         )
 
@@ -130,7 +136,7 @@ class LatentSink(Sink):
                 "latent": codes.latents.to(torch.int32).cpu().numpy(),
                 "ctx_id": ctx_ids.numpy()[rows // t],
                 "pos": (rows % t).astype(np.int16),
-                "act": codes.values.to(torch.float16).cpu().numpy(),
+                "act": to_float16(codes.values),
             }
         )
 

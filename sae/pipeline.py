@@ -292,3 +292,15 @@ def quality_summary(cfg: PipelineConfig) -> list[dict]:
         relation = run_query(con, "quality_summary")
         columns = relation.columns
         return [dict(zip(columns, row)) for row in relation.fetchall()]
+
+
+def preview_contexts(cfg: PipelineConfig, n: int = 3, chars: int = 160) -> list[dict]:
+    """The first contexts as text (EOS shown as ⏎⏎), for a glance at what the model reads."""
+    lake = lake_for(cfg)
+    tokenizer = load_tokenizer(cfg.model, lake.root)
+    tokens = load_context_tokens(cfg)
+    rows = []
+    for ctx_id in range(min(n, tokens.shape[0])):
+        text = tokenizer.decode(tokens[ctx_id]).replace(tokenizer.eos_token, "⏎⏎")
+        rows.append({"ctx_id": ctx_id, "text": text[:chars] + ("…" if len(text) > chars else "")})
+    return rows

@@ -2,6 +2,7 @@
 
 import json
 
+import dagster as dg
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
@@ -52,6 +53,16 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     (tmp_path / "dagster-home").mkdir()
     assert main(["--config", str(config_path), "run"]) == 0
     cfg = load_config(config_path)
+
+    # The runs are recorded in the instance, with metadata a researcher can read in the UI.
+    instance = dg.DagsterInstance.get()
+    assert [r.dagster_run.status for r in instance.get_run_records()] == [dg.DagsterRunStatus.SUCCESS] * 4
+    contexts_meta = instance.get_latest_materialization_event(dg.AssetKey("contexts")).asset_materialization.metadata
+    assert contexts_meta["contexts"].value == cfg.n_tokens // cfg.ctx_len and "ctx_id" in contexts_meta["preview"].value
+    latents_meta = instance.get_latest_materialization_event(dg.AssetKey("latents")).asset_materialization.metadata
+    assert "bytes_per_non_zero" in latents_meta["partitions"].value
+    summary = instance.get_latest_materialization_event(dg.AssetKey("sae_quality_summary")).asset_materialization
+    assert summary.metadata["variants"].value == len(cfg.hookpoints) * len(SIZES)
     lake = Lake(cfg.lake)
     n_contexts = cfg.n_tokens // cfg.ctx_len
 
