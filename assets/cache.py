@@ -11,7 +11,7 @@ from sae import pipeline
 from sae.config import PipelineConfig
 
 from .metadata import folder_bytes, markdown_table
-from .partitions import layer_partitions, layer_sae_keys, layer_sae_partitions
+from .partitions import layer_partitions, layer_sae_keys, per_layer_sae
 from .resources import PipelineConfigResource
 
 
@@ -48,8 +48,7 @@ def build_cache_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         group_name="latents",
-        partitions_def=layer_sae_partitions(cfg),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **per_layer_sae(cfg),
         pool="gpu",
         deps=["contexts", "saes"],
         kinds={"parquet", "duckdb"},

@@ -23,3 +23,9 @@ def layer_sae_partitions(cfg: PipelineConfig) -> dg.MultiPartitionsDefinition:
 def layer_sae_keys(context: dg.AssetExecutionContext) -> list[tuple[str, str]]:
     """The (hookpoint, sae) pairs of this run: one, or many in a single-run backfill."""
     return [(k.keys_by_dimension[LAYER], k.keys_by_dimension[SAE]) for k in context.partition_keys]
+
+
+def per_layer_sae(cfg: PipelineConfig) -> dict:
+    """The partitioning shared by every layer x sae asset: one run may cover many partitions, so the
+    model runs once for all of them."""
+    return {"partitions_def": layer_sae_partitions(cfg), "backfill_policy": dg.BackfillPolicy.single_run()}

@@ -6,7 +6,7 @@ from sae import pipeline
 from sae.config import PipelineConfig
 
 from .metadata import markdown_table
-from .partitions import layer_sae_keys, layer_sae_partitions
+from .partitions import layer_sae_keys, per_layer_sae
 from .resources import PipelineConfigResource
 
 SUMMARY_COLUMNS = ("layer", "sae", "architecture", "num_latents", "k", "l0", "fvu", "dead_fraction",
@@ -15,9 +15,8 @@ SUMMARY_COLUMNS = ("layer", "sae", "architecture", "num_latents", "k", "l0", "fv
 
 def build_quality_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
-        group_name="saes",
-        partitions_def=layer_sae_partitions(cfg),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name="quality",
+        **per_layer_sae(cfg),
         pool="gpu",
         deps=["saes", "contexts"],
         kinds={"pytorch", "parquet"},
@@ -33,7 +32,7 @@ def build_quality_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
             metadata.update({key: float(rows[0][key]) for key in ("ce_increase", "ce_recovered")})
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(group_name="saes", deps=["sae_quality"], kinds={"duckdb"})
+    @dg.asset(group_name="quality", deps=["sae_quality", "latent_stats"], kinds={"duckdb"})
     def sae_quality_summary(pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """Every SAE variant side by side (the `sae_quality` view of the lake)."""
         rows = pipeline.quality_summary(pipeline_config.config)

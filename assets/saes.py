@@ -7,15 +7,14 @@ from sae import pipeline
 from sae.config import PipelineConfig
 
 from .metadata import markdown_table
-from .partitions import LAYER, layer_sae_keys, layer_sae_partitions
+from .partitions import LAYER, layer_sae_keys, per_layer_sae
 from .resources import PipelineConfigResource
 
 
 def build_sae_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
         group_name="saes",
-        partitions_def=layer_sae_partitions(cfg),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **per_layer_sae(cfg),
         pool="gpu",
         deps=[dg.AssetDep("activations", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(LAYER))],
         kinds={"pytorch", "safetensors"},
@@ -24,9 +23,15 @@ def build_sae_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         """The SAE of each layer x variant, written in the sparsify layout (cfg.json + sae.safetensors;
         SAELens layout for ReLU / JumpReLU SAEs), with FVU, L0 and dead fraction on held-out tokens."""
         cfg = pipeline_config.config
+        keys = layer_sae_keys(context)
+        trained = {}
+        for hookpoint in dict.fromkeys(h for h, _ in keys):
+            names = [n for h, n in keys if h == hookpoint and cfg.sae(n).train]
+            if names:
+                trained.update({(hookpoint, n): sae for n, sae in pipeline.train_saes(cfg, hookpoint, names).items()})
         rows = []
-        for hookpoint, name in layer_sae_keys(context):
-            result = pipeline.build_sae(cfg, hookpoint, name)
+        for hookpoint, name in keys:
+            result = pipeline.build_sae(cfg, hookpoint, name, trained=trained.get((hookpoint, name)))
             m = result.metrics
             rows.append({
                 "layer": hookpoint, "sae": name, "architecture": result.sae.cfg.architecture,

@@ -7,15 +7,14 @@ from sae import pipeline
 from sae.config import PipelineConfig
 
 from .metadata import markdown_table
-from .partitions import layer_sae_keys, layer_sae_partitions
+from .partitions import layer_sae_keys, per_layer_sae
 from .resources import PipelineConfigResource
 
 
 def build_stats_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
         group_name="latents",
-        partitions_def=layer_sae_partitions(cfg),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **per_layer_sae(cfg),
         deps=["latents"],
         kinds={"duckdb", "parquet"},
     )

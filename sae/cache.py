@@ -49,9 +49,11 @@ class Sink:
 
     table: str
 
-    def __init__(self, lake: Lake, hookpoint: str, fingerprint: str, sae_name: str | None = None):
+    def __init__(self, lake: Lake, hookpoint: str, fingerprint: str, sae_name: str | None = None,
+                 reads: str | None = None):
         self.lake = lake
         self.hookpoint = hookpoint
+        self.reads = reads or hookpoint  # the activations it is fed (the MLP input for a transcoder, ...)
         self.sae_name = sae_name
         self.final = lake.partition(self.table, hookpoint, sae_name)
         self.staging = lake.staging(self.table, hookpoint, sae_name)
@@ -122,8 +124,9 @@ class LatentSink(Sink):
 
     table = "latents"
 
-    def __init__(self, lake: Lake, hookpoint: str, fingerprint: str, sae_name: str, sae: Sae):
-        super().__init__(lake, hookpoint, fingerprint, sae_name)
+    def __init__(self, lake: Lake, hookpoint: str, fingerprint: str, sae_name: str, sae: Sae,
+                 reads: str | None = None):
+        super().__init__(lake, hookpoint, fingerprint, sae_name, reads)
         self.sae = sae
 
     @torch.no_grad()
@@ -188,7 +191,7 @@ def run_cache(
     bar = tqdm(total=sum(min(chunk_contexts, n_contexts - c * chunk_contexts) for c in todo) * ctx_len, unit="tok", unit_scale=True, disable=not progress,
                desc="caching " + ", ".join(s.label for s in sinks))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer, \
-            capture(model, sorted({s.hookpoint for s in sinks})) as forward:
+            capture(model, sorted({s.reads for s in sinks})) as forward:
         for chunk in todo:
             active = [s for s in sinks if not s.done(chunk)]
             lo, hi = chunk * chunk_contexts, min((chunk + 1) * chunk_contexts, n_contexts)
@@ -198,7 +201,7 @@ def run_cache(
                 outputs = forward(ids)
                 ctx_ids = torch.arange(b0, b1, dtype=torch.int32)
                 for sink in active:
-                    sink.add(ctx_ids, outputs[sink.hookpoint])
+                    sink.add(ctx_ids, outputs[sink.reads])
                 report.tokens += (b1 - b0) * ctx_len
                 bar.update((b1 - b0) * ctx_len)
             for sink in active:

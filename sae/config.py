@@ -61,6 +61,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class NeuronsConfig:
+    """The MLP's own neurons as latents (the paper's baseline): the hidden activations of each layer's MLP
+    (the input of its down projection), positive values only, optionally kept to the top k per token."""
+
+    k: int | None = None
+
+
+@dataclass(frozen=True)
 class SaeSpec:
     """One SAE variant: trained (`train`), or pretrained from a local `path` or a Hub repo (`hub`)."""
 
@@ -74,6 +82,8 @@ class SaeSpec:
     hub: str | None = None
     subfolder: str = "{hookpoint}"
     revision: str | None = None
+    # Not an SAE: the neurons of the layer's MLP (block i of hookpoint layers.i), see NeuronsConfig.
+    neurons: NeuronsConfig | None = None
 
     def path_for(self, hookpoint: str) -> Path:
         assert self.path is not None
@@ -221,8 +231,11 @@ def _check(config: PipelineConfig, where: str) -> None:
     if len(set(config.sae_names)) != len(config.sae_names):
         raise ConfigError(f"{where}: an SAE name is used twice in `saes`: {config.sae_names}")
     for spec in config.saes:
-        if [spec.train is not None, spec.path is not None, spec.hub is not None].count(True) != 1:
-            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path` or `hub`")
+        sources = [spec.train, spec.path, spec.hub, spec.neurons]
+        if sum(source is not None for source in sources) != 1:
+            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path`, `hub` or `neurons`")
+        if spec.neurons and spec.neurons.k is not None and spec.neurons.k < 1:
+            raise ConfigError(f"{where}: SAE {spec.name!r}: neurons.k must be positive")
         if not spec.name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{where}: SAE name {spec.name!r} may hold only letters, digits, '-' and '_'")
         if spec.train and (spec.train.k < 1 or spec.train.expansion_factor < 1):

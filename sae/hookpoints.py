@@ -61,6 +61,25 @@ def resolve_hookpoint(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
     return block.mlp, False
 
 
+def source_hookpoint(hookpoint: str, *, transcode: bool = False, neurons: bool = False) -> str:
+    """Where a variant configured at `hookpoint` reads its input: the hookpoint itself; the MLP input for a
+    transcoder at layers.i.mlp; the MLP neurons of block i for the neuron baselines."""
+    if neurons:
+        return f"layers.{_block_index(hookpoint)}.mlp.hidden"
+    if transcode:
+        if not hookpoint.endswith(".mlp"):
+            raise HookpointError(f"a transcoder reads an MLP's input: configure it at layers.i.mlp, not {hookpoint!r}")
+        return f"{hookpoint}.in"
+    return hookpoint
+
+
+def _block_index(hookpoint: str) -> int:
+    match = _HOOKPOINT.match(hookpoint)
+    if match is None:
+        raise HookpointError(f"unknown hookpoint {hookpoint!r}: expected layers.i, layers.i.mlp, .mlp.in or .mlp.hidden")
+    return int(match.group(1))
+
+
 def hookpoint_width(model_config, name: str) -> int:
     """Width of the activations at a hookpoint, from the model's config (no weights needed)."""
     if name.endswith(".mlp.hidden"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +14,13 @@ import pyarrow.parquet as pq
 import torch
 
 from .cache import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
-from .codecs import Sae, detect_format, load_sae, save_sae
+from .codecs import Sae, SaeConfig, detect_format, load_sae, save_sae
 from .config import PipelineConfig, SaeSpec
 from .corpus import ContextTokens, iter_documents, tokenize_contexts
-from .hookpoints import hookpoint_width
+from .hookpoints import hookpoint_width, source_hookpoint
 from .lake import Lake
 from .models import load_model, load_tokenizer, model_source, resolve_device
-from .quality import layer_baseline, spliced_loss
+from .quality import LayerBaseline, layer_baseline, spliced_loss
 from .sql import run_query
 from .train import SaeMetrics, evaluate, holdout_start, iter_activations, train_topk
 
@@ -88,7 +89,7 @@ def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progre
         for hookpoint, name in partitions:
             sae = load_stored_sae(cfg, hookpoint, name).to(device)
             fingerprint = _run_fingerprint(cfg, _folder_hash(lake.partition("saes", hookpoint, name)))
-            made.append(LatentSink(lake, hookpoint, fingerprint, name, sae))
+            made.append(LatentSink(lake, hookpoint, fingerprint, name, sae, reads=reads_from(cfg, hookpoint, name, sae)))
         return made
 
     return _cache(cfg, sinks, progress, hooks)
@@ -137,8 +138,33 @@ def check_d_in(sae: Sae, width: int, where: str) -> None:
         )
 
 
-def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = True) -> SaeResult:
-    """Train (or load) one SAE variant for one layer, evaluate it, and store it in the lake."""
+def train_saes(cfg: PipelineConfig, hookpoint: str, names: list[str], progress: bool = True) -> dict[str, Sae]:
+    """Train the named SAEs of one layer, those that share a stream (epochs, batch size, held-out
+    fraction) from one pass over the activations per epoch."""
+    lake = lake_for(cfg)
+    files = lake.files("activations", hookpoint)
+    n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        train = cfg.sae(name).train
+        groups.setdefault((train.epochs, train.batch_size, train.holdout_fraction), []).append(name)
+    trained = {}
+    for group in groups.values():
+        saes = train_topk(files, width_at(cfg, hookpoint), [cfg.sae(n).train for n in group],
+                          [init_seed(cfg.seed, n) for n in group], n_contexts, cfg.ctx_len, cfg.seed,
+                          resolve_device(cfg.model.device), hookpoint, progress)
+        trained.update(zip(group, saes, strict=True))
+    return trained
+
+
+def init_seed(seed: int, name: str) -> int:
+    """Each SAE variant's own initialisation seed, so it does not depend on which others train beside it."""
+    return seed * 1_000_003 + zlib.crc32(name.encode())
+
+
+def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = True,
+              trained: Sae | None = None) -> SaeResult:
+    """Train (unless `trained` is given) or load one SAE variant of one layer, evaluate it, store it."""
     lake = lake_for(cfg)
     spec = cfg.sae(name)
     device = resolve_device(cfg.model.device)
@@ -147,9 +173,12 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     n_contexts = cfg.n_contexts
     if activation_files:
         n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
-    if spec.train is not None:
-        sae = train_topk(activation_files, hidden, spec.train, n_contexts, cfg.ctx_len, cfg.seed, device,
-                         hookpoint, progress)
+    folder = None
+    if spec.neurons is not None:
+        sae = neuron_codec(width_at(cfg, reads_from(cfg, hookpoint, name)), spec.neurons.k).to(device)
+        activation_files = []  # the stored activations are the hookpoint's, not the neurons'
+    elif spec.train is not None:
+        sae = trained if trained is not None else train_saes(cfg, hookpoint, [name], progress)[name]
         holdout = spec.train.holdout_fraction
     else:
         folder = pretrained_folder(spec, hookpoint)
@@ -158,7 +187,7 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
         check_d_in(sae, hidden, f"SAE {name!r} at {folder}")
         holdout = 0.05
     metrics = None
-    if activation_files:
+    if activation_files and not sae.cfg.transcode:
         held_from = holdout_start(n_contexts, holdout)
         metrics = evaluate(sae, iter_activations(activation_files, 4096, held_from, heldout=True), device)
         everything = evaluate(sae, iter_activations(activation_files, 4096, None, heldout=False), device)
@@ -170,11 +199,25 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     lake.commit(staging, final)
     row = {
         "architecture": sae.cfg.architecture, "num_latents": sae.num_latents, "k": sae.cfg.k or 0,
-        "d_in": sae.cfg.d_in, "source": "trained" if spec.train else str(folder),
+        "d_in": sae.cfg.d_in, "source": str(folder) if folder else ("neurons" if spec.neurons else "trained"),
         **(metrics.as_dict() if metrics else {"fvu": None, "l0": None, "dead_fraction": None, "n_eval_tokens": 0}),
     }
     lake.write_partition(pa.Table.from_pylist([row]), "sae_metrics", hookpoint, name)
     return SaeResult(sae, metrics, final, written)
+
+
+def neuron_codec(width: int, k: int | None) -> Sae:
+    """The MLP neurons as an identity 'SAE' over the hidden activations: positive values, or the top k."""
+    eye = torch.eye(width)
+    architecture = "relu" if k is None else "topk"
+    config = SaeConfig(architecture, width, width, k=k, apply_b_dec_to_input=False, source_format="neurons")
+    return Sae(config, W_enc=eye, b_enc=torch.zeros(width), W_dec=eye.clone(), b_dec=torch.zeros(width))
+
+
+def reads_from(cfg: PipelineConfig, hookpoint: str, name: str, sae: Sae | None = None) -> str:
+    """The activations a variant at `hookpoint` encodes (the hookpoint, the MLP input, or the neurons)."""
+    transcode = bool(sae is not None and sae.cfg.transcode)
+    return source_hookpoint(hookpoint, transcode=transcode, neurons=cfg.sae(name).neurons is not None)
 
 
 def pretrained_folder(spec: SaeSpec, hookpoint: str) -> Path:
@@ -218,19 +261,23 @@ def measure_quality(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> l
     model = load_model(cfg.model, lake.root)
     device = next(model.parameters()).device
     rows = []
-    for hookpoint in dict.fromkeys(h for h, _ in partitions):
-        baseline = layer_baseline(model, held_out, hookpoint, cfg.batch_size)
-        for name in [n for h, n in partitions if h == hookpoint]:
-            sae = load_stored_sae(cfg, hookpoint, name).to(device)
-            loss = spliced_loss(model, held_out, baseline, sae, cfg.batch_size)
-            with duckdb.connect() as con:
-                files = [str(f) for f in lake.files("sae_metrics", hookpoint, name)]
-                metrics = run_query(con, "sae_metrics_of_partition", files=files).fetchall()
-            architecture, num_latents, k, fvu, l0, dead = metrics[0]
-            row = {"architecture": architecture, "num_latents": num_latents, "k": k, "fvu": fvu, "l0": l0,
-                   "dead_fraction": dead, **loss.as_dict()}
-            lake.write_partition(pa.Table.from_pylist([row]), "sae_quality", hookpoint, name)
-            rows.append({"layer": hookpoint, "sae": name, **row})
+    baselines: dict[str, LayerBaseline] = {}
+    for hookpoint, name in partitions:
+        sae = load_stored_sae(cfg, hookpoint, name).to(device)
+        # Neurons are spliced where they are read (the down projection's input); SAEs and transcoders
+        # replace the activation at their hookpoint.
+        point = reads_from(cfg, hookpoint, name) if cfg.sae(name).neurons else hookpoint
+        if point not in baselines:
+            baselines[point] = layer_baseline(model, held_out, point, cfg.batch_size)
+        loss = spliced_loss(model, held_out, baselines[point], sae, cfg.batch_size)
+        with duckdb.connect() as con:
+            files = [str(f) for f in lake.files("sae_metrics", hookpoint, name)]
+            architecture, num_latents, k, fvu, l0, dead = run_query(
+                con, "sae_metrics_of_partition", files=files).fetchall()[0]
+        row = {"architecture": architecture, "num_latents": num_latents, "k": k,
+               "fvu": fvu if fvu is not None else loss.fvu, "l0": l0, "dead_fraction": dead, **loss.as_dict()}
+        lake.write_partition(pa.Table.from_pylist([row]), "sae_quality", hookpoint, name)
+        rows.append({"layer": hookpoint, "sae": name, **row})
     return rows
 
 

@@ -25,6 +25,7 @@ class SplicedLoss:
     ce_spliced: float  # with the SAE's reconstruction in place of the activation
     ce_mean_ablated: float  # with the activation's mean over the same tokens in its place
     n_tokens: int
+    fvu: float = math.nan  # of the spliced reconstruction against the activation it replaced
 
     @property
     def ce_increase(self) -> float:
@@ -44,20 +45,23 @@ class SplicedLoss:
         return {
             "ce_clean": self.ce_clean, "ce_spliced": self.ce_spliced, "ce_mean_ablated": self.ce_mean_ablated,
             "ce_increase": self.ce_increase, "ce_increase_mean_ablated": self.ce_increase_mean_ablated,
-            "ce_recovered": self.ce_recovered, "n_ce_tokens": self.n_tokens,
+            "ce_recovered": self.ce_recovered, "n_ce_tokens": self.n_tokens, "fvu_spliced": self.fvu,
         }
 
 
 @contextmanager
-def _replacing(module: nn.Module, fn):
-    """While inside, the output of `module` (or the first element of a tuple output) becomes fn(output)."""
+def _replacing(model: nn.Module, hookpoint: str, fn):
+    """While inside, the activation at `hookpoint` (a module's output, or its input for input hookpoints such
+    as layers.i.mlp.hidden) becomes fn(activation)."""
+    module, is_input = resolve_hookpoint(model, hookpoint)
 
-    def hook(mod, args, output):
-        if isinstance(output, tuple):
-            return (fn(output[0]), *output[1:])
-        return fn(output)
+    def replace(value):
+        return (fn(value[0]), *value[1:]) if isinstance(value, tuple) else fn(value)
 
-    handle = module.register_forward_hook(hook)
+    if is_input:
+        handle = module.register_forward_pre_hook(lambda mod, args: replace(args))
+    else:
+        handle = module.register_forward_hook(lambda mod, args, output: replace(output))
     try:
         yield
     finally:
@@ -89,7 +93,6 @@ class LayerBaseline:
 @torch.no_grad()
 def layer_baseline(model: nn.Module, tokens: np.ndarray, hookpoint: str, batch_size: int = 8) -> LayerBaseline:
     """Clean CE (while averaging the activation over the same tokens), then CE with that mean spliced in."""
-    module = _output_module(model, hookpoint)
     sums: list[Tensor] = []
     counted: list[int] = []
 
@@ -98,10 +101,10 @@ def layer_baseline(model: nn.Module, tokens: np.ndarray, hookpoint: str, batch_s
         counted.append(x.shape[0] * x.shape[1])
         return x
 
-    with _replacing(module, observe):
+    with _replacing(model, hookpoint, observe):
         ce_clean, n = _mean_ce(model, tokens, batch_size)
     mean = torch.stack(sums).sum(0) / sum(counted)
-    with _replacing(module, lambda x: mean.to(x.dtype).expand_as(x)):
+    with _replacing(model, hookpoint, lambda x: mean.to(x.dtype).expand_as(x)):
         ce_mean, _ = _mean_ce(model, tokens, batch_size)
     return LayerBaseline(hookpoint, ce_clean, ce_mean, n)
 
@@ -109,28 +112,31 @@ def layer_baseline(model: nn.Module, tokens: np.ndarray, hookpoint: str, batch_s
 @torch.no_grad()
 def spliced_loss(model: nn.Module, tokens: np.ndarray, baseline: LayerBaseline, sae: Sae,
                  batch_size: int = 8) -> SplicedLoss:
-    """CE with `sae`'s reconstruction in place of the activation at the baseline's hookpoint.
+    """CE with `sae`'s reconstruction in place of the activation at the baseline's hookpoint, and the FVU of
+    that reconstruction on the same tokens.
 
     A transcoder (`sae.cfg.transcode`) at `layers.i.mlp` reads the MLP's input and replaces its output.
     """
-    module = _output_module(model, baseline.hookpoint)
+    module, is_input = resolve_hookpoint(model, baseline.hookpoint)
+    if sae.cfg.transcode and is_input:
+        raise ValueError(f"a transcoder replaces an MLP's output; {baseline.hookpoint!r} is an input hookpoint")
     stash: dict[str, Tensor] = {}
     pre = module.register_forward_pre_hook(lambda mod, args: stash.__setitem__("in", args[0]))
+    error = variance = 0.0
 
     def splice(x: Tensor) -> Tensor:
+        nonlocal error, variance
         source = stash["in"] if sae.cfg.transcode else x
-        return sae.reconstruct(source.reshape(-1, source.shape[-1])).reshape(x.shape).to(x.dtype)
+        flat = x.reshape(-1, x.shape[-1]).float()
+        x_hat = sae.reconstruct(source.reshape(-1, source.shape[-1])).reshape(flat.shape)
+        error += (flat - x_hat).pow(2).sum().item()
+        variance += (flat - flat.mean(0)).pow(2).sum().item()
+        return x_hat.reshape(x.shape).to(x.dtype)
 
     try:
-        with _replacing(module, splice):
+        with _replacing(model, baseline.hookpoint, splice):
             ce_spliced, _ = _mean_ce(model, tokens, batch_size)
     finally:
         pre.remove()
-    return SplicedLoss(baseline.ce_clean, ce_spliced, baseline.ce_mean_ablated, baseline.n_tokens)
-
-
-def _output_module(model: nn.Module, hookpoint: str) -> nn.Module:
-    module, is_input = resolve_hookpoint(model, hookpoint)
-    if is_input:
-        raise ValueError(f"splicing replaces a module's output; {hookpoint!r} is an input hookpoint")
-    return module
+    return SplicedLoss(baseline.ce_clean, ce_spliced, baseline.ce_mean_ablated, baseline.n_tokens,
+                       fvu=error / variance)

@@ -92,56 +92,80 @@ def holdout_start(n_contexts: int, fraction: float) -> int:
     return n_contexts - max(1, round(n_contexts * fraction))
 
 
-def train_topk(files: list[Path], d_in: int, cfg: TrainConfig, n_contexts: int, ctx_len: int, seed: int,
-               device: torch.device, hookpoint: str | None = None, progress: bool = True) -> Sae:
+class TopKTrainer:
+    """One TopK SAE and its optimizer state; `step` trains it on one batch."""
+
+    def __init__(self, d_in: int, cfg: TrainConfig, mean: Tensor, init_seed: int, device: torch.device,
+                 hookpoint: str | None = None):
+        self.cfg = cfg
+        num_latents = d_in * cfg.expansion_factor
+        generator = torch.Generator().manual_seed(init_seed)
+        W_dec = torch.randn(num_latents, d_in, generator=generator)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.sae = Sae(
+            SaeConfig("topk", d_in, num_latents, k=cfg.k, hookpoint=hookpoint),
+            W_enc=W_dec.T.clone(), b_enc=torch.zeros(num_latents), W_dec=W_dec, b_dec=mean,
+        ).to(device)
+        lr = cfg.lr or 2e-4 / math.sqrt(num_latents / 2**14)
+        params = [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
+        self.optimizer = torch.optim.Adam(params, lr=lr, eps=6.25e-10)
+        self.tokens_since_fired = torch.zeros(num_latents, dtype=torch.long, device=device)
+        self.k_aux = d_in // 2
+        self.fvu = math.nan
+        self.dead_fraction = 0.0
+
+    def step(self, x: Tensor) -> None:
+        sae = self.sae
+        values, indices = sae.encode_topk(x)
+        error = x - sae.decode_topk(values, indices)
+        fvu = error.pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[indices[values > 0]] = 0
+        dead = self.tokens_since_fired > self.cfg.dead_after_tokens
+        loss = fvu
+        if dead.any():
+            loss = loss + self.cfg.auxk_alpha * _auxk_loss(sae, x, error.detach(), dead, self.k_aux)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _remove_parallel_grad(sae)
+        self.optimizer.step()
+        sae.normalize_decoder()
+        self.fvu = fvu.item()
+        self.dead_fraction = dead.float().mean().item()
+
+
+def train_topk(files: list[Path], d_in: int, cfgs: list[TrainConfig], init_seeds: list[int], n_contexts: int,
+               ctx_len: int, seed: int, device: torch.device, hookpoint: str | None = None,
+               progress: bool = True) -> list[Sae]:
+    """Train several TopK SAEs on one layer from one pass over its activations per epoch.
+
+    They share the stream, so they must agree on epochs, batch_size and holdout_fraction; each has its own
+    initialisation seed, so an SAE trained with others equals the same SAE trained alone.
+    """
     if not files:
         raise FileNotFoundError(f"no activation files to train on for {hookpoint}; materialize `activations` first")
-    torch.manual_seed(seed)
+    stream = {(c.epochs, c.batch_size, c.holdout_fraction) for c in cfgs}
+    if len(stream) != 1:
+        raise ValueError(f"SAEs trained together must share epochs, batch_size and holdout_fraction; got {stream}")
+    epochs, batch_size, holdout = stream.pop()
     rng = np.random.default_rng(seed)
-    num_latents = d_in * cfg.expansion_factor
-    held_from = holdout_start(n_contexts, cfg.holdout_fraction)
+    held_from = holdout_start(n_contexts, holdout)
     mean = _mean(iter_activations(files, 8192, held_from, heldout=False))
-    W_dec = torch.randn(num_latents, d_in)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    sae = Sae(
-        SaeConfig("topk", d_in, num_latents, k=cfg.k, hookpoint=hookpoint),
-        W_enc=W_dec.T.clone(), b_enc=torch.zeros(num_latents), W_dec=W_dec, b_dec=mean,
-    ).to(device)
-    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
-    lr = cfg.lr or 2e-4 / math.sqrt(num_latents / 2**14)
-    optimizer = torch.optim.Adam(params, lr=lr, eps=6.25e-10)
-    tokens_since_fired = torch.zeros(num_latents, dtype=torch.long, device=device)
-    k_aux = d_in // 2
-    bar = tqdm(total=cfg.epochs * held_from * ctx_len, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"training {hookpoint} x{cfg.expansion_factor} k={cfg.k}")
-    step = 0
-    for epoch in range(cfg.epochs):
-        for x in iter_activations(files, cfg.batch_size, held_from, heldout=False, rng=rng):
+    trainers = [TopKTrainer(d_in, c, mean, s, device, hookpoint) for c, s in zip(cfgs, init_seeds, strict=True)]
+    sizes = ", ".join(f"x{c.expansion_factor} k={c.k}" for c in cfgs)
+    bar = tqdm(total=epochs * held_from * ctx_len, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"training {hookpoint} {sizes}")
+    for _ in range(epochs):
+        for step, x in enumerate(iter_activations(files, batch_size, held_from, heldout=False, rng=rng), 1):
             x = x.to(device)
-            values, indices = sae.encode_topk(x)
-            x_hat = sae.decode_topk(values, indices)
-            error = x - x_hat
-            total_variance = (x - x.mean(0)).pow(2).sum()
-            fvu = error.pow(2).sum() / total_variance
-            fired = torch.zeros(num_latents, dtype=torch.bool, device=device)
-            fired[indices[values > 0]] = True
-            tokens_since_fired += x.shape[0]
-            tokens_since_fired[fired] = 0
-            dead = tokens_since_fired > cfg.dead_after_tokens
-            loss = fvu
-            if dead.any():
-                loss = loss + cfg.auxk_alpha * _auxk_loss(sae, x, error.detach(), dead, k_aux)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _remove_parallel_grad(sae)
-            optimizer.step()
-            sae.normalize_decoder()
-            step += 1
+            for trainer in trainers:
+                trainer.step(x)
             bar.update(x.shape[0])
             if step % 20 == 0:
-                bar.set_postfix(fvu=f"{fvu.item():.3f}", dead=f"{dead.float().mean().item():.3f}")
+                bar.set_postfix(fvu=" ".join(f"{t.fvu:.3f}" for t in trainers),
+                                dead=" ".join(f"{t.dead_fraction:.3f}" for t in trainers))
     bar.close()
-    return sae
+    return [t.sae for t in trainers]
 
 
 def _auxk_loss(sae: Sae, x: Tensor, error: Tensor, dead: Tensor, k_aux: int) -> Tensor:

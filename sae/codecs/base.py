@@ -70,12 +70,13 @@ class Sae(nn.Module):
                 raise ValueError("a JumpReLU SAE needs a threshold tensor")
             _expect_shape("threshold", threshold, (n,))
         self.cfg = cfg
-        self.W_enc = nn.Parameter(W_enc.float().contiguous())
-        self.b_enc = nn.Parameter(b_enc.float().contiguous())
-        self.W_dec = nn.Parameter(W_dec.float().contiguous())
-        self.b_dec = nn.Parameter(b_dec.float().contiguous())
-        self.threshold = nn.Parameter(threshold.float(), requires_grad=False) if threshold is not None else None
-        self.W_skip = nn.Parameter(W_skip.float(), requires_grad=False) if W_skip is not None else None
+        # Own copies: SAEs built from the same tensors (e.g. one data mean as b_dec) must not share storage.
+        self.W_enc = nn.Parameter(_own(W_enc))
+        self.b_enc = nn.Parameter(_own(b_enc))
+        self.W_dec = nn.Parameter(_own(W_dec))
+        self.b_dec = nn.Parameter(_own(b_dec))
+        self.threshold = nn.Parameter(_own(threshold), requires_grad=False) if threshold is not None else None
+        self.W_skip = nn.Parameter(_own(W_skip), requires_grad=False) if W_skip is not None else None
 
     @property
     def num_latents(self) -> int:
@@ -130,6 +131,10 @@ class Sae(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+def _own(tensor: Tensor) -> Tensor:
+    return tensor.detach().to(torch.float32, copy=True).contiguous()
 
 
 def _expect_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:

@@ -42,12 +42,15 @@ def reference_top_activations(cfg, hookpoint: str, sae_folder, n: int = 3) -> di
 
 
 SIZES = {"topk-x2": 2, "topk-x4": 4}
+NEURONS = {"neurons": None, "neurons-topk": 8}
+INTERMEDIATE = 1536  # SmolLM2-135M's MLP width
 
 
 def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeypatch, capsys):
     config_path = write_config(tmp_path, converted_model, saes=[
-        {"name": name, "train": {"expansion_factor": x, "k": 8, "epochs": 3, "batch_size": 256}}
-        for name, x in SIZES.items()
+        *({"name": name, "train": {"expansion_factor": x, "k": 8, "epochs": 3, "batch_size": 256}}
+          for name, x in SIZES.items()),
+        *({"name": name, "neurons": {"k": k}} for name, k in NEURONS.items()),
     ])
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))
     (tmp_path / "dagster-home").mkdir()
@@ -62,7 +65,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     latents_meta = instance.get_latest_materialization_event(dg.AssetKey("latents")).asset_materialization.metadata
     assert "bytes_per_non_zero" in latents_meta["partitions"].value
     summary = instance.get_latest_materialization_event(dg.AssetKey("sae_quality_summary")).asset_materialization
-    assert summary.metadata["variants"].value == len(cfg.hookpoints) * len(SIZES)
+    assert summary.metadata["variants"].value == len(cfg.hookpoints) * (len(SIZES) + len(NEURONS))
     lake = Lake(cfg.lake)
     n_contexts = cfg.n_tokens // cfg.ctx_len
 
@@ -71,14 +74,26 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
         assert con.execute("SELECT min(len(tokens)), max(len(tokens)) FROM contexts").fetchone() == (cfg.ctx_len,) * 2
         per_layer = dict(con.execute("SELECT layer, count(*) FROM activations GROUP BY layer").fetchall())
         assert per_layer == {h: cfg.n_tokens for h in cfg.hookpoints}
-        metrics = con.execute("SELECT layer, sae, fvu, l0 FROM sae_metrics ORDER BY layer, sae").fetchall()
+        metrics = con.execute(
+            "SELECT layer, sae, fvu, l0 FROM sae_metrics WHERE sae LIKE 'topk%' ORDER BY layer, sae").fetchall()
         assert [(m[0], m[1]) for m in metrics] == [(h, s) for h in cfg.hookpoints for s in SIZES]
         assert all(0 < m[2] < 1 and m[3] <= 8 for m in metrics)
+        every_variant = sorted((h, s) for h in cfg.hookpoints for s in [*SIZES, *NEURONS])
         quality = con.execute(
             "SELECT layer, sae, ce_increase, ce_increase_mean_ablated, fvu FROM sae_quality ORDER BY ALL").fetchall()
-        assert [(q[0], q[1]) for q in quality] == [(h, s) for h in cfg.hookpoints for s in SIZES]
+        assert [(q[0], q[1]) for q in quality] == every_variant
         for layer, sae, increase, mean_increase, fvu in quality:
-            assert fvu is not None and increase < mean_increase, (layer, sae)
+            assert fvu is not None and 0 <= fvu < 1, (layer, sae, fvu)
+            if sae in SIZES:
+                assert increase < mean_increase, (layer, sae)
+        # Neurons: every neuron a latent; the top-k variant keeps exactly k per token.
+        for hookpoint in cfg.hookpoints:
+            dense, topk = (con.execute(f"SELECT count(*) FROM latents WHERE layer = '{hookpoint}' AND sae = '{n}'")
+                           .fetchone()[0] for n in NEURONS)
+            assert topk == cfg.n_tokens * NEURONS["neurons-topk"]
+            assert cfg.n_tokens * 100 < dense < cfg.n_tokens * INTERMEDIATE
+            stats = con.execute(f"SELECT count(*) FROM latent_stats WHERE layer = '{hookpoint}' AND sae = 'neurons'")
+            assert stats.fetchone()[0] == INTERMEDIATE
         for hookpoint in cfg.hookpoints:
             for name, x in SIZES.items():
                 where = f"layer = '{hookpoint}' AND sae = '{name}'"

@@ -59,10 +59,26 @@ def test_topk_trainer_recovers_a_sparse_dictionary(tmp_path):
     acts = (codes @ atoms + 0.5).numpy()
     files = write_activations(tmp_path, acts, ctx_len=50, rows_per_file=10_000, row_group=2_000)
     cfg = TrainConfig(expansion_factor=4, k=k, epochs=3, batch_size=256, lr=3e-3, holdout_fraction=0.1)
-    sae = train_topk(files, d, cfg, n_contexts=n // 50, ctx_len=50, seed=0, device=torch.device("cpu"),
-                     hookpoint="synthetic", progress=False)
+    (sae,) = train_topk(files, d, [cfg], [7], n_contexts=n // 50, ctx_len=50, seed=0, device=torch.device("cpu"),
+                        hookpoint="synthetic", progress=False)
     held = holdout_start(n // 50, 0.1)
     metrics = evaluate(sae, iter_activations(files, 1024, held, heldout=True), torch.device("cpu"))
     assert metrics.fvu < 0.3
     assert metrics.l0 <= k
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.num_latents), atol=1e-4)
+
+
+def test_saes_trained_together_equal_saes_trained_alone(tmp_path):
+    """One pass over the stream for several SAEs changes nothing about any of them."""
+    acts = np.random.default_rng(1).normal(size=(4000, 16)).astype(np.float32)
+    files = write_activations(tmp_path, acts, ctx_len=40, rows_per_file=2000, row_group=500)
+    small = TrainConfig(expansion_factor=2, k=4, epochs=2, batch_size=128)
+    large = TrainConfig(expansion_factor=4, k=8, epochs=2, batch_size=128)
+    common = {"n_contexts": 100, "ctx_len": 40, "seed": 3, "device": torch.device("cpu"), "progress": False}
+    together = train_topk(files, 16, [small, large], [11, 22], **common)
+    alone = [train_topk(files, 16, [small], [11], **common)[0], train_topk(files, 16, [large], [22], **common)[0]]
+    for a, b in zip(together, alone, strict=True):
+        torch.testing.assert_close(a.W_dec, b.W_dec)
+        torch.testing.assert_close(a.b_enc, b.b_enc)
+    with pytest.raises(ValueError, match="must share epochs"):
+        train_topk(files, 16, [small, TrainConfig(epochs=3, batch_size=128)], [1, 2], **common)
