@@ -26,7 +26,7 @@ from .train import SaeMetrics, evaluate, holdout_start, iter_activations, train_
 
 log = logging.getLogger(__name__)
 
-CONTEXT_KEYS = ("model", "corpus", "n_tokens", "ctx_len")
+CONTEXT_KEYS = ("corpus", "n_tokens", "ctx_len")
 FINGERPRINT_META = b"saelake.fingerprint"
 CONTEXTS_PER_ROW_GROUP = 256  # the unit in which the caching stages read contexts
 
@@ -39,6 +39,11 @@ def lake_for(cfg: PipelineConfig) -> Lake:
     return Lake(cfg.lake)
 
 
+def contexts_fingerprint(cfg: PipelineConfig) -> str:
+    """What the contexts depend on: the corpus, the sizes, and the model's tokenizer (not device or dtype)."""
+    return cfg.fingerprint(*CONTEXT_KEYS) + f"/{cfg.model.name}@{cfg.model.revision}"
+
+
 # contexts -----------------------------------------------------------------------------------------------
 
 
@@ -48,7 +53,7 @@ def build_contexts(cfg: PipelineConfig) -> pa.Table:
     table = tokenize_contexts(iter_documents(cfg.corpus), tokenizer, cfg.n_contexts, cfg.ctx_len)
     if table.num_rows < cfg.n_contexts:
         log.warning("the corpus ran out: %d contexts instead of %d", table.num_rows, cfg.n_contexts)
-    table = table.replace_schema_metadata({FINGERPRINT_META: cfg.fingerprint(*CONTEXT_KEYS).encode()})
+    table = table.replace_schema_metadata({FINGERPRINT_META: contexts_fingerprint(cfg).encode()})
     lake.write_partition(table, "contexts", row_group_size=CONTEXTS_PER_ROW_GROUP)
     return table
 
@@ -59,7 +64,7 @@ def load_context_tokens(cfg: PipelineConfig) -> ContextTokens:
     if not files:
         raise FileNotFoundError(f"no contexts in {cfg.lake}: materialize the `contexts` asset first")
     stored = (pq.read_schema(files[0]).metadata or {}).get(FINGERPRINT_META, b"").decode()
-    if stored != cfg.fingerprint(*CONTEXT_KEYS):
+    if stored != contexts_fingerprint(cfg):
         raise StaleDataError(
             "the contexts in the lake were built with another model, corpus, n_tokens or ctx_len than the "
             "current config: materialize `contexts` again"
@@ -71,7 +76,8 @@ def load_context_tokens(cfg: PipelineConfig) -> ContextTokens:
 
 
 def _run_fingerprint(cfg: PipelineConfig, extra: str = "") -> str:
-    return cfg.fingerprint(*CONTEXT_KEYS, "batch_size", "chunk_tokens") + extra
+    # Activations depend on the model's dtype and the batch shapes too, not on where they were computed.
+    return f"{contexts_fingerprint(cfg)}/{cfg.fingerprint('batch_size', 'chunk_tokens')}/{cfg.model.dtype}{extra}"
 
 
 def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True, **hooks) -> CacheReport:
