@@ -57,8 +57,8 @@ def run(args) -> int:
     steps = [("contexts", ["contexts"], {})]
     if layer_keys:
         steps.append(("activations", ["activations"], span(layer_keys)))
-    steps.append(("saes, sae_quality, latents, latent_stats", ["saes", "sae_quality", "latents", "latent_stats"],
-                  span(sae_keys)))
+    per_partition = ["saes", "sae_quality", "latents", "latent_stats", "examples"]
+    steps.append((", ".join(per_partition), per_partition, span(sae_keys)))
     steps.append(("sae_quality_summary", ["sae_quality_summary"], {}))
     started = time.perf_counter()
     for number, (label, selection, tags) in enumerate(steps, 1):

@@ -102,6 +102,24 @@ class LayerConfig:
 
 
 @dataclass(frozen=True)
+class ExamplesConfig:
+    """Example windows per latent: shown to the explainer (train) or held out for scoring (test)."""
+
+    window: int = 32  # tokens per example window (example_ctx_len)
+    peak_position: float = 0.5  # where the peak activation sits in its window: 0.5 centred, 0.9 near the end
+    n_top: int = 20  # train: the highest-activating windows
+    n_quantiles: int = 10  # bins between the latent's smallest and largest non-zero activation
+    # Drawn round-robin across the bins (an equal number per bin where the bins hold enough windows):
+    n_train_quantile: int = 20  # train: windows beyond the top ones
+    n_test: int = 50  # test: activating windows
+    n_random: int = 50  # test: windows where the latent is zero at every token
+
+    @property
+    def n_train(self) -> int:
+        return self.n_top + self.n_train_quantile
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     lake: str = "lake"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,6 +133,7 @@ class PipelineConfig:
     # they stay inside every trained SAE's held-out set.
     eval_contexts: int = 16
     seed: int = 0
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     layers: tuple[LayerConfig, ...] = ()
     # Every SAE variant is applied at every layer: the lake is partitioned by layer x sae.
     saes: tuple[SaeSpec, ...] = ()
@@ -246,6 +265,14 @@ def _check(config: PipelineConfig, where: str) -> None:
                 f"{where}: layer {layer.hookpoint!r} has `activations: false`, but SAEs "
                 f"{[s.name for s in config.saes if s.train]} are trained from activations"
             )
+    examples = config.examples
+    if not 2 <= examples.window <= config.ctx_len:
+        raise ConfigError(f"{where}: examples.window must be between 2 and ctx_len ({config.ctx_len})")
+    if not 0 <= examples.peak_position <= 1:
+        raise ConfigError(f"{where}: examples.peak_position is a fraction of the window, between 0 and 1")
+    if examples.n_quantiles < 1 or min(examples.n_top, examples.n_train_quantile, examples.n_test,
+                                       examples.n_random) < 0:
+        raise ConfigError(f"{where}: examples counts must be non-negative and n_quantiles positive")
     corpus = config.corpus
     if corpus.source not in (BUILTIN_CORPUS, "huggingface", "files"):
         raise ConfigError(

@@ -8,6 +8,7 @@ Layout (`layer` and `sae` are hive partition columns):
   sae_quality/layer=<hookpoint>/sae=<name>/part-00000.parquet   (metrics + spliced-in cross-entropy)
   latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
   latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  examples/layer=<hookpoint>/sae=<name>/part-00000.parquet          (+ example_coverage/, one row per latent)
   saelake.duckdb                                 (views over every table)
 A partition is built under .staging/ and renamed into place when complete, so a failed or killed run
 never leaves a half-written partition visible.
@@ -24,7 +25,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "latents", "latent_stats")
+TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "latents", "latent_stats", "examples",
+          "example_coverage")
 DATABASE = "saelake.duckdb"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -356,4 +357,38 @@ def preview_contexts(cfg: PipelineConfig, n: int = 3, chars: int = 160) -> list[
     for ctx_id in range(min(n, tokens.shape[0])):
         text = tokenizer.decode(tokens[ctx_id]).replace(tokenizer.eos_token, "⏎⏎")
         rows.append({"ctx_id": ctx_id, "text": text[:chars] + ("…" if len(text) > chars else "")})
+    return rows
+
+
+# examples ----------------------------------------------------------------------------------------------
+
+
+def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.Table, pa.Table]:
+    """Select every kind of example for every latent of one partition; store examples and coverage."""
+    from .examples import coverage, select_examples
+
+    lake = lake_for(cfg)
+    load_context_tokens(cfg)  # refuses stale contexts
+    table = select_examples(lake.files("latents", hookpoint, name), lake.files("contexts")[0], name, cfg.examples,
+                            cfg.seed)
+    covered = coverage(table, cfg.examples)
+    lake.write_partition(table, "examples", hookpoint, name)
+    lake.write_partition(covered, "example_coverage", hookpoint, name)
+    return table, covered
+
+
+def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, per_latent: int = 2,
+                     threshold: float = 0.5) -> list[dict]:
+    """A few train windows of the first latents as text, tokens at >= `threshold` x peak marked «like this»."""
+    tokenizer = load_tokenizer(cfg.model, lake_for(cfg).root)
+    rows = []
+    latents = sorted(set(table.column("latent").to_pylist()))[:n_latents]
+    for example in table.filter(pc.field("split") == "train").to_pylist():
+        if example["latent"] not in latents or sum(r["latent"] == example["latent"] for r in rows) >= per_latent:
+            continue
+        peak = max(example["acts"]) or 1.0
+        pieces = [tokenizer.decode([t]) for t in example["tokens"]]
+        text = "".join(f"«{p}»" if a >= threshold * peak and a > 0 else p for p, a in zip(pieces, example["acts"]))
+        rows.append({"latent": example["latent"], "kind": example["kind"], "peak_act": example["peak_act"],
+                     "text": text})
     return rows

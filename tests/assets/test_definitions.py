@@ -5,7 +5,8 @@ import dagster as dg
 from assets.definitions import build_definitions
 from sae.config import DEFAULT_CONFIG, load_config
 
-EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summary", "latents", "latent_stats"}
+EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
+            "examples"}
 
 
 def test_demo_definitions_load_with_every_asset_and_partition():

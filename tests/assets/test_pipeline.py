@@ -113,6 +113,22 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
                 for rank, value in enumerate(top, 1):
                     if value > 0:
                         assert stored[(latent, rank)] == pytest.approx(value, rel=2e-2, abs=2e-2)
+        # Examples: every latent that fires has a coverage row; train and test never share a context.
+        for hookpoint in cfg.hookpoints:
+            where = f"layer = '{hookpoint}' AND sae = 'topk-x2'"
+            fired = con.execute(f"SELECT count(*) FROM latent_stats WHERE {where} AND NOT dead").fetchone()[0]
+            assert con.execute(f"SELECT count(*) FROM example_coverage WHERE {where}").fetchone()[0] == fired
+            shared = con.execute(
+                f"SELECT count(*) FROM examples a JOIN examples b USING (layer, sae, latent, ctx_id) "
+                f"WHERE a.{where.replace(' AND ', ' AND a.')} AND a.split = 'train' AND b.split = 'test' "
+                "AND b.kind <> 'random'").fetchone()[0]
+            assert shared == 0
+            kinds = dict(con.execute(f"SELECT kind, count(*) FROM examples WHERE {where} GROUP BY kind").fetchall())
+            assert set(kinds) == {"top", "quantile", "random"}
+            assert con.execute(f"SELECT min(len(tokens)), max(len(acts)) FROM examples WHERE {where}").fetchone() == (
+                cfg.examples.window, cfg.examples.window)
+    examples_meta = instance.get_latest_materialization_event(dg.AssetKey("examples")).asset_materialization.metadata
+    assert "«" in examples_meta["preview"].value
     # Each file is sorted by latent, and the lake stays small.
     for path in lake.files("latents"):
         latents = pq.read_table(path, columns=["latent"]).column(0).to_numpy()

@@ -1,0 +1,18 @@
+-- Per latent: the examples it got, and a flag with the reason when a split is short of its target
+-- (a latent that fires in too few contexts is kept, never silently dropped).
+WITH counts AS (
+    SELECT latent,
+        count(*) FILTER (split = 'train') AS n_train,
+        count(*) FILTER (split = 'test' AND kind <> 'random') AS n_test_activating,
+        count(*) FILTER (kind = 'random') AS n_test_random
+    FROM examples GROUP BY latent
+)
+SELECT latent, n_train, n_test_activating, n_test_random,
+    n_train >= $n_train AND n_test_activating >= $n_test AND n_test_random >= $n_random AS complete,
+    concat_ws('; ',
+        CASE WHEN n_train < $n_train THEN format('{} of {} train windows: fires in too few contexts', n_train, $n_train) END,
+        CASE WHEN n_test_activating < $n_test THEN format('{} of {} activating test windows', n_test_activating, $n_test) END,
+        CASE WHEN n_test_random < $n_random THEN format('{} of {} non-activating windows: fires almost everywhere', n_test_random, $n_random) END
+    ) AS reason
+FROM counts
+ORDER BY latent
