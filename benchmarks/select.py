@@ -6,7 +6,8 @@
 Writes (once, cached under benchmarks/.data/) a latents table like the pipeline's: TopK codes with
 k = 32 per token over 256-token contexts, latents drawn with power-law firing frequencies (a few latents
 fire on a large share of tokens, most rarely), each file sorted by latent, ZSTD. Then times
-`select_examples` (every kind of example for every latent that fires) in a fresh process and prints the
+`select_examples` (every kind of example for every latent that fires: top, quantile, random, and hard
+negatives from a blockwise nearest-latent search over a random decoder) in a fresh process and prints the
 wall time and that process's peak RSS. DuckDB's memory limit is set with --memory-limit.
 """
 
@@ -69,13 +70,17 @@ def generate(folder: Path, nnz: int, n_latents: int, seed: int = 0) -> tuple[lis
 
 
 def worker(args) -> dict:
+    import torch
+
     from sae.config import ExamplesConfig
     from sae.examples import coverage, select_examples
 
     folder = Path(args.data)
     files, contexts = sorted(folder.glob("latents-*.parquet")), folder / "contexts.parquet"
+    decoder = torch.randn(args.latents, args.decoder_dim, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    examples = select_examples(files, contexts, "bench", ExamplesConfig(), seed=0, memory_limit=args.memory_limit)
+    examples = select_examples(files, contexts, "bench", ExamplesConfig(), seed=0, decoder=decoder,
+                               memory_limit=args.memory_limit)
     seconds = time.perf_counter() - start
     covered = coverage(examples, ExamplesConfig())
     return {
@@ -92,6 +97,8 @@ def main() -> None:
     parser.add_argument("--nnz", type=int, default=100_000_000)
     parser.add_argument("--latents", type=int, default=32_768)
     parser.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit")
+    parser.add_argument("--decoder-dim", type=int, default=576, help="width of the random decoder used for the "
+                        "hard negatives' nearest-latent search")
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,7 +108,8 @@ def main() -> None:
     folder = REPO / "benchmarks" / ".data" / f"select-{args.nnz}-{args.latents}"
     files, _ = generate(folder, args.nnz, args.latents)
     nnz = sum(pq.read_metadata(f).num_rows for f in files)
-    command = [sys.executable, __file__, "--worker", "--data", str(folder), "--memory-limit", args.memory_limit]
+    command = [sys.executable, __file__, "--worker", "--data", str(folder), "--memory-limit", args.memory_limit,
+               "--latents", str(args.latents), "--decoder-dim", str(args.decoder_dim)]
     result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
     print(f"{nnz:,} non-zeros, {args.latents:,} latents, DuckDB memory_limit {args.memory_limit}")
     print(f"selection: {result['seconds']:.1f} s wall, peak RSS {result['peak_rss_mib']:.0f} MiB, "

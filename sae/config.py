@@ -113,6 +113,8 @@ class ExamplesConfig:
     n_train_quantile: int = 20  # train: windows beyond the top ones
     n_test: int = 50  # test: activating windows
     n_random: int = 50  # test: windows where the latent is zero at every token
+    n_neighbour: int = 10  # test: hard negatives, where a nearest latent peaks but this one is silent
+    neighbour_latents: int = 5  # nearest latents (decoder cosine) searched for hard negatives
 
     @property
     def n_train(self) -> int:
@@ -271,7 +273,7 @@ def _check(config: PipelineConfig, where: str) -> None:
     if not 0 <= examples.peak_position <= 1:
         raise ConfigError(f"{where}: examples.peak_position is a fraction of the window, between 0 and 1")
     if examples.n_quantiles < 1 or min(examples.n_top, examples.n_train_quantile, examples.n_test,
-                                       examples.n_random) < 0:
+                                       examples.n_random, examples.n_neighbour, examples.neighbour_latents) < 0:
         raise ConfigError(f"{where}: examples counts must be non-negative and n_quantiles positive")
     corpus = config.corpus
     if corpus.source not in (BUILTIN_CORPUS, "huggingface", "files"):

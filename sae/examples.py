@@ -9,9 +9,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from torch import Tensor
 
 from .config import ExamplesConfig
 from .corpus import ContextTokens
+from .neighbours import nearest_latents
 from .sql import run_query
 
 WINDOW_SCHEMA = pa.schema([("latent", pa.int32()), ("split", pa.string()), ("kind", pa.string()),
@@ -21,8 +23,10 @@ RANDOM_ROUNDS = (2, 10, 50)  # candidates per wanted silent window, for the late
 
 
 def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: ExamplesConfig, seed: int,
-                    memory_limit: str | None = None) -> pa.Table:
-    """Every kind of example for every latent that fires, with token ids and per-token activations."""
+                    decoder: Tensor | None = None, memory_limit: str | None = None) -> pa.Table:
+    """Every kind of example for every latent that fires, with token ids and per-token activations.
+
+    `decoder` ([L, d] decoder directions) enables the hard negatives (kind 'neighbour')."""
     if not latents:
         raise FileNotFoundError("no latents files: materialize `latents` first")
     tokens = ContextTokens(contexts)
@@ -32,14 +36,23 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
     with duckdb.connect() as con:
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
+        peak_offset = int(cfg.peak_position * (cfg.window - 1))
+        run_query(con, "examples_peaks", files=files)
         activating = run_query(
-            con, "examples_activating", **common, peak_offset=int(cfg.peak_position * (cfg.window - 1)),
+            con, "examples_activating", **common, peak_offset=peak_offset,
             n_top=cfg.n_top, n_quantiles=cfg.n_quantiles, n_train_quantile=cfg.n_train_quantile,
             n_test=cfg.n_test,
         ).to_arrow_table()
         random = _silent_windows(con, common, pc.unique(activating.column("latent")).to_pylist(), n_contexts,
                                  cfg.n_random)
-        windows = pa.concat_tables([activating, random.cast(activating.schema)]).sort_by(
+        parts = [activating, random.cast(activating.schema)]
+        if decoder is not None and cfg.n_neighbour and cfg.neighbour_latents:
+            con.register("neighbours", nearest_latents(decoder, cfg.neighbour_latents))
+            parts.append(run_query(con, "examples_neighbour", files=files, window=cfg.window, ctx_len=ctx_len,
+                                   peak_offset=peak_offset, n_neighbour=cfg.n_neighbour,
+                                   per_neighbour=2 * cfg.n_neighbour)
+                         .to_arrow_table().cast(activating.schema))
+        windows = pa.concat_tables(parts).sort_by(
             [(c, "ascending") for c in ("latent", "split", "kind", "bin", "ctx_id", "start")])
         windows = windows.append_column("wid", pa.array(np.arange(windows.num_rows, dtype=np.int64)))
         con.register("windows", windows)

@@ -369,8 +369,10 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.T
 
     lake = lake_for(cfg)
     load_context_tokens(cfg)  # refuses stale contexts
+    # Hard negatives need decoder directions; the neuron baselines' stored decoder is the identity.
+    decoder = None if cfg.sae(name).neurons else load_stored_sae(cfg, hookpoint, name).W_dec.detach()
     table = select_examples(lake.files("latents", hookpoint, name), lake.files("contexts")[0], name, cfg.examples,
-                            cfg.seed)
+                            cfg.seed, decoder=decoder)
     covered = coverage(table, cfg.examples)
     lake.write_partition(table, "examples", hookpoint, name)
     lake.write_partition(covered, "example_coverage", hookpoint, name)

@@ -1,4 +1,5 @@
 -- Activating example windows of one latents partition, split into disjoint train and test sets.
+-- Reads the temporary table `peaks` (sql/examples_peaks.sql).
 --
 -- Each (latent, context) gives one candidate window, placed around the context's peak activation (the
 -- peak sits at $peak_offset tokens into the window, clamped so the window stays inside the context), so
@@ -14,9 +15,6 @@ WITH rows AS (
 ),
 bounds AS (
     SELECT latent, min(act) AS lo, max(act) AS hi FROM rows GROUP BY latent
-),
-peaks AS (
-    SELECT latent, ctx_id, max(act) AS peak_act, arg_max(pos, act) AS peak_pos FROM rows GROUP BY latent, ctx_id
 ),
 binned AS (
     SELECT

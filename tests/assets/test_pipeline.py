@@ -124,7 +124,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
                 "AND b.kind <> 'random'").fetchone()[0]
             assert shared == 0
             kinds = dict(con.execute(f"SELECT kind, count(*) FROM examples WHERE {where} GROUP BY kind").fetchall())
-            assert set(kinds) == {"top", "quantile", "random"}
+            assert set(kinds) == {"top", "quantile", "random", "neighbour"}
             assert con.execute(f"SELECT min(len(tokens)), max(len(acts)) FROM examples WHERE {where}").fetchone() == (
                 cfg.examples.window, cfg.examples.window)
     examples_meta = instance.get_latest_materialization_event(dg.AssetKey("examples")).asset_materialization.metadata

@@ -4,13 +4,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from sae.config import ExamplesConfig
 from sae.examples import coverage, select_examples
+from sae.neighbours import nearest_latents
 
 N_CONTEXTS, CTX_LEN, N_LATENTS = 300, 64, 40
 CFG = ExamplesConfig(window=16, peak_position=0.5, n_top=5, n_quantiles=4, n_train_quantile=4, n_test=8,
-                     n_random=6)
+                     n_random=6, n_neighbour=4, neighbour_latents=3)
+DECODER = torch.randn(N_LATENTS, 8, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def small_lake(tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples(small_lake):
     files, contexts, _, _ = small_lake
-    return select_examples(files, contexts, "sae-a", CFG, seed=1).to_pylist()
+    return select_examples(files, contexts, "sae-a", CFG, seed=1, decoder=DECODER).to_pylist()
 
 
 def test_windows_carry_the_right_tokens_and_activations(small_lake, examples):
@@ -79,18 +82,24 @@ def test_quantile_windows_fall_inside_their_bins(small_lake, examples):
             assert lo + ex["bin"] * width - 1e-3 <= ex["peak_act"] <= lo + (ex["bin"] + 1) * width + 1e-3
 
 
-def test_random_windows_are_silent_and_train_and_test_are_disjoint(small_lake, examples):
+def test_random_and_neighbour_windows_are_silent_and_train_and_test_are_disjoint(small_lake, examples):
     _, _, dense, _ = small_lake
+    neighbours = nearest_latents(DECODER, CFG.neighbour_latents).to_pylist()
     for latent in range(N_LATENTS):
         mine = [e for e in examples if e["latent"] == latent]
-        for ex in (e for e in mine if e["kind"] == "random"):
+        near = [n["neighbour"] for n in neighbours if n["latent"] == latent]
+        for ex in (e for e in mine if e["kind"] in ("random", "neighbour")):
+            window = slice(ex["start"], ex["start"] + CFG.window)
             assert ex["split"] == "test"
-            assert not dense[latent, ex["ctx_id"], ex["start"] : ex["start"] + CFG.window].any()
+            assert not dense[latent, ex["ctx_id"], window].any()
+            if ex["kind"] == "neighbour":  # a near latent does fire there
+                assert dense[near, ex["ctx_id"], window].any()
         train = {(e["ctx_id"], e["start"]) for e in mine if e["split"] == "train"}
         test = {(e["ctx_id"], e["start"]) for e in mine if e["split"] == "test"}
         assert not train & test
         train_contexts = {e["ctx_id"] for e in mine if e["split"] == "train"}
-        assert not train_contexts & {e["ctx_id"] for e in mine if e["split"] == "test" and e["kind"] != "random"}
+        assert not train_contexts & {e["ctx_id"] for e in mine if e["kind"] == "quantile" and e["split"] == "test"}
+    assert sum(e["kind"] == "neighbour" for e in examples) >= N_LATENTS * CFG.n_neighbour // 2
 
 
 def test_sizes_and_flags_for_latents_that_fire_rarely(examples):
@@ -107,9 +116,22 @@ def test_sizes_and_flags_for_latents_that_fire_rarely(examples):
 
 def test_same_seed_same_examples_other_seed_other_examples(small_lake, examples):
     files, contexts, _, _ = small_lake
-    again = select_examples(files, contexts, "sae-a", CFG, seed=1).to_pylist()
+    again = select_examples(files, contexts, "sae-a", CFG, seed=1, decoder=DECODER).to_pylist()
     assert again == examples
-    other = select_examples(files, contexts, "sae-a", CFG, seed=2).to_pylist()
+    other = select_examples(files, contexts, "sae-a", CFG, seed=2, decoder=DECODER).to_pylist()
     assert other != examples
     top = [e for e in examples if e["kind"] == "top"]
     assert top == [e for e in other if e["kind"] == "top"]  # the top does not depend on the seed
+
+
+def test_blockwise_neighbours_equal_the_dense_top_m():
+    W = torch.randn(300, 16, generator=torch.Generator().manual_seed(4))
+    table = nearest_latents(W, m=4, block=64).to_pylist()
+    unit = torch.nn.functional.normalize(W, dim=1)
+    dense = unit @ unit.T
+    dense.fill_diagonal_(-torch.inf)
+    expected = dense.topk(4, dim=1)
+    for row in table:
+        assert row["neighbour"] == expected.indices[row["latent"], row["rank"] - 1].item()
+        assert row["cosine"] == pytest.approx(expected.values[row["latent"], row["rank"] - 1].item(), abs=1e-5)
+    assert len(table) == 300 * 4
