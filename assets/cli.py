@@ -68,7 +68,8 @@ def run(args) -> int:
             run_config=RUN_LOGGING, raise_on_error=False,
         )
         if not result.success:
-            print(f"saelake run: {label} failed (run {result.run_id}); see the error above or in the UI", file=sys.stderr)
+            print(f"saelake run: {label} failed (run {result.run_id}); see the error above or in the UI",
+                  file=sys.stderr)
             return 1
     lake = Path(cfg.lake).resolve()
     print(f"done in {time.perf_counter() - started:.0f} s. Lake: {lake}\n"

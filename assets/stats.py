@@ -18,7 +18,9 @@ def build_stats_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         deps=["latents"],
         kinds={"duckdb", "parquet"},
     )
-    def latent_stats(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+    def latent_stats(
+        context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource
+    ) -> dg.MaterializeResult:
         """Per latent: n_fired, n_contexts, frequency, max / mean activation, quantile edges, dead."""
         cfg = pipeline_config.config
         rows = []

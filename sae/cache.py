@@ -188,7 +188,8 @@ def run_cache(
         log.info("resuming: %d of %d chunks already on disk", report.chunks_skipped, n_chunks)
     start = time.perf_counter()
     pending: deque[Future] = deque()
-    bar = tqdm(total=sum(min(chunk_contexts, n_contexts - c * chunk_contexts) for c in todo) * ctx_len, unit="tok", unit_scale=True, disable=not progress,
+    todo_tokens = sum(min(chunk_contexts, n_contexts - c * chunk_contexts) for c in todo) * ctx_len
+    bar = tqdm(total=todo_tokens, unit="tok", unit_scale=True, disable=not progress,
                desc="caching " + ", ".join(s.label for s in sinks))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer, \
             capture(model, sorted({s.reads for s in sinks})) as forward:

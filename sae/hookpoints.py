@@ -76,7 +76,9 @@ def source_hookpoint(hookpoint: str, *, transcode: bool = False, neurons: bool =
 def _block_index(hookpoint: str) -> int:
     match = _HOOKPOINT.match(hookpoint)
     if match is None:
-        raise HookpointError(f"unknown hookpoint {hookpoint!r}: expected layers.i, layers.i.mlp, .mlp.in or .mlp.hidden")
+        raise HookpointError(
+            f"unknown hookpoint {hookpoint!r}: expected layers.i, layers.i.mlp, layers.i.mlp.in or layers.i.mlp.hidden"
+        )
     return int(match.group(1))
 
 

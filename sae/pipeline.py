@@ -96,7 +96,8 @@ def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progre
         for hookpoint, name in partitions:
             sae = load_stored_sae(cfg, hookpoint, name).to(device)
             fingerprint = _run_fingerprint(cfg, _folder_hash(lake.partition("saes", hookpoint, name)))
-            made.append(LatentSink(lake, hookpoint, fingerprint, name, sae, reads=reads_from(cfg, hookpoint, name, sae)))
+            reads = reads_from(cfg, hookpoint, name, sae)
+            made.append(LatentSink(lake, hookpoint, fingerprint, name, sae, reads=reads))
         return made
 
     return _cache(cfg, sinks, progress, hooks)
