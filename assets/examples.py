@@ -13,9 +13,9 @@ from .resources import PipelineConfigResource
 def build_example_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="latents", **per_layer_sae(cfg), deps=["latents"], kinds={"duckdb", "parquet"})
     def examples(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
-        """Top, quantile-stratified and random (silent) windows per latent, with token ids and per-token
-        activations; train and test never share a context. Also writes `example_coverage`, which flags
-        latents short of examples with the reason."""
+        """Top, quantile-stratified, random (silent) and hard-negative windows per latent, with token ids and
+        per-token activations; train and test never share a window, activating ones never a context. Also
+        writes `example_coverage`, which flags latents short of examples with the reason."""
         cfg = pipeline_config.config
         rows, previews = [], []
         for hookpoint, name in layer_sae_keys(context):

@@ -382,11 +382,11 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.T
 
 def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, per_latent: int = 2,
                      threshold: float = 0.5) -> list[dict]:
-    """A few train windows of the first latents as text, tokens at >= `threshold` x peak marked «like this»."""
+    """A few top windows of the first latents as text, tokens at >= `threshold` x peak marked «like this»."""
     tokenizer = load_tokenizer(cfg.model, lake_for(cfg).root)
     rows = []
     latents = sorted(set(table.column("latent").to_pylist()))[:n_latents]
-    for example in table.filter(pc.field("split") == "train").to_pylist():
+    for example in table.filter(pc.field("kind") == "top").to_pylist():
         if example["latent"] not in latents or sum(r["latent"] == example["latent"] for r in rows) >= per_latent:
             continue
         peak = max(example["acts"]) or 1.0
