@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,6 @@ class CacheReport:
     seconds: float = 0.0
     chunks_computed: int = 0
     chunks_skipped: int = 0
-    files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -217,7 +216,7 @@ def run_cache(
     bar.close()
     report.seconds = time.perf_counter() - start
     for sink in sinks:
-        report.files[sink.label] = sink.commit()
+        sink.commit()
     return report
 
 

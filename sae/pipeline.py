@@ -309,10 +309,6 @@ def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.T
     return table
 
 
-def device_name(cfg: PipelineConfig) -> str:
-    device = resolve_device(cfg.model.device)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
 
 def count_rows(files: list[Path]) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
