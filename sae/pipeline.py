@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 CONTEXT_KEYS = ("corpus", "n_tokens", "ctx_len")
 FINGERPRINT_META = b"saelake.fingerprint"
 CONTEXTS_PER_ROW_GROUP = 256  # the unit in which the caching stages read contexts
+# Held-out share of the contexts for SAEs that were not trained here (they saw none of this corpus).
+PRETRAINED_HOLDOUT_FRACTION = 0.05
 
 
 class StaleDataError(RuntimeError):
@@ -182,18 +184,17 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     if activation_files:
         n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
     folder = None
+    holdout = spec.train.holdout_fraction if spec.train else PRETRAINED_HOLDOUT_FRACTION
     if spec.neurons is not None:
         sae = neuron_codec(width_at(cfg, reads_from(cfg, hookpoint, name)), spec.neurons.k).to(device)
         activation_files = []  # the stored activations are the hookpoint's, not the neurons'
     elif spec.train is not None:
         sae = trained if trained is not None else train_saes(cfg, hookpoint, [name], progress)[name]
-        holdout = spec.train.holdout_fraction
     else:
         folder = pretrained_folder(spec, hookpoint)
         detect_format(folder)  # a clear error before any work
         sae = load_sae(folder, hookpoint).to(device)
         check_d_in(sae, hidden, f"SAE {name!r} at {folder}")
-        holdout = 0.05
     metrics = None
     if activation_files and not sae.cfg.transcode:
         held_from = holdout_start(n_contexts, holdout)
@@ -253,7 +254,7 @@ def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
 
 def eval_context_range(cfg: PipelineConfig, n_contexts: int) -> tuple[int, int]:
     """The held-out contexts used for the spliced-in loss: inside every trained SAE's held-out set."""
-    fractions = [spec.train.holdout_fraction for spec in cfg.saes if spec.train] or [0.05]
+    fractions = [spec.train.holdout_fraction for spec in cfg.saes if spec.train] or [PRETRAINED_HOLDOUT_FRACTION]
     start = max(holdout_start(n_contexts, min(fractions)), n_contexts - cfg.eval_contexts)
     return start, n_contexts
 
