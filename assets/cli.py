@@ -57,9 +57,11 @@ def run(args) -> int:
     steps = [("contexts", ["contexts"], {})]
     if layer_keys:
         steps.append(("activations", ["activations"], span(layer_keys)))
-    per_partition = ["saes", "sae_quality", "latents", "latent_stats", "examples"]
+    per_partition = ["saes", "sae_quality", "latents", "latent_stats", "examples", "explanations", "scores",
+                     "explanation_embeddings"]
     steps.append((", ".join(per_partition), per_partition, span(sae_keys)))
-    steps.append(("sae_quality_summary", ["sae_quality_summary"], {}))
+    steps.append(("summaries, similarity and export", ["sae_quality_summary", "score_summary", "similarity",
+                                                        "hf_export"], {}))
     started = time.perf_counter()
     for number, (label, selection, tags) in enumerate(steps, 1):
         print(f"[{number}/{len(steps)}] materializing {label}", flush=True)
@@ -73,8 +75,26 @@ def run(args) -> int:
             return 1
     lake = Path(cfg.lake).resolve()
     print(f"done in {time.perf_counter() - started:.0f} s. Lake: {lake}\n"
-          f"  query it:  saelake sql \"SELECT layer, sae, count(*) FROM latents GROUP BY ALL\"\n"
-          f"  see it:    saelake ui   (then open http://127.0.0.1:3000)")
+          f"  query it:   saelake sql \"SELECT layer, sae, latent, explanation FROM explanations\"\n"
+          f"  see it:     saelake ui   (then open http://127.0.0.1:3000)\n"
+          f"  plots:      {lake / 'plots'}\n"
+          f"  dataset:    {lake / 'hf_export'}  (publish: saelake export DIR --push ORG/NAME)")
+    return 0
+
+
+def export(args) -> int:
+    """Write the lake as a Hugging Face dataset folder; with --push, upload it (token checked first)."""
+    from sae import pipeline
+    from sae.config import load_config
+    from sae.export import push_dataset, resolve_token
+
+    token = resolve_token() if args.push else None  # a missing token fails before any work
+    cfg = load_config(_config_path(args))
+    counts = pipeline.export(cfg, Path(args.out_dir), overwrite=args.overwrite)
+    print(f"wrote {args.out_dir}: " + ", ".join(f"{c} ({n} rows)" for c, n in counts.items()))
+    if args.push:
+        url = push_dataset(Path(args.out_dir), args.push, token=token, private=args.private)
+        print(f"pushed to {url}")
     return 0
 
 
@@ -117,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--max-rows", type=int, default=40)
     query.add_argument("--max-width", type=int, default=200)
     query.set_defaults(func=sql)
+    out = commands.add_parser("export", help="write the lake as a Hugging Face dataset folder (and push it)")
+    out.add_argument("out_dir", help="folder to write (replaced if it holds an earlier export)")
+    out.add_argument("--push", metavar="ORG/NAME", help="upload to this Hub dataset repo (token: HF_TOKEN or login)")
+    out.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    out.add_argument("--overwrite", action="store_true", help="replace out_dir even if it is not an export")
+    out.set_defaults(func=export)
     serve = commands.add_parser("ui", help="start `dagster dev` on the repo's instance")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")

@@ -11,6 +11,10 @@ from sae.config import PipelineConfig, load_config
 from .cache import build_cache_assets
 from .corpus import contexts
 from .examples import build_example_assets
+from .explanations import build_explanation_assets
+from .export import hf_export
+from .scores import build_score_assets
+from .similarity import build_similarity_assets
 from .quality import build_quality_assets
 from .resources import PipelineConfigResource, config_path_from_env
 from .saes import build_sae_assets
@@ -22,7 +26,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 def build_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     return [contexts, *build_cache_assets(cfg), *build_sae_assets(cfg), *build_quality_assets(cfg),
-            *build_stats_assets(cfg), *build_example_assets(cfg)]
+            *build_stats_assets(cfg), *build_example_assets(cfg), *build_explanation_assets(cfg),
+            *build_score_assets(cfg), *build_similarity_assets(cfg), hf_export]
 
 
 def build_definitions(config_path: str | None = None) -> dg.Definitions:

@@ -113,12 +113,106 @@ class ExamplesConfig:
     n_train_quantile: int = 20  # train: windows beyond the top ones
     n_test: int = 50  # test: activating windows
     n_random: int = 50  # test: windows where the latent is zero at every token
+    n_train_random: int = 0  # train: silent windows for the contrastive explainer prompt (disjoint from test)
     n_neighbour: int = 10  # test: hard negatives, where a nearest latent peaks but this one is silent
     neighbour_latents: int = 5  # nearest latents (decoder cosine) searched for hard negatives
 
     @property
     def n_train(self) -> int:
         return self.n_top + self.n_train_quantile
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The LLM that writes explanations (and scores them): one of three backends."""
+
+    backend: str = "local"  # local (in-process) | openai (any OpenAI-compatible server) | vllm (offline engine)
+    # local / vllm: `smollm2-135m-instruct` (offline), a Hub id or a local folder; openai: the served model name.
+    model: str = BUILTIN_MODEL
+    revision: str | None = None
+    device: str = "auto"  # local: auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # local / vllm: auto | float32 | bfloat16 | float16
+    batch_size: int = 16  # local: prompts per generate call
+    # local: auto (llama.cpp over a GGUF on CPU when xllamacpp is installed, else transformers) | transformers | llamacpp
+    runtime: str = "auto"
+    # openai: base URL (default: $OPENAI_BASE_URL) and the environment variable holding the API key. The key
+    # itself may also be given as `api_key`; it is never printed, logged or stored.
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: str | None = field(default=None, repr=False)
+    max_in_flight: int = 8  # openai: concurrent requests
+    timeout_s: float = 120.0  # openai: per request
+    max_retries: int = 5  # openai: on 429, 5xx and connection errors, with exponential backoff and jitter
+    backoff_s: float = 1.0  # openai: first backoff; doubles per retry
+    # vllm: engine settings.
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    quantization: str | None = None
+    enable_prefix_caching: bool = True
+
+    def identity(self) -> dict:
+        """The settings that change what the model answers (no key, URL, or throughput knobs)."""
+        return {"backend": self.backend, "model": self.model, "revision": self.revision}
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How the explainer's prompt shows the examples (see sae/prompts.py)."""
+
+    # A token is marked <<like this>> where its activation exceeds this fraction of its window's peak.
+    highlight_threshold: float = 0.0
+    show_activations: bool = False  # also list the marked tokens' activations, scaled 0-10 to the latent's max
+    chain_of_thought: bool = False  # ask for observations before the final answer (more generated tokens)
+    contrastive: bool = False  # also show silent windows; needs examples.n_train_random > 0
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Which latents get an explanation, from which LLM, with which prompt."""
+
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    # all: every latent with train examples; first: the lowest `n_latents` ids; sample: `n_latents` drawn with
+    # the config's seed; list: exactly `latent_ids`. first/sample prefer latents with complete examples.
+    latents: str = "sample"
+    n_latents: int = 100
+    latent_ids: tuple[int, ...] = ()
+    n_examples: int = 20  # train windows shown: the top half by activation, the rest from the quantile draws
+    max_tokens: int = 64  # generated tokens per explanation (raise it with chain_of_thought)
+    temperature: float = 0.0
+    # Latents per batch handed to the backend and written to the lake: a crash loses at most one batch.
+    batch_latents: int = 128
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How explanations are scored on each latent's held-out test windows (see sae/scoring.py)."""
+
+    scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding")
+    llm: LLMConfig | None = None  # the LLM of detection and fuzzing; None: the explainer's
+    embedder: str = "all-minilm-l6-v2"  # offline default; or a sentence-transformers Hub id / local folder
+    embedder_device: str = "auto"
+    # Test windows per latent given to the LLM scorers (activating ones spread over the quantile bins; silent
+    # ones from the random and hard-negative windows). The embedding scorer uses every test window.
+    n_activating: int = 20
+    n_silent: int = 20
+    batch_size: int = 5  # windows per LLM prompt
+    max_tokens: int = 32  # generated tokens per answer
+    # Fuzzing: besides silent windows marked at random, also activating windows marked at the wrong tokens.
+    fuzz_wrong_in_activating: bool = False
+    # Also score each latent with another latent's explanation (a fixed, seeded derangement): the control.
+    control: bool = True
+    bootstrap: int = 1000  # resamples for the summary's confidence intervals
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """Comparing SAE variants by their latents' explanations (embedded with score.embedder) and decoders."""
+
+    threshold: float = 0.6  # a best-match cosine above this counts the latent as shared
+    candidates: int = 5  # nearest latents per side kept as candidate edges of the one-to-one matching
+    block: int = 4096  # rows per block of the similarity search: memory is block x block, never n x m
 
 
 @dataclass(frozen=True)
@@ -136,6 +230,9 @@ class PipelineConfig:
     eval_contexts: int = 16
     seed: int = 0
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     layers: tuple[LayerConfig, ...] = ()
     # Every SAE variant is applied at every layer: the lake is partitioned by layer x sae.
     saes: tuple[SaeSpec, ...] = ()
@@ -273,7 +370,7 @@ def _check(config: PipelineConfig, where: str) -> None:
     if not 0 <= examples.peak_position <= 1:
         raise ConfigError(f"{where}: examples.peak_position is a fraction of the window, between 0 and 1")
     if examples.n_quantiles < 1 or min(examples.n_top, examples.n_train_quantile, examples.n_test,
-                                       examples.n_random, examples.n_neighbour, examples.neighbour_latents) < 0:
+                                       examples.n_random, examples.n_train_random, examples.n_neighbour, examples.neighbour_latents) < 0:
         raise ConfigError(f"{where}: examples counts must be non-negative and n_quantiles positive")
     corpus = config.corpus
     if corpus.source not in (BUILTIN_CORPUS, "huggingface", "files"):
@@ -286,3 +383,53 @@ def _check(config: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: corpus.source 'files' needs corpus.paths (.txt, .jsonl or .parquet files)")
     if config.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"{where}: model.dtype {config.model.dtype!r} is not one of auto/float32/bfloat16/float16")
+    _check_explain(config.explain, config.examples, where)
+    _check_score(config.score, where)
+
+
+LLM_BACKENDS = ("local", "openai", "vllm")
+LATENT_CHOICES = ("all", "first", "sample", "list")
+
+
+def _check_llm(llm: LLMConfig, where: str) -> None:
+    if llm.backend not in LLM_BACKENDS:
+        raise ConfigError(f"{where}.backend {llm.backend!r} is unknown; use one of {', '.join(LLM_BACKENDS)}")
+    if llm.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"{where}.dtype {llm.dtype!r} is not one of auto/float32/bfloat16/float16")
+    if min(llm.batch_size, llm.max_in_flight, llm.tensor_parallel_size) < 1 or llm.max_retries < 0:
+        raise ConfigError(f"{where}: batch_size, max_in_flight and tensor_parallel_size must be positive, "
+                          "max_retries non-negative")
+    if not 0 < llm.gpu_memory_utilization <= 1:
+        raise ConfigError(f"{where}.gpu_memory_utilization is a fraction of the GPU's memory, in (0, 1]")
+
+
+def _check_explain(explain: ExplainConfig, examples: ExamplesConfig, where: str) -> None:
+    where = f"{where}: explain"
+    _check_llm(explain.llm, f"{where}.llm")
+    if explain.latents not in LATENT_CHOICES:
+        raise ConfigError(f"{where}.latents {explain.latents!r} is unknown; use one of {', '.join(LATENT_CHOICES)}")
+    if explain.latents == "list" and not explain.latent_ids:
+        raise ConfigError(f"{where}.latents is 'list' but latent_ids is empty; e.g. `latent_ids: [0, 5, 17]`")
+    if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents) < 1:
+        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens and batch_latents must be positive")
+    if explain.n_examples > examples.n_train:
+        raise ConfigError(f"{where}.n_examples ({explain.n_examples}) exceeds the train windows per latent "
+                          f"(examples.n_top + examples.n_train_quantile = {examples.n_train})")
+    if not 0 <= explain.prompt.highlight_threshold < 1:
+        raise ConfigError(f"{where}.prompt.highlight_threshold is a fraction of the window's peak, in [0, 1)")
+    if explain.prompt.contrastive and examples.n_train_random < 1:
+        raise ConfigError(f"{where}.prompt.contrastive shows silent windows: set examples.n_train_random (e.g. 5)")
+
+
+SCORERS = ("detection", "fuzzing", "embedding")
+
+
+def _check_score(score: ScoreConfig, where: str) -> None:
+    where = f"{where}: score"
+    unknown = [s for s in score.scorers if s not in SCORERS]
+    if unknown:
+        raise ConfigError(f"{where}.scorers {unknown} unknown; use any of {', '.join(SCORERS)}")
+    if score.llm is not None:
+        _check_llm(score.llm, f"{where}.llm")
+    if min(score.n_activating, score.n_silent, score.batch_size, score.max_tokens, score.bootstrap) < 1:
+        raise ConfigError(f"{where}: n_activating, n_silent, batch_size, max_tokens and bootstrap must be positive")

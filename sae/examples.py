@@ -44,7 +44,7 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
             n_test=cfg.n_test,
         ).to_arrow_table()
         random = _silent_windows(con, common, pc.unique(activating.column("latent")).to_pylist(), n_contexts,
-                                 cfg.n_random)
+                                 cfg.n_train_random, cfg.n_random)
         parts = [activating, random.cast(activating.schema)]
         if decoder is not None and cfg.n_neighbour and cfg.neighbour_latents:
             con.register("neighbours", nearest_latents(decoder, cfg.neighbour_latents))
@@ -66,24 +66,27 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
         "tokens", _lists(window_tokens.astype(np.int32))).append_column("acts", _lists(acts))
 
 
-def _silent_windows(con, common: dict, latents: list[int], n_contexts: int, n_random: int) -> pa.Table:
-    """Up to `n_random` silent windows per latent, asking for more candidates only where too few were silent."""
+def _silent_windows(con, common: dict, latents: list[int], n_contexts: int, n_train_random: int,
+                    n_random: int) -> pa.Table:
+    """Up to `n_train_random` + `n_random` silent windows per latent, asking for more candidates only where
+    too few were silent."""
+    n_wanted = n_train_random + n_random
     parts, short, first = [], latents, 0
     for per_window in RANDOM_ROUNDS:
-        if not short or n_random == 0:
+        if not short or n_wanted == 0:
             break
-        n_candidates = per_window * n_random
+        n_candidates = per_window * n_wanted
         part = run_query(con, "examples_random", **common, latents=short, n_contexts=n_contexts,
-                         n_random=n_random, first=first, n_candidates=n_candidates).to_arrow_table()
+                         n_random=n_wanted, first=first, n_candidates=n_candidates).to_arrow_table()
         parts.append(part)
         first += n_candidates
         found = pa.concat_tables(parts).group_by("latent").aggregate([("latent", "count")])
-        enough = set(found.filter(pc.field("latent_count") >= n_random).column("latent").to_pylist())
+        enough = set(found.filter(pc.field("latent_count") >= n_wanted).column("latent").to_pylist())
         short = [latent for latent in short if latent not in enough]
     if not parts:
         return WINDOW_SCHEMA.empty_table()
     con.register("random_parts", pa.concat_tables(parts))
-    return run_query(con, "examples_random_pick", n_random=n_random).to_arrow_table()
+    return run_query(con, "examples_random_pick", n_train_random=n_train_random, n_random=n_random).to_arrow_table()
 
 
 def _lists(matrix: np.ndarray) -> pa.ListArray:

@@ -9,6 +9,14 @@ Layout (`layer` and `sae` are hive partition columns):
   latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
   latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
   examples/layer=<hookpoint>/sae=<name>/part-00000.parquet          (+ example_coverage/, one row per latent)
+  explanations/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  scores/layer=<hookpoint>/sae=<name>/part-00000.parquet         (per latent, scorer and source)
+  score_summary/part-00000.parquet               (per variant and scorer: means with bootstrap intervals)
+  explanation_embeddings/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  similarity/part-00000.parquet                  (matched latent pairs of every pair of partitions)
+  similarity_summary/part-00000.parquet          (per pair of partitions: mean best cosine, matchings, ...)
+  plots/*.png                                    (score histograms, accuracy by quantile, similarity)
+  llm_cache/part-*.parquet                       (every LLM answer, keyed by model, prompt and sampling)
   saelake.duckdb                                 (views over every table)
 A partition is built under .staging/ and renamed into place when complete, so a failed or killed run
 never leaves a half-written partition visible.
@@ -26,7 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "latents", "latent_stats", "examples",
-          "example_coverage")
+          "example_coverage", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
+          "similarity_summary", "llm_cache")
+UNPARTITIONED = ("contexts", "score_summary", "similarity", "similarity_summary", "llm_cache")
 DATABASE = "saelake.duckdb"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 
@@ -81,7 +91,7 @@ class Lake:
         self.root.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(self.database)) as con:
             for table in TABLES:
-                partitioned = table != "contexts"
+                partitioned = table not in UNPARTITIONED
                 pattern = self.root / table / ("**/*.parquet" if partitioned else "*.parquet")
                 if self.files(table):
                     con.execute(

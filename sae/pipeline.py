@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ import torch
 
 from .cache import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
 from .codecs import Sae, SaeConfig, detect_format, load_sae, save_sae
-from .config import PipelineConfig, SaeSpec
+from .config import LLMConfig, PipelineConfig, SaeSpec
 from .corpus import ContextTokens, iter_documents, tokenize_contexts
 from .hookpoints import hookpoint_width, source_hookpoint
 from .lake import Lake
+from .llm.cache import CachedClient
 from .models import load_model, load_tokenizer, model_source, resolve_device
 from .quality import LayerBaseline, layer_baseline, spliced_loss
 from .sql import run_query
@@ -392,3 +394,239 @@ def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, p
         rows.append({"latent": example["latent"], "kind": example["kind"], "peak_act": example["peak_act"],
                      "text": text})
     return rows
+
+
+# explanations ------------------------------------------------------------------------------------------
+
+
+def token_decoder(cfg: PipelineConfig):
+    """Token ids -> their texts one by one (memoised), as the prompts show them."""
+    tokenizer = load_tokenizer(cfg.model, lake_for(cfg).root)
+    pieces: dict[int, str] = {}
+
+    def decode(ids) -> list[str]:
+        out = []
+        for i in ids:
+            if i not in pieces:
+                pieces[i] = tokenizer.decode([i])
+            out.append(pieces[i])
+        return out
+
+    return decode
+
+
+def open_llm(cfg: PipelineConfig, llm: LLMConfig) -> CachedClient:
+    """The configured LLM backend behind the lake's response cache."""
+    from .llm import make_client
+
+    lake = lake_for(cfg)
+    return CachedClient(make_client(llm, lake.root), lake.root / "llm_cache")
+
+
+def explain_fingerprint(cfg: PipelineConfig, name: str) -> str:
+    """Everything that shapes a partition's explanations: the data behind the examples, the SAE, the LLM,
+    the prompt and the sampling. Throughput settings (batch sizes, URLs, keys) are left out."""
+    from .prompts import explainer_version
+
+    explain = cfg.explain
+    shaping = {"llm": explain.llm.identity(), "prompt": explainer_version(explain.prompt),
+               "n_examples": explain.n_examples, "max_tokens": explain.max_tokens,
+               "temperature": explain.temperature, "sae": repr(cfg.sae(name))}
+    digest = hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
+    return f"{contexts_fingerprint(cfg)}/{cfg.fingerprint('examples', 'seed')}/{digest}"
+
+
+def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True) -> pa.Table:
+    from .explain import explain_partition
+
+    lake = lake_for(cfg)
+    examples, covered = lake.files("examples", hookpoint, name), lake.files("example_coverage", hookpoint, name)
+    if not examples or not covered:
+        raise FileNotFoundError(f"no examples for {hookpoint}|{name}: materialize `examples` first")
+    return explain_partition(lake, hookpoint, name, pq.read_table(examples[0]), pq.read_table(covered[0]),
+                             cfg.explain, client, token_decoder(cfg), cfg.seed, explain_fingerprint(cfg, name),
+                             progress=progress)
+
+
+def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: pa.Table, n: int = 8) -> list[dict]:
+    """The first explained latents with their explanation and strongest example, active tokens <<marked>>."""
+    from .explain import top_window_text
+
+    examples = pq.read_table(lake_for(cfg).files("examples", hookpoint, name)[0])
+    decode = token_decoder(cfg)
+    return [{"layer": hookpoint, "sae": name, "latent": row["latent"],
+             "explanation": row["explanation"] if row["parsed"] else f"(unparsed) {row['completion'][:80]}",
+             "top_example": top_window_text(examples, row["latent"], decode)}
+            for row in table.slice(0, n).to_pylist()]
+
+
+# scores ------------------------------------------------------------------------------------------------
+
+
+def open_embedder(cfg: PipelineConfig):
+    from .embedding import Embedder
+
+    return Embedder(cfg.score.embedder, device=cfg.score.embedder_device)
+
+
+def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, embedder,
+                       progress: bool = True) -> pa.Table:
+    """Score one partition's explanations on its test windows; written to `scores`."""
+    from .scoring import score_partition
+
+    lake = lake_for(cfg)
+    examples, explained = lake.files("examples", hookpoint, name), lake.files("explanations", hookpoint, name)
+    if not examples or not explained:
+        raise FileNotFoundError(f"no explanations for {hookpoint}|{name}: materialize `explanations` first")
+    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score, token_decoder(cfg),
+                            cfg.seed, cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold,
+                            client=client, embedder=embedder, progress=progress)
+    lake.write_partition(table, "scores", hookpoint, name)
+    return table
+
+
+def score_summary(cfg: PipelineConfig) -> pa.Table:
+    """Per layer, SAE variant, scorer and source: means of the per-latent scores with bootstrap intervals."""
+    from .metrics import bootstrap_mean_ci
+
+    lake = lake_for(cfg)
+    lake.refresh_views()
+    with lake.connect(read_only=True) as con:
+        groups = run_query(con, "score_values").to_arrow_table().to_pylist()
+    rows = []
+    for g in groups:
+        row = {k: g[k] for k in ("layer", "sae", "scorer", "source", "n_latents", "n_examples", "n_failures")}
+        for metric in ("balanced_accuracy", "f1", "auc"):
+            values = [math.nan if v is None else v for v in g[metric]]
+            mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
+            row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
+        row["bin_accuracy"] = g["bin_accuracy"]
+        rows.append(row)
+    table = pa.Table.from_pylist(rows)
+    if rows:
+        lake.write_partition(table, "score_summary")
+    return table
+
+
+def mean_scores(table: pa.Table) -> list[dict]:
+    """Mean balanced accuracy and AUC per scorer and source of one partition, for its run's metadata."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.register("partition_scores", table)
+        relation = run_query(con, "score_means")
+        return [dict(zip(relation.columns, row)) for row in relation.fetchall()]
+
+
+def summary_rows(table: pa.Table) -> list[dict]:
+    """The summary for display: each mean with its interval, real and control of a scorer side by side."""
+    def cell(row: dict, metric: str) -> str:
+        if row[metric] is None or math.isnan(row[metric]):
+            return "–"
+        return f"{row[metric]:.3f} [{row[f'{metric}_lo']:.3f}, {row[f'{metric}_hi']:.3f}]"
+
+    return [{"layer": r["layer"], "sae": r["sae"], "scorer": r["scorer"], "source": r["source"],
+             "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
+             "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}"} for r in table.to_pylist()]
+
+
+def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
+    """Score histograms (real vs control) and accuracy by quantile bin, as markdown images; the PNGs are
+    also written under lake/plots/."""
+    from collections import defaultdict
+
+    from .plots import accuracy_by_quantile, markdown_image, score_histograms
+
+    lake = lake_for(cfg)
+    with lake.connect(read_only=True) as con:
+        points = run_query(con, "score_points").to_arrow_table().to_pylist()
+    panels = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        label = "AUC" if p["scorer"] == "embedding" else "balanced accuracy"
+        panels[f"{p['scorer']} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
+    plots = {"score_histograms": markdown_image(
+        score_histograms(panels, metric="score", path=lake.root / "plots" / "score_histograms.png"), "scores")}
+    by_scorer = defaultdict(dict)
+    for row in summary.to_pylist():
+        if row["source"] == "real" and row["bin_accuracy"]:
+            by_scorer[row["scorer"]][f"{row['layer']}/{row['sae']}"] = [
+                math.nan if v is None else v for v in row["bin_accuracy"]]
+    for scorer, per_variant in sorted(by_scorer.items()):
+        png = accuracy_by_quantile(per_variant, path=lake.root / "plots" / f"accuracy_by_quantile_{scorer}.png")
+        plots[f"accuracy_by_quantile_{scorer}"] = markdown_image(png, f"{scorer} accuracy by quantile")
+    return plots
+
+
+# similarity --------------------------------------------------------------------------------------------
+
+
+def embed_explanations(cfg: PipelineConfig, hookpoint: str, name: str, embedder) -> pa.Table:
+    """The parsed explanations of one partition embedded with the configured sentence-transformer."""
+    lake = lake_for(cfg)
+    explained = lake.files("explanations", hookpoint, name)
+    if not explained:
+        raise FileNotFoundError(f"no explanations for {hookpoint}|{name}: materialize `explanations` first")
+    table = pq.read_table(explained[0], columns=["latent", "explanation", "parsed"]).filter(pc.field("parsed"))
+    vectors = embedder.embed(table.column("explanation").to_pylist())
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    out = pa.table({"latent": table.column("latent"), "embedder": [embedder.name] * table.num_rows,
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    lake.write_partition(out, "explanation_embeddings", hookpoint, name)
+    return out
+
+
+def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str, str]]:
+    """Every pair of partitions compared (see sae/compare.py); stored as `similarity` (matched pairs) and
+    `similarity_summary`, with a heatmap and a similarity-vs-layer-distance plot (markdown; PNGs in lake/plots)."""
+    import numpy as np
+
+    from .compare import Side, compare_all, heatmap_matrix
+    from .plots import markdown_image, similarity_heatmap, similarity_vs_distance
+
+    lake = lake_for(cfg)
+    sides = []
+    for hookpoint in cfg.hookpoints:
+        for name in cfg.sae_names:
+            files = lake.files("explanation_embeddings", hookpoint, name)
+            if not files:
+                continue
+            table = pq.read_table(files[0])
+            latents = table.column("latent").to_numpy()
+            embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if len(latents) else \
+                np.zeros((0, 1), np.float32)
+            decoder = None
+            if not cfg.sae(name).neurons:
+                decoder = load_stored_sae(cfg, hookpoint, name).W_dec.detach()[torch.as_tensor(latents)].numpy()
+            sides.append(Side(hookpoint, name, latents, embeddings, decoder))
+    if len(sides) < 2:
+        raise FileNotFoundError("fewer than two partitions have explanation embeddings: materialize "
+                                "`explanation_embeddings` for at least two layer x sae partitions first")
+    pairs, summary = compare_all(sides, cfg.similarity, cfg.hookpoints)
+    lake.write_partition(pairs, "similarity")
+    lake.write_partition(summary, "similarity_summary")
+    labels = [s.label for s in sides]
+    heatmap = similarity_heatmap(labels, heatmap_matrix(sides, summary), title="mean best explanation cosine",
+                                 path=lake.root / "plots" / "similarity_heatmap.png")
+    points = [(r["layer_distance"], r["explanation_mean_best"], f"{r['sae_a']} vs {r['sae_b']}")
+              for r in summary.to_pylist() if r["layer_distance"] is not None]
+    distance = similarity_vs_distance(points, path=lake.root / "plots" / "similarity_vs_layer_distance.png")
+    plots = {"heatmap": markdown_image(heatmap, "similarity heatmap"),
+             "similarity_vs_layer_distance": markdown_image(distance, "similarity vs layer distance")}
+    return pairs, summary, plots
+
+
+# export ------------------------------------------------------------------------------------------------
+
+
+def export(cfg: PipelineConfig, out_dir: Path, overwrite: bool = False) -> dict[str, int]:
+    """The lake as a Hugging Face dataset folder (see sae/export.py); returns rows per configuration."""
+    from .export import card_info_from_config, export_dataset
+
+    lake = lake_for(cfg)
+    versions = []
+    for path in lake.files("explanations"):
+        versions += pc.unique(pq.read_table(path, columns=["prompt_version"]).column(0)).to_pylist()
+    tokenizer = load_tokenizer(cfg.model, lake.root)
+    card = card_info_from_config(cfg, sorted(set(versions)))
+    return export_dataset(lake.root, Path(out_dir), card, decode=lambda ids: tokenizer.decode(ids),
+                          overwrite=overwrite)

@@ -2,13 +2,14 @@
 -- (a latent that fires in too few contexts is kept, never silently dropped).
 WITH counts AS (
     SELECT latent,
-        count(*) FILTER (split = 'train') AS n_train,
+        count(*) FILTER (split = 'train' AND kind != 'random') AS n_train,
         count(*) FILTER (split = 'test' AND kind = 'quantile') AS n_test_activating,
-        count(*) FILTER (kind = 'random') AS n_test_random,
+        count(*) FILTER (split = 'test' AND kind = 'random') AS n_test_random,
+        count(*) FILTER (split = 'train' AND kind = 'random') AS n_train_random,
         count(*) FILTER (kind = 'neighbour') AS n_test_neighbour
     FROM examples GROUP BY latent
 )
-SELECT latent, n_train, n_test_activating, n_test_random, n_test_neighbour,
+SELECT latent, n_train, n_train_random, n_test_activating, n_test_random, n_test_neighbour,
     n_train >= $n_train AND n_test_activating >= $n_test AND n_test_random >= $n_random AS complete,
     concat_ws('; ',
         CASE WHEN n_train < $n_train THEN format('{} of {} train windows: fires in too few contexts', n_train, $n_train) END,

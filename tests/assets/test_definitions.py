@@ -6,7 +6,8 @@ from assets.definitions import build_definitions
 from sae.config import DEFAULT_CONFIG, load_config
 
 EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
-            "examples"}
+            "examples", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
+            "hf_export"}
 
 
 def test_demo_definitions_load_with_every_asset_and_partition():
@@ -18,7 +19,7 @@ def test_demo_definitions_load_with_every_asset_and_partition():
     assert len(latents.partitions_def.get_partition_keys()) == len(cfg.hookpoints) * len(cfg.saes)
     activations = graph.get(dg.AssetKey("activations"))
     assert activations.partitions_def.get_partition_keys() == cfg.hookpoints
-    for key in ("activations", "latents", "saes", "sae_quality"):
+    for key in ("activations", "latents", "saes", "sae_quality", "explanations", "scores"):
         assert graph.get(dg.AssetKey(key)).pools == {"gpu"}
 
 

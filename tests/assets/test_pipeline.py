@@ -44,6 +44,15 @@ def reference_top_activations(cfg, hookpoint: str, sae_folder, n: int = 3) -> di
 SIZES = {"topk-x2": 2, "topk-x4": 4}
 NEURONS = {"neurons": None, "neurons-topk": 8}
 INTERMEDIATE = 1536  # SmolLM2-135M's MLP width
+# Two latents per partition, few windows: the real offline SmolLM2 explains and scores them on CPU.
+SMALL_LLM_STAGES = {
+    "explain": {"n_latents": 2, "n_examples": 6, "max_tokens": 32, "llm": {"batch_size": 8}},
+    "score": {"n_activating": 3, "n_silent": 3, "batch_size": 6, "bootstrap": 200},
+}
+EXPLANATION_COLUMNS = ("explanation", "completion", "explainer_model", "backend", "prompt_version", "sampling",
+                       "examples_used", "prompt_tokens", "completion_tokens", "latency_s", "created_at")
+METRIC_COLUMNS = ("balanced_accuracy", "f1", "precision", "recall", "accuracy", "auc", "bin_accuracy",
+                  "n_examples")
 
 
 def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeypatch, capsys):
@@ -51,7 +60,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
         *({"name": name, "train": {"expansion_factor": x, "k": 8, "epochs": 3, "batch_size": 256}}
           for name, x in SIZES.items()),
         *({"name": name, "neurons": {"k": k}} for name, k in NEURONS.items()),
-    ])
+    ], **SMALL_LLM_STAGES)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))
     (tmp_path / "dagster-home").mkdir()
     assert main(["--config", str(config_path), "run"]) == 0
@@ -133,7 +142,53 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     for path in lake.files("latents"):
         latents = pq.read_table(path, columns=["latent"]).column(0).to_numpy()
         assert np.all(np.diff(latents) >= 0)
+    check_llm_stages(cfg, lake, instance)
     assert "done in" in capsys.readouterr().out
+
+    # A second run explains and scores nothing again: every answer is reused, no LLM call is made.
+    cache_files = sorted(lake.root.glob("llm_cache/*.parquet"))
+    assert main(["--config", str(config_path), "run"]) == 0
+    assert sorted(lake.root.glob("llm_cache/*.parquet")) == cache_files
+    explained = instance.get_latest_materialization_event(dg.AssetKey("explanations")).asset_materialization
+    assert "| 0 |" in explained.metadata["partitions"].value  # llm_calls column
+    export_and_load(config_path, tmp_path / "export", cfg, lake)
+
+
+def check_llm_stages(cfg, lake, instance):
+    """Explanations, scores, summary, embeddings and similarity, through the lake's views."""
+    n_partitions = len(cfg.hookpoints) * len(cfg.saes)
+    with duckdb.connect(str(lake.database), read_only=True) as con:
+        rows = con.execute(f"SELECT layer, sae, latent, parsed, {', '.join(EXPLANATION_COLUMNS)} "
+                           "FROM explanations").fetchall()
+        assert len(rows) == n_partitions * cfg.explain.n_latents
+        for row in rows:
+            assert row[3] is not None and all(value is not None for value in row[4 + (not row[3]):]), row
+            assert row[8] == "local" and len(row[12]) == cfg.explain.n_examples and row[13] > 0 and row[14] > 0
+        assert con.execute("SELECT count(*) FROM explanations WHERE parsed AND explanation <> ''").fetchone()[0] > 0
+        scored = con.execute(f"SELECT scorer, source, {', '.join(METRIC_COLUMNS)} FROM scores").fetchall()
+        assert {(r[0], r[1]) for r in scored} == {(s, src) for s in cfg.score.scorers for src in ("real", "control")}
+        for row in scored:
+            if row[-1] > 0:  # windows with a readable answer
+                assert all(value is not None for value in row[2:]), row
+        summary = con.execute("SELECT scorer, source, n_latents, balanced_accuracy, balanced_accuracy_lo, "
+                              "balanced_accuracy_hi FROM score_summary").fetchall()
+        assert {(r[0], r[1]) for r in summary} == {(s, src) for s in cfg.score.scorers for src in ("real", "control")}
+        assert all(r[4] <= r[3] <= r[5] for r in summary if r[3] == r[3])
+        embedded = con.execute("SELECT count(*), min(len(embedding)) FROM explanation_embeddings").fetchone()
+        assert embedded[0] == con.execute("SELECT count(*) FROM explanations WHERE parsed").fetchone()[0]
+        assert embedded[1] == 384
+        pairs = con.execute("SELECT count(*) FROM similarity_summary").fetchone()[0]
+        assert pairs == n_partitions * (n_partitions - 1) // 2
+        relations = {r[0] for r in con.execute("SELECT relation FROM similarity_summary").fetchall()}
+        assert relations == {"same layer", "adjacent layers", "sae vs neurons"}
+    for plot in ("score_histograms", "similarity_heatmap", "similarity_vs_layer_distance"):
+        assert (lake.root / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    meta = instance.get_latest_materialization_event(dg.AssetKey("explanations")).asset_materialization.metadata
+    assert "top_example" in meta["explanations"].value and "<<" in meta["explanations"].value
+    meta = instance.get_latest_materialization_event(dg.AssetKey("score_summary")).asset_materialization.metadata
+    assert "control" in meta["summary"].value and "data:image/png;base64" in meta["score_histograms"].value
+    meta = instance.get_latest_materialization_event(dg.AssetKey("similarity")).asset_materialization.metadata
+    assert "data:image/png;base64" in meta["heatmap"].value
 
 
 def test_saelake_sql_is_read_only_and_prints_a_table(tmp_path, tiny_config, tiny_config_path, capsys):

@@ -135,3 +135,18 @@ def test_blockwise_neighbours_equal_the_dense_top_m():
         assert row["neighbour"] == expected.indices[row["latent"], row["rank"] - 1].item()
         assert row["cosine"] == pytest.approx(expected.values[row["latent"], row["rank"] - 1].item(), abs=1e-5)
     assert len(table) == 300 * 4
+
+
+def test_silent_train_windows_for_the_contrastive_prompt_are_disjoint_from_test(small_lake):
+    files, contexts, dense, _ = small_lake
+    cfg = ExamplesConfig(**{**CFG.__dict__, "n_train_random": 3})
+    rows = select_examples(files, contexts, "sae-a", cfg, seed=1).to_pylist()
+    for latent in (1, 5, 20):
+        silent = [r for r in rows if r["latent"] == latent and r["kind"] == "random"]
+        train = {(r["ctx_id"], r["start"]) for r in silent if r["split"] == "train"}
+        test = {(r["ctx_id"], r["start"]) for r in silent if r["split"] == "test"}
+        assert len(train) == 3 and len(test) == CFG.n_random and not train & test
+        for ctx_id, start in train:
+            assert not dense[latent, ctx_id, start : start + CFG.window].any()
+    covered = coverage(pa.Table.from_pylist(rows), cfg).to_pylist()
+    assert all(c["n_train_random"] == 3 for c in covered if c["latent"] in (1, 5, 20))

@@ -1,0 +1,47 @@
+"""The LLM that writes and scores explanations, behind one interface with three backends (see base.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import LLMConfig
+from .base import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    LLMClient,
+    SamplingParams,
+    TokenLogprobs,
+    request_key,
+)
+
+BACKENDS = ("local", "openai", "vllm")
+
+__all__ = [
+    "BACKENDS",
+    "BackendError",
+    "ChatRequest",
+    "Completion",
+    "LLMClient",
+    "SamplingParams",
+    "TokenLogprobs",
+    "make_client",
+    "request_key",
+]
+
+
+def make_client(cfg: LLMConfig, lake_root: Path) -> LLMClient:
+    """The client of `cfg.backend`; the heavy imports (torch models, httpx, vllm) happen only for that one."""
+    if cfg.backend == "local":
+        from .local import LocalClient
+
+        return LocalClient(cfg, Path(lake_root))
+    if cfg.backend == "openai":
+        from .openai import OpenAIClient
+
+        return OpenAIClient(cfg)
+    if cfg.backend == "vllm":
+        from .vllm import VLLMClient
+
+        return VLLMClient(cfg, Path(lake_root))
+    raise BackendError(f"llm.backend {cfg.backend!r} is unknown; use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,80 @@
+"""A response cache in the lake: the same (backend, model, messages, sampling) is answered from disk.
+
+Rows live in `lake/llm_cache/part-*.parquet`, one file per batch of new completions (written atomically),
+so a rerun of the same prompts costs no model call and gives the same text, and a crash loses nothing
+that was already written. `saelake sql` can read the cache like any table.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..lake import write_parquet
+from .base import ChatRequest, Completion, LLMClient, request_key
+
+SCHEMA = pa.schema([("key", pa.string()), ("backend", pa.string()), ("model", pa.string()),
+                    ("request", pa.string()), ("completion", pa.string()),
+                    ("created_at", pa.timestamp("us", tz="UTC"))])
+
+
+class CachedClient(LLMClient):
+    """Wraps a backend: requests already in the cache are not sent; new completions are appended."""
+
+    def __init__(self, inner: LLMClient, folder: Path):
+        self.inner = inner
+        self.backend, self.model, self.supports_logprobs = inner.backend, inner.model, inner.supports_logprobs
+        self.folder = Path(folder)
+        self.sent = 0  # requests that reached the backend (the rest came from the cache)
+        self._entries = self._load()
+
+    def _identity(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    def _load(self) -> dict[str, str]:
+        entries = {}
+        for path in sorted(self.folder.glob("part-*.parquet")):
+            table = pq.read_table(path, columns=["key", "completion"])
+            entries.update(zip(table.column("key").to_pylist(), table.column("completion").to_pylist()))
+        return entries
+
+    def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
+        keys = [request_key(self._identity(), r) for r in requests]
+        results: list[Completion | None] = [None] * len(requests)
+        missing: dict[str, int] = {}  # one call per distinct prompt, even if a batch repeats it
+        for i, key in enumerate(keys):
+            if key in self._entries:
+                results[i] = Completion.from_json(self._entries[key])
+                results[i].cached = True
+            else:
+                missing.setdefault(key, i)
+        if missing:
+            fresh = self.inner.complete([requests[i] for i in missing.values()], progress=progress)
+            self.sent += len(missing)
+            self._append(list(missing), [requests[i] for i in missing.values()], fresh)
+            by_key = dict(zip(missing, fresh))
+            for i, key in enumerate(keys):
+                if results[i] is None:
+                    results[i] = by_key[key]
+        return results
+
+    def _append(self, keys: list[str], requests: list[ChatRequest], completions: list[Completion]) -> None:
+        now = datetime.now(timezone.utc)
+        texts = [c.to_json() for c in completions]
+        table = pa.table({
+            "key": keys, "backend": [self.backend] * len(keys), "model": [self.model] * len(keys),
+            "request": [json.dumps({"messages": r.messages, "sampling": r.sampling.as_dict()}) for r in requests],
+            "completion": texts, "created_at": [now] * len(keys),
+        }, schema=SCHEMA)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_parquet(table, self.folder / f"part-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
+        self._entries.update(zip(keys, texts))
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,341 @@
+"""The in-process backend: a chat model run by this process, on CPU or GPU, in one of two runtimes.
+
+- transformers: the safetensors model (for the built-in, the GGUF converted once under the lake), batched
+  `generate` in groups of `batch_size` prompts of similar length.
+- llamacpp: llama.cpp's server embedded in the process (the `xllamacpp` package) over a GGUF file, with
+  `batch_size` parallel slots fed by threads (continuous batching). For the built-in it reads the shipped
+  Q4_1 GGUF directly, so its answers differ a little from the float32 transformers model; `model` (the cache
+  key) says which runtime answered.
+
+`runtime: auto` picks llama.cpp on CPU when xllamacpp is installed and a GGUF is at hand (it was faster on a
+shared 2-core CPU for explanation-sized prompts, and it seeds every request's sampling itself), transformers
+on GPU and otherwise.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import BUILTIN_MODEL, LLMConfig
+from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
+from .base import BackendError, ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
+from .openai import build_payload, parse_chat_response
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "transformers", "llamacpp")
+DEFAULT_SLOT_CONTEXT = 4096  # llamacpp: tokens per slot (prompt + completion) unless llm.max_model_len says
+
+
+def gguf_path(cfg: LLMConfig) -> Path | None:
+    """The GGUF file the llamacpp runtime would read: the shipped one for the built-in, or `model` itself."""
+    if cfg.model == BUILTIN_MODEL:
+        return builtin_gguf_folder() / BUILTIN_GGUF
+    path = Path(cfg.model).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
+def choose_runtime(cfg: LLMConfig, device: torch.device) -> str:
+    if cfg.runtime not in RUNTIMES:
+        raise BackendError(f"llm.runtime {cfg.runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+    has_llamacpp = importlib.util.find_spec("xllamacpp") is not None
+    if cfg.runtime == "llamacpp":
+        if not has_llamacpp:
+            raise BackendError("llm.runtime 'llamacpp' needs the xllamacpp package: pip install xllamacpp")
+        if gguf_path(cfg) is None:
+            raise BackendError(
+                f"llm.runtime 'llamacpp' reads GGUF files, but llm.model {cfg.model!r} is neither "
+                f"{BUILTIN_MODEL!r} nor a .gguf file; point llm.model at one or use runtime 'transformers'"
+            )
+        return "llamacpp"
+    if cfg.runtime == "transformers":
+        return "transformers"
+    try:
+        has_gguf = gguf_path(cfg) is not None
+    except RuntimeError:  # the built-in GGUF's package is missing: transformers says so when loading
+        has_gguf = False
+    return "llamacpp" if device.type == "cpu" and has_llamacpp and has_gguf else "transformers"
+
+
+class LocalClient(LLMClient):
+    backend = "local"
+    supports_logprobs = True
+
+    def __init__(self, cfg: LLMConfig, lake_root: Path):
+        if cfg.batch_size < 1:
+            raise BackendError(f"llm.batch_size must be positive, got {cfg.batch_size}")
+        try:
+            device = resolve_device(cfg.device)
+        except RuntimeError as err:
+            raise BackendError(str(err)) from None
+        self.runtime = choose_runtime(cfg, device)
+        if self.runtime == "llamacpp":
+            gguf = gguf_path(cfg)
+            self._engine = LlamaCppRuntime(gguf, slots=cfg.batch_size, device=device,
+                                           slot_context=cfg.max_model_len or DEFAULT_SLOT_CONTEXT)
+            # Another model file (here: 4-bit weights), so another cache key than the transformers model's.
+            self.model = f"{cfg.model}@llamacpp:{gguf.name}"
+        else:
+            gguf = Path(cfg.model).expanduser() if cfg.model.endswith(".gguf") else None
+            if cfg.model == BUILTIN_MODEL:
+                source, gguf_file = str(builtin_model_folder(Path(lake_root))), None
+            elif gguf is not None:  # transformers dequantizes a GGUF on load
+                source, gguf_file = str(gguf.parent), gguf.name
+            else:
+                source, gguf_file = cfg.model, None
+            self._engine = TransformersRuntime(source, cfg.revision, device, resolve_dtype(cfg.dtype, device),
+                                               cfg.batch_size, gguf_file=gguf_file)
+            self.model = cfg.model
+        log.info("local LLM %s on %s with the %s runtime", cfg.model, device, self.runtime)
+
+    def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
+        if not requests:
+            return []
+        return self._engine.complete(list(requests), progress)
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+class SeededSampler:
+    """A logits processor that samples every row with its request's own seeded generator.
+
+    `generate` samples the whole batch from one global RNG, so a request's sample would depend on the other
+    requests of its batch. This processor draws each sampled row's token itself (temperature, then top-p) and
+    leaves only that token possible; generate then runs greedy. Rows with temperature 0 stay greedy. The
+    same request thus gives the same tokens whatever its batch (up to floating-point differences in the
+    logits between batch shapes).
+    """
+
+    def __init__(self, sampling: Sequence[SamplingParams], device: torch.device):
+        self.rows = [
+            (row, s.temperature, s.top_p, torch.Generator(device=device).manual_seed(s.seed))
+            for row, s in enumerate(sampling)
+            if s.temperature > 0
+        ]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()  # generate keeps the raw logits (for logprobs) in this very tensor
+        for row, temperature, top_p, generator in self.rows:
+            probs = torch.softmax(scores[row].float() / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+                drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+                probs[order[drop]] = 0.0
+            token = torch.multinomial(probs, 1, generator=generator)
+            scores[row].fill_(float("-inf"))
+            scores[row, token] = 0.0
+        return scores
+
+
+class TransformersRuntime:
+    def __init__(self, source: str, revision: str | None, device: torch.device, dtype: torch.dtype,
+                 batch_size: int, gguf_file: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **extra)
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype, **extra)
+        except (OSError, ValueError) as err:
+            raise BackendError(f"could not load the local LLM {source!r}: {err}") from err
+        if not self.tokenizer.chat_template:
+            raise BackendError(f"the local LLM {source!r} has no chat template; use an instruction-tuned model")
+        self.tokenizer.padding_side = "left"
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
+            eos.append(self.tokenizer.eos_token_id)
+        if not eos:
+            raise BackendError(f"the local LLM {source!r} names no end-of-sequence token")
+        self.eos = set(eos)
+        self.eos_list = eos
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
+        self._token_text: dict[int, str] = {}
+
+    def encode(self, request: ChatRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(request.as_openai_messages(), add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def complete(self, requests: list[ChatRequest], progress: bool) -> list[Completion]:
+        prompts = [self.encode(request) for request in requests]
+        # Similar lengths share a batch (less padding); the longest go first, so running out of memory shows
+        # at once.
+        order = sorted(range(len(requests)), key=lambda i: len(prompts[i]), reverse=True)
+        results: list[Completion | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc=f"local {self.model.name_or_path}", unit="req",
+                  disable=not progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                done = self.generate([requests[i] for i in rows], [prompts[i] for i in rows])
+                for i, completion in zip(rows, done):
+                    results[i] = completion
+                bar.update(len(rows))
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def generate(self, requests: list[ChatRequest], prompts: list[list[int]]) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        start = time.perf_counter()
+        width = max(map(len, prompts))
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every row's last prompt token is aligned
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+            attention[row, width - len(prompt):] = 1
+        sampling = [request.sampling for request in requests]
+        want_logprobs = any(s.top_logprobs > 0 for s in sampling)
+        config = GenerationConfig(
+            max_new_tokens=max(s.max_tokens for s in sampling), do_sample=False, num_beams=1,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_list, return_dict_in_generate=True,
+            output_logits=want_logprobs,
+        )
+        processors = LogitsProcessorList()
+        if any(s.temperature > 0 for s in sampling):
+            processors.append(SeededSampler(sampling, self.device))
+        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                                  generation_config=config, logits_processor=processors)
+        generated = out.sequences[:, width:].tolist()
+        top = self._top_logprobs(out.logits, max(s.top_logprobs for s in sampling)) if want_logprobs else None
+        latency = time.perf_counter() - start
+        completions = []
+        for row, (prompt, params) in enumerate(zip(prompts, sampling)):
+            # A longer batch-mate may have run past this request's own max_tokens: cut there, or after EOS.
+            tokens = generated[row][:params.max_tokens]
+            end = next((j + 1 for j, token in enumerate(tokens) if token in self.eos), len(tokens))
+            tokens = tokens[:end]
+            logprobs = None
+            if params.top_logprobs > 0 and top is not None:
+                values, ids = top
+                logprobs = [
+                    TokenLogprobs(
+                        token=self.token_text(token),
+                        top=self._top_dict(ids[step][row][:params.top_logprobs],
+                                           values[step][row][:params.top_logprobs]),
+                    )
+                    for step, token in enumerate(tokens)
+                ]
+            completions.append(Completion(
+                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                prompt_tokens=len(prompt), completion_tokens=len(tokens), latency_s=latency, logprobs=logprobs,
+            ))
+        return completions
+
+    @staticmethod
+    def _top_logprobs(logits: tuple[torch.Tensor, ...], k: int) -> tuple[list, list]:
+        """Per step, the k most likely tokens of every row under the model's raw (temperature 1) distribution."""
+        values, ids = [], []
+        for step_logits in logits:
+            top = torch.log_softmax(step_logits.float(), dim=-1).topk(k, dim=-1)
+            values.append(top.values.tolist())
+            ids.append(top.indices.tolist())
+        return values, ids
+
+    def _top_dict(self, ids: list[int], values: list[float]) -> dict[str, float]:
+        top: dict[str, float] = {}
+        for token, value in zip(ids, values):
+            text = self.token_text(token)
+            top[text] = max(value, top.get(text, float("-inf")))  # two ids may decode to the same text
+        return top
+
+    def token_text(self, token: int) -> str:
+        if token not in self._token_text:
+            self._token_text[token] = self.tokenizer.decode([token])
+        return self._token_text[token]
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class LlamaCppRuntime:
+    """llama.cpp's server in this process: `slots` sequences decode together, fed by as many threads."""
+
+    def __init__(self, gguf: Path, slots: int, device: torch.device, slot_context: int):
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_parallel = slots
+        # Every slot owns its part of the KV cache: with one shared (unified) cache, requests that together
+        # overflow it all fail.
+        params.kv_unified = False
+        params.n_ctx = slots * slot_context
+        threads = cpu_count()
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.n_gpu_layers = 999 if device.type == "cuda" else 0  # a CUDA build of xllamacpp is needed on GPU
+        params.verbosity = 0  # llama.cpp's per-request logging would flood the pipeline's output
+        # The embedded server also listens on a local port; a random key keeps other local users off it.
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        params.api_keys = [secrets.token_urlsafe(24)]
+        try:
+            self.server = xllamacpp.Server(params)
+        except Exception as err:  # the binding raises plain exceptions for unreadable files
+            raise BackendError(f"llama.cpp could not load {gguf}: {err}") from err
+        self.name = gguf.name
+        self.slot_context = slot_context
+        self.pool = concurrent.futures.ThreadPoolExecutor(slots, thread_name_prefix="llamacpp")
+
+    def payload(self, request: ChatRequest) -> dict:
+        payload = build_payload(self.name, request)
+        # Only temperature and top-p shape sampling, as with the other backends (llama.cpp's server would also
+        # apply its default top-k 40 and min-p 0.05).
+        payload.update(top_k=0, min_p=0.0)
+        return payload
+
+    def one(self, request: ChatRequest) -> Completion:
+        start = time.perf_counter()
+        try:
+            body = self.server.handle_chat_completions(self.payload(request))
+        except ValueError as err:
+            raise BackendError(f"llama.cpp rejected a request: {err}") from err
+        if "error" in body:
+            error = body["error"]
+            hint = ""
+            if error.get("type") == "exceed_context_size_error":
+                hint = f"; raise llm.max_model_len (now {self.slot_context} tokens per slot) or shorten the prompt"
+            raise BackendError(f"llama.cpp failed a request: {error.get('message', error)}{hint}")
+        return parse_chat_response(body, time.perf_counter() - start, request.sampling.top_logprobs > 0)
+
+    def complete(self, requests: list[ChatRequest], progress: bool) -> list[Completion]:
+        futures = [self.pool.submit(self.one, request) for request in requests]
+        try:
+            with tqdm(total=len(requests), desc=f"llama.cpp {self.name}", unit="req", disable=not progress) as bar:
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+                    bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [future.result() for future in futures]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.server = None  # the binding stops the server and frees the model when it is collected

@@ -1,0 +1,207 @@
+"""Every prompt the pipeline sends to an LLM, in one place, each with a stable version hash.
+
+The shared instructions come first in every prompt so a prefix cache (vLLM's, llama.cpp's) reuses them
+across latents; what changes per latent comes last. Answers are read from a fixed marker line; an answer
+without it is kept raw and flagged by the caller, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import PromptConfig
+
+OPEN, CLOSE = "<<", ">>"
+ANSWER_MARKER = "Explanation:"
+
+
+@dataclass(frozen=True)
+class Window:
+    """One example window as the prompt shows it: token texts and their activations."""
+
+    pieces: tuple[str, ...]
+    acts: tuple[float, ...]
+
+
+def version(*texts: str) -> str:
+    """A short hash of a prompt's fixed text: it changes exactly when the prompt does."""
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:12]
+
+
+def clean_piece(piece: str) -> str:
+    """Token text as it reads inside a one-line excerpt: line breaks shown, marker characters defused."""
+    return piece.replace("\r", "").replace("\n", "⏎").replace("<<", "‹‹").replace(">>", "››")
+
+
+def marked_text(window: Window, threshold: float) -> tuple[str, list[tuple[str, float]]]:
+    """The window's text with runs of active tokens wrapped <<like this>>, and the marked spans with their
+    peak activation. A token is active where its activation is > 0 and > `threshold` x the window's peak."""
+    acts = np.asarray(window.acts, dtype=np.float32)
+    peak = float(acts.max()) if acts.size else 0.0
+    active = (acts > 0) & (acts > threshold * peak)
+    out, spans, run, run_peak = [], [], [], 0.0
+    for piece, act, on in zip(window.pieces, acts, active):
+        piece = clean_piece(piece)
+        if on:
+            run.append(piece)
+            run_peak = max(run_peak, float(act))
+            continue
+        if run:
+            out.append(f"{OPEN}{''.join(run)}{CLOSE}")
+            spans.append(("".join(run).strip(), run_peak))
+            run, run_peak = [], 0.0
+        out.append(piece)
+    if run:
+        out.append(f"{OPEN}{''.join(run)}{CLOSE}")
+        spans.append(("".join(run).strip(), run_peak))
+    return "".join(out).strip(), spans
+
+
+# explainer ----------------------------------------------------------------------------------------------
+
+EXPLAINER_SYSTEM = """You are studying one feature inside a language model. You get short excerpts of text \
+in which the feature is active; the tokens where it fires are wrapped in << and >>. Work out what the marked \
+tokens have in common: a word or family of words, a topic, a grammatical role, or a pattern in the text just \
+before them. Answer with one short phrase that would let someone predict where the feature fires. Do not \
+repeat the excerpts. Finish with a line that starts with "Explanation:" followed by your phrase."""
+
+CONTRASTIVE_ADDENDUM = """ You also get excerpts in which the feature stays silent; use them to tell the \
+feature apart from things that merely look related."""
+
+ACTIVATIONS_ADDENDUM = """ After each excerpt, the marked spans are listed with the feature's strength \
+there, from 1 (weak) to 10 (its strongest)."""
+
+COT_ADDENDUM = """ Before the final line, write two or three brief observations about the marked tokens and \
+their surroundings, each on its own line starting with "-"."""
+
+# Worked examples, shown as earlier turns of the conversation.
+EXAMPLE_DIRECT = (
+    (
+        "Excerpt 1: the delegation flew on to <<Paris>>, where talks resumed\n"
+        "Excerpt 2: exports through <<Rotterdam>> and <<Antwerp>> fell sharply\n"
+        "Excerpt 3: she was born in <<Lisbon>> in 1921",
+        "Explanation: names of European cities",
+    ),
+    (
+        "Excerpt 1: the river kept ris<<ing>> through the night\n"
+        "Excerpt 2: they were still argu<<ing>> about the fee\n"
+        "Excerpt 3: after years of train<<ing>>, he",
+        "Explanation: the suffix \"ing\" completing a verb",
+    ),
+)
+EXAMPLE_COT_NOTES = (
+    "- every marked word is a city\n- all the cities are in Europe\n- the words before are places of travel "
+    "or origin",
+    "- the marked token is always \"ing\"\n- it ends a verb split into pieces\n- the verbs differ in meaning",
+)
+
+
+def explainer_messages(windows: Sequence[Window], cfg: PromptConfig, silent: Sequence[Window] = (),
+                       max_act: float | None = None) -> tuple[tuple[str, str], ...]:
+    """The chat for one latent: instructions, worked examples, then this latent's excerpts."""
+    system = EXPLAINER_SYSTEM
+    if cfg.contrastive:
+        system += CONTRASTIVE_ADDENDUM
+    if cfg.show_activations:
+        system += ACTIVATIONS_ADDENDUM
+    if cfg.chain_of_thought:
+        system += COT_ADDENDUM
+    messages = [("system", system)]
+    for (user, answer), notes in zip(EXAMPLE_DIRECT, EXAMPLE_COT_NOTES):
+        messages.append(("user", user))
+        messages.append(("assistant", f"{notes}\n{answer}" if cfg.chain_of_thought else answer))
+    scale = max_act or max((max(w.acts) for w in windows), default=0.0) or 1.0
+    lines = []
+    for i, window in enumerate(windows, 1):
+        text, spans = marked_text(window, cfg.highlight_threshold)
+        lines.append(f"Excerpt {i}: {text}")
+        if cfg.show_activations and spans:
+            strengths = ", ".join(f"{span} ({max(1, round(10 * act / scale))})" for span, act in spans)
+            lines.append(f"Strength: {strengths}")
+    if cfg.contrastive and silent:
+        lines.append("Excerpts where the feature is silent:")
+        lines.extend(f"Silent {i}: {marked_text(w, 1.0)[0]}" for i, w in enumerate(silent, 1))
+    messages.append(("user", "\n".join(lines)))
+    return tuple(messages)
+
+
+def explainer_version(cfg: PromptConfig) -> str:
+    """The version of the explainer prompt as configured (its text and the options that shape it)."""
+    return version(EXPLAINER_SYSTEM, CONTRASTIVE_ADDENDUM, ACTIVATIONS_ADDENDUM, COT_ADDENDUM, repr(EXAMPLE_DIRECT),
+                   repr(EXAMPLE_COT_NOTES), repr(sorted(vars(cfg).items())))
+
+
+_ANSWER = re.compile(r"^\W*explanation\W*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_explanation(completion: str) -> str | None:
+    """The text after the last "Explanation:" marker, trimmed of quotes and markup; None if absent or empty."""
+    found = _ANSWER.findall(completion)
+    if not found:
+        return None
+    answer = found[-1].strip().strip("*_`\"' ").strip()
+    return answer or None
+
+
+# scorers ------------------------------------------------------------------------------------------------
+
+DETECTION_SYSTEM = """You test an explanation of a feature inside a language model. You get the explanation \
+and numbered text excerpts. For each excerpt, decide whether the feature is active anywhere in it, judging \
+only by the explanation. Reply with one line: "Answer:" followed by a list with one number per excerpt, in \
+order, 1 if the feature is active and 0 if not."""
+
+FUZZING_SYSTEM = """You test an explanation of a feature inside a language model. You get the explanation \
+and numbered text excerpts in which some tokens are wrapped in << and >>. For each excerpt, decide whether the \
+marked tokens are the ones the explanation describes. Reply with one line: "Answer:" followed by a list with \
+one number per excerpt, in order, 1 if the marking fits the explanation and 0 if not."""
+
+DETECTION_EXAMPLE = (
+    "Explanation: words for sea birds\n"
+    "Excerpt 1: gulls and terns circled above the harbour\n"
+    "Excerpt 2: the committee approved the budget on Monday\n"
+    "Excerpt 3: a colony of puffins nests on the cliffs",
+    "Answer: [1, 0, 1]",
+)
+FUZZING_EXAMPLE = (
+    "Explanation: words for sea birds\n"
+    "Excerpt 1: <<gulls>> and <<terns>> circled above the harbour\n"
+    "Excerpt 2: the committee <<approved>> the budget on Monday\n"
+    "Excerpt 3: a colony of puffins nests <<on>> the cliffs",
+    "Answer: [1, 0, 0]",
+)
+
+
+def scorer_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """A detection or fuzzing prompt: instructions and a worked example first (shared by every latent), then
+    the explanation and the excerpts (already marked for fuzzing)."""
+    system, (example, answer) = {"detection": (DETECTION_SYSTEM, DETECTION_EXAMPLE),
+                                 "fuzzing": (FUZZING_SYSTEM, FUZZING_EXAMPLE)}[kind]
+    body = "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(excerpts, 1))
+    return (("system", system), ("user", example), ("assistant", answer),
+            ("user", f"Explanation: {explanation}\n{body}"))
+
+
+def scorer_version(kind: str) -> str:
+    return version(*{"detection": (DETECTION_SYSTEM, *DETECTION_EXAMPLE),
+                     "fuzzing": (FUZZING_SYSTEM, *FUZZING_EXAMPLE)}[kind])
+
+
+_LIST = re.compile(r"\[([^\[\]]*)\]")
+_YES, _NO = {"1", "yes", "true", "y"}, {"0", "no", "false", "n"}
+
+
+def parse_answers(completion: str, n: int) -> list[bool] | None:
+    """The n yes/no answers of a scorer reply: the last bracketed list (or the text after "Answer:") of
+    exactly n entries, each 1/0, yes/no or true/false. None when it cannot be read."""
+    candidates = _LIST.findall(completion)
+    tail = re.findall(r"answer\W*:\s*(.+)", completion, re.IGNORECASE)
+    for text in reversed(candidates + tail[-1:] if tail else candidates):
+        items = [t.strip(" .'\"*").lower() for t in re.split(r"[,\s;]+", text.strip(" []")) if t.strip(" .'\"*")]
+        if len(items) == n and all(i in _YES | _NO for i in items):
+            return [i in _YES for i in items]
+    return None
