@@ -133,7 +133,8 @@ class LLMConfig:
     device: str = "auto"  # local: auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # local / vllm: auto | float32 | bfloat16 | float16
     batch_size: int = 16  # local: prompts per generate call
-    # local: auto (llama.cpp over a GGUF on CPU when xllamacpp is installed, else transformers) | transformers | llamacpp
+    # local: auto (transformers; llama.cpp for a .gguf `model` on CPU when xllamacpp is installed) | transformers |
+    # llamacpp (xllamacpp over the GGUF; for the built-in, the shipped Q4_1 file; `batch_size` parallel slots)
     runtime: str = "auto"
     # openai: base URL (default: $OPENAI_BASE_URL) and the environment variable holding the API key. The key
     # itself may also be given as `api_key`; it is never printed, logged or stored.
@@ -153,7 +154,7 @@ class LLMConfig:
 
     def identity(self) -> dict:
         """The settings that change what the model answers (no key, URL, or throughput knobs)."""
-        return {"backend": self.backend, "model": self.model, "revision": self.revision}
+        return {"backend": self.backend, "model": self.model, "revision": self.revision, "runtime": self.runtime}
 
 
 @dataclass(frozen=True)

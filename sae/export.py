@@ -129,10 +129,10 @@ def card_info_from_config(cfg: PipelineConfig, prompt_versions: list[str]) -> Ca
 
 
 def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
-                   decode: Callable[[list[int]], str] | None = None, overwrite: bool = False) -> dict[str, int]:
+                   decode: Callable[[list[list[int]]], list[str]] | None = None, overwrite: bool = False) -> dict[str, int]:
     """Write every table of the lake that exists as a configuration of a Hugging Face dataset folder.
 
-    `decode` (token ids -> text) adds a `text` column to `examples`. A table without rows is left out (`datasets`
+    `decode` (windows of token ids -> their texts, one call per batch of rows) adds a `text` column to `examples`. A table without rows is left out (`datasets`
     cannot load an empty configuration). The folder is built beside `out_dir` and moved into place when complete.
     Returns the row count of each configuration written."""
     lake = Lake(lake_root)
@@ -185,7 +185,7 @@ def _replace(build: Path, out_dir: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _write_configs(lake: Lake, build: Path, decode: Callable[[list[int]], str] | None) -> dict[str, int]:
+def _write_configs(lake: Lake, build: Path, decode: Callable[[list[list[int]]], list[str]] | None) -> dict[str, int]:
     counts = {}
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")  # timestamps keep the lake's UTC zone in Arrow
@@ -272,9 +272,11 @@ def _explanations_query(con: duckdb.DuckDBPyConnection, lake: Lake) -> tuple[str
     return query + " ORDER BY e.layer, e.sae, e.latent", params
 
 
-def _with_text(decode: Callable[[list[int]], str]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+def _with_text(decode: Callable[[list[list[int]]], list[str]]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
     def add(batch: pa.RecordBatch) -> pa.RecordBatch:
-        texts = [None if ids is None else decode(ids) for ids in batch.column("tokens").to_pylist()]
+        windows = batch.column("tokens").to_pylist()
+        decoded = iter(decode([ids for ids in windows if ids is not None]))  # one call per batch: fast tokenizers
+        texts = [None if ids is None else next(decoded) for ids in windows]
         return pa.RecordBatch.from_arrays([*batch.columns, pa.array(texts, pa.string())],
                                           names=[*batch.schema.names, "text"])
 

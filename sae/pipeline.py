@@ -628,5 +628,4 @@ def export(cfg: PipelineConfig, out_dir: Path, overwrite: bool = False) -> dict[
         versions += pc.unique(pq.read_table(path, columns=["prompt_version"]).column(0)).to_pylist()
     tokenizer = load_tokenizer(cfg.model, lake.root)
     card = card_info_from_config(cfg, sorted(set(versions)))
-    return export_dataset(lake.root, Path(out_dir), card, decode=lambda ids: tokenizer.decode(ids),
-                          overwrite=overwrite)
+    return export_dataset(lake.root, Path(out_dir), card, decode=tokenizer.batch_decode, overwrite=overwrite)

@@ -160,35 +160,48 @@ and numbered text excerpts in which some tokens are wrapped in << and >>. For ea
 marked tokens are the ones the explanation describes. Reply with one line: "Answer:" followed by a list with \
 one number per excerpt, in order, 1 if the marking fits the explanation and 0 if not."""
 
-DETECTION_EXAMPLE = (
-    "Explanation: words for sea birds\n"
-    "Excerpt 1: gulls and terns circled above the harbour\n"
-    "Excerpt 2: the committee approved the budget on Monday\n"
-    "Excerpt 3: a colony of puffins nests on the cliffs",
-    "Answer: [1, 0, 1]",
+# The worked example has as many excerpts as the real batch (taken in order, cycling), so its answer shows
+# a list of the right length: small models copy the example's format, and a list of another length
+# cannot be read.
+EXAMPLE_EXPLANATION = "words for sea birds"
+DETECTION_POOL = (
+    ("gulls and terns circled above the harbour", 1),
+    ("the committee approved the budget on Monday", 0),
+    ("a colony of puffins nests on the cliffs", 1),
+    ("the train to Leeds was delayed again", 0),
+    ("she painted the kitchen a pale green", 0),
+    ("an albatross can glide for hours", 1),
+    ("the court adjourned until next week", 0),
+    ("cormorants dried their wings on the rocks", 1),
 )
-FUZZING_EXAMPLE = (
-    "Explanation: words for sea birds\n"
-    "Excerpt 1: <<gulls>> and <<terns>> circled above the harbour\n"
-    "Excerpt 2: the committee <<approved>> the budget on Monday\n"
-    "Excerpt 3: a colony of puffins nests <<on>> the cliffs",
-    "Answer: [1, 0, 0]",
+FUZZING_POOL = (
+    ("<<gulls>> and <<terns>> circled above the harbour", 1),
+    ("the committee <<approved>> the budget on Monday", 0),
+    ("a colony of puffins nests <<on>> the cliffs", 0),
+    ("an <<albatross>> can glide for hours", 1),
+    ("the train <<to>> Leeds was delayed again", 0),
+    ("<<cormorants>> dried their wings on the rocks", 1),
+    ("she painted the <<kitchen>> a pale green", 0),
+    ("a <<pelican>> scooped up the fish", 1),
 )
+SCORERS = {"detection": (DETECTION_SYSTEM, DETECTION_POOL), "fuzzing": (FUZZING_SYSTEM, FUZZING_POOL)}
 
 
 def scorer_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """A detection or fuzzing prompt: instructions and a worked example first (shared by every latent), then
-    the explanation and the excerpts (already marked for fuzzing)."""
-    system, (example, answer) = {"detection": (DETECTION_SYSTEM, DETECTION_EXAMPLE),
-                                 "fuzzing": (FUZZING_SYSTEM, FUZZING_EXAMPLE)}[kind]
+    """A detection or fuzzing prompt: instructions and a worked example first (shared by every latent with
+    the same batch size), then the explanation and the excerpts (already marked for fuzzing)."""
+    system, pool = SCORERS[kind]
+    shown = [pool[i % len(pool)] for i in range(len(excerpts))]
+    example = "\n".join(f"Excerpt {i}: {text}" for i, (text, _) in enumerate(shown, 1))
+    answer = "Answer: [" + ", ".join(str(label) for _, label in shown) + "]"
     body = "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(excerpts, 1))
-    return (("system", system), ("user", example), ("assistant", answer),
-            ("user", f"Explanation: {explanation}\n{body}"))
+    return (("system", system), ("user", f"Explanation: {EXAMPLE_EXPLANATION}\n{example}"),
+            ("assistant", answer), ("user", f"Explanation: {explanation}\n{body}"))
 
 
 def scorer_version(kind: str) -> str:
-    return version(*{"detection": (DETECTION_SYSTEM, *DETECTION_EXAMPLE),
-                     "fuzzing": (FUZZING_SYSTEM, *FUZZING_EXAMPLE)}[kind])
+    system, pool = SCORERS[kind]
+    return version(system, EXAMPLE_EXPLANATION, repr(pool))
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
@@ -196,12 +209,14 @@ _YES, _NO = {"1", "yes", "true", "y"}, {"0", "no", "false", "n"}
 
 
 def parse_answers(completion: str, n: int) -> list[bool] | None:
-    """The n yes/no answers of a scorer reply: the last bracketed list (or the text after "Answer:") of
-    exactly n entries, each 1/0, yes/no or true/false. None when it cannot be read."""
+    """The n yes/no answers of a scorer reply: the last bracketed list (or the text after "Answer:") whose
+    first n entries are each 1/0, yes/no or true/false. Entries beyond the n-th are ignored: small models run
+    on past the end of the list, and the first n still answer the n excerpts in order. None when it cannot be
+    read."""
     candidates = _LIST.findall(completion)
     tail = re.findall(r"answer\W*:\s*(.+)", completion, re.IGNORECASE)
     for text in reversed(candidates + tail[-1:] if tail else candidates):
         items = [t.strip(" .'\"*").lower() for t in re.split(r"[,\s;]+", text.strip(" []")) if t.strip(" .'\"*")]
-        if len(items) == n and all(i in _YES | _NO for i in items):
-            return [i in _YES for i in items]
+        if len(items) >= n and all(i in _YES | _NO for i in items[:n]):
+            return [i in _YES for i in items[:n]]
     return None

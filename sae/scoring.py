@@ -143,13 +143,13 @@ def fuzzing_items(activating: list[dict], silent: list[dict], decode: Decode, th
 
 
 def yes_probabilities(logprobs: list[TokenLogprobs] | None, n: int) -> list[float] | None:
-    """P(1) at each of the n answer digits of a reply, from the top log-probabilities there; None unless the
-    reply has exactly n digit tokens whose alternatives include both 0 and 1."""
+    """P(1) at each of the first n answer digits of a reply (as `parse_answers` reads them), from the top
+    log-probabilities there; None unless the reply has n digit tokens with 0 or 1 among their alternatives."""
     if not logprobs:
         return None
     probs = []
     for token in logprobs:
-        if token.token.strip() not in ("0", "1"):
+        if token.token.strip() not in ("0", "1") or len(probs) == n:
             continue
         top = {}
         for text, logprob in token.top.items():

@@ -147,7 +147,7 @@ EXPECTED_ROWS = {"explanations": 12, "examples": 16, "latent_stats": 12, "scores
 def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_path, offline):
     build_lake(tmp_path / "lake")
     out = tmp_path / "export"
-    counts = export_dataset(tmp_path / "lake", out, CARD, decode=decode)
+    counts = export_dataset(tmp_path / "lake", out, CARD, decode=lambda windows: [decode(w) for w in windows])
     assert counts == EXPECTED_ROWS
     assert (out / "data" / "explanations" / "train-00000-of-00001.parquet").exists()
     loaded = {config: load(out, config, offline) for config in export.CONFIGS}

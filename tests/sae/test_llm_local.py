@@ -3,6 +3,7 @@ folder, and llama.cpp (xllamacpp) over the shipped GGUF."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -95,16 +96,16 @@ def test_llamacpp_runtime():
         client.close()
 
 
-def test_runtime_choice():
+def test_runtime_choice(tmp_path):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert choose_runtime(LLMConfig(runtime="auto"), gpu) == "transformers"
-    assert choose_runtime(LLMConfig(runtime="auto", model="some/hub-model"), cpu) == "transformers"
-    try:
-        import xllamacpp  # noqa: F401
-
-        assert choose_runtime(LLMConfig(runtime="auto"), cpu) == "llamacpp"
-    except ImportError:
-        assert choose_runtime(LLMConfig(runtime="auto"), cpu) == "transformers"
+    for device in (cpu, gpu):
+        assert choose_runtime(LLMConfig(runtime="auto"), device) == "transformers"
+        assert choose_runtime(LLMConfig(runtime="auto", model="some/hub-model"), device) == "transformers"
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    has_llamacpp = importlib.util.find_spec("xllamacpp") is not None
+    assert choose_runtime(LLMConfig(model=str(gguf)), cpu) == ("llamacpp" if has_llamacpp else "transformers")
+    assert choose_runtime(LLMConfig(model=str(gguf)), gpu) == "transformers"
     with pytest.raises(BackendError, match="runtime"):
         choose_runtime(LLMConfig(runtime="onnx"), cpu)
     with pytest.raises(BackendError, match="GGUF"):

@@ -132,3 +132,30 @@ def test_complete_works_inside_a_running_event_loop(server):
 
     (done,) = asyncio.run(caller())
     assert done.completion_tokens == 2
+
+
+def test_explaining_over_the_server_survives_a_503_and_a_rerun_sends_nothing(server, tmp_path):
+    """The explanation stage end to end over HTTP: the proxy fails the first request, the client retries;
+    a rerun with the same settings reuses the stored explanations and sends no request at all."""
+    from sae.config import ExamplesConfig, ExplainConfig
+    from sae.examples import coverage
+    from sae.explain import explain_partition
+    from sae.lake import Lake
+
+    from .test_explain import train_examples
+    from .test_scoring import decode
+
+    examples = train_examples()
+    cfg = ExplainConfig(latents="first", n_latents=3, n_examples=4, max_tokens=12, batch_latents=2)
+    lake = Lake(tmp_path / "lake")
+    run = dict(lake=lake, hookpoint="layers.1", sae="x", examples=examples,
+               coverage=coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3)), cfg=cfg, decode=decode,
+               seed=0, fingerprint="fp")
+    with FaultyProxy(server.base_url, [(503, {})]) as proxy:
+        first = explain_partition(client=client_for(proxy.base_url), **run)
+        assert (proxy.failed, proxy.forwarded) == (1, 3)
+        assert first.num_rows == 3 and all(first.column("completion").to_pylist())
+        assert set(first.column("backend").to_pylist()) == {"openai"}
+        again = explain_partition(client=client_for(proxy.base_url), **run)
+        assert (proxy.failed, proxy.forwarded) == (1, 3)  # nothing new went over the wire
+    assert again.equals(first)

@@ -43,3 +43,13 @@ def test_the_answer_is_read_from_the_last_marker_line():
     assert parse_explanation("explanation: first\nExplanation: second") == "second"
     assert parse_explanation("It fires on cities.") is None
     assert parse_explanation("Explanation:   ") is None
+
+
+def test_the_scorer_example_has_as_many_excerpts_as_the_batch():
+    from sae.prompts import scorer_messages, scorer_version
+
+    for n in (1, 5, 11):
+        messages = scorer_messages("detection", "city names", [f"text {i}" for i in range(n)])
+        assert messages[1][1].count("Excerpt") == n
+        assert len(messages[2][1].split(",")) == n and messages[-1][1].count("Excerpt") == n
+    assert scorer_version("detection") != scorer_version("fuzzing")

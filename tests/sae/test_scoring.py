@@ -35,6 +35,8 @@ def test_derangement_moves_every_latent_and_is_fixed_by_the_seed():
     ("Answer: [yes, no, Yes]", [True, False, True]),
     ("[1, 1]\nAnswer: [0, 0, 1]", [False, False, True]),
     ("Answer: [1, 0]", None),
+    ("Answer: [1, 0, 1, 1, 0, 1,", [True, False, True]),  # ran on past the list, cut by max_tokens
+    ("Answer: [2, 0, 1]", None),
     ("I think the first one.", None),
 ])
 def test_scorer_answers_are_read_robustly(reply, expected):
@@ -48,6 +50,7 @@ def test_yes_probability_comes_from_the_log_probs_of_each_answer_digit():
     logprobs = [TokenLogprobs("Answer", {}), TokenLogprobs(":", {}), TokenLogprobs(" [", {}), token("1", 0.8),
                 TokenLogprobs(",", {}), token(" 0", 0.3), TokenLogprobs("]", {})]
     assert yes_probabilities(logprobs, 2) == pytest.approx([0.8, 0.3])
+    assert yes_probabilities(logprobs, 1) == pytest.approx([0.8])  # the first n digits, as parsed
     assert yes_probabilities(logprobs, 3) is None and yes_probabilities(None, 2) is None
 
 
