@@ -13,11 +13,11 @@ from .corpus import contexts
 from .examples import build_example_assets
 from .explanations import build_explanation_assets
 from .export import hf_export
-from .scores import build_score_assets
-from .similarity import build_similarity_assets
 from .quality import build_quality_assets
 from .resources import PipelineConfigResource, config_path_from_env
 from .saes import build_sae_assets
+from .scores import build_score_assets
+from .similarity import build_similarity_assets
 from .stats import build_stats_assets
 
 # Single-run backfills and the layer -> layer x sae mapping are marked beta; the pinned release is tested.

@@ -99,7 +99,7 @@ def main() -> None:
         for batch in (args.batch, 1):
             out = subprocess.run([sys.executable, __file__, "--worker", runtime, str(batch), "--prompts",
                                   str(args.prompts), "--rounds", str(args.rounds), "--lake", str(lake)],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, check=False)
             lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if out.returncode or not lines:
                 print(f"{runtime:<13} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")

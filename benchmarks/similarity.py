@@ -11,14 +11,10 @@ near-ties, a harder matching problem than real explanations.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# benchmarks/select.py shadows the standard library's `select` (imported by subprocess): drop this folder from the path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
+import os
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable

@@ -82,21 +82,21 @@ their surroundings, each on its own line starting with "-"."""
 # Worked examples, shown as earlier turns of the conversation.
 EXAMPLE_DIRECT = (
     (
-        "Excerpt 1: the delegation flew on to <<Paris>>, where talks resumed\n"
-        "Excerpt 2: exports through <<Rotterdam>> and <<Antwerp>> fell sharply\n"
-        "Excerpt 3: she was born in <<Lisbon>> in 1921",
+        ("Excerpt 1: the delegation flew on to <<Paris>>, where talks resumed\n"
+         "Excerpt 2: exports through <<Rotterdam>> and <<Antwerp>> fell sharply\n"
+         "Excerpt 3: she was born in <<Lisbon>> in 1921"),
         "Explanation: names of European cities",
     ),
     (
-        "Excerpt 1: the river kept ris<<ing>> through the night\n"
-        "Excerpt 2: they were still argu<<ing>> about the fee\n"
-        "Excerpt 3: after years of train<<ing>>, he",
+        ("Excerpt 1: the river kept ris<<ing>> through the night\n"
+         "Excerpt 2: they were still argu<<ing>> about the fee\n"
+         "Excerpt 3: after years of train<<ing>>, he"),
         "Explanation: the suffix \"ing\" completing a verb",
     ),
 )
 EXAMPLE_COT_NOTES = (
-    "- every marked word is a city\n- all the cities are in Europe\n- the words before are places of travel "
-    "or origin",
+    ("- every marked word is a city\n- all the cities are in Europe\n- the words before are places of travel "
+     "or origin"),
     "- the marked token is always \"ing\"\n- it ends a verb split into pieces\n- the verbs differ in meaning",
 )
 

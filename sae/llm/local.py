@@ -7,11 +7,11 @@
   Q4_1 GGUF directly, so its answers differ a little from the float32 transformers model; `model` (the cache
   key) says which runtime answered.
 
-`runtime: auto` picks transformers, except for a `model` that is a .gguf file on CPU with xllamacpp installed
-(llama.cpp reads it as it is; transformers would dequantize it on every load). On a 2-core CPU the two ran
-explanation-sized prompts equally fast (about 32 prompts/min, batch 16) when the CPU was otherwise idle, and
-llama.cpp slowed down more when other processes competed for the cores; transformers also runs the very
-float32 weights of the subject model and needs no extra package.
+`runtime: auto` picks llama.cpp on CPU when xllamacpp is installed and the model is a GGUF (the built-in is
+one), else transformers. On a 2-core CPU with real explainer prompts (benchmarks/explain.py: 8 prompts of
+~700 tokens sharing their first ~300, quiet machine) llama.cpp made 46 explanations/min against 33 for
+transformers, batched or not: its per-slot prompt cache reuses the shared instructions. On prompts without
+a shared prefix the two were even (~32 prompts/min).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def choose_runtime(cfg: LLMConfig, device: torch.device) -> str:
                 f"{BUILTIN_MODEL!r} nor a .gguf file; point llm.model at one or use runtime 'transformers'"
             )
         return "llamacpp"
-    if cfg.runtime == "auto" and device.type == "cpu" and has_llamacpp and cfg.model != BUILTIN_MODEL:
+    if cfg.runtime == "auto" and device.type == "cpu" and has_llamacpp:
         return "llamacpp" if gguf_path(cfg) is not None else "transformers"
     return "transformers"
 

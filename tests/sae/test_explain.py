@@ -68,8 +68,8 @@ class CrashAfter:
 def test_a_crash_loses_at_most_one_batch_and_a_rerun_asks_only_for_the_rest(tmp_path, examples, client):
     lake = Lake(tmp_path / "lake")
     covered = coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3))
-    run = dict(lake=lake, hookpoint="layers.1", sae="x", examples=examples, coverage=covered, cfg=CFG,
-               decode=decode, seed=0, fingerprint="fp-1")
+    run = {"lake": lake, "hookpoint": "layers.1", "sae": "x", "examples": examples, "coverage": covered,
+           "cfg": CFG, "decode": decode, "seed": 0, "fingerprint": "fp-1"}
     cache_dir = tmp_path / "lake" / "llm_cache"
     with pytest.raises(RuntimeError, match="killed"):
         explain_partition(client=CachedClient(CrashAfter(client, calls=2), cache_dir), **run)

@@ -98,12 +98,14 @@ def test_llamacpp_runtime():
 
 def test_runtime_choice(tmp_path):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    has_llamacpp = importlib.util.find_spec("xllamacpp") is not None
+    # The built-in ships as a GGUF: llama.cpp on CPU (faster on the shared-prefix prompts), transformers on GPU.
+    assert choose_runtime(LLMConfig(runtime="auto"), cpu) == ("llamacpp" if has_llamacpp else "transformers")
+    assert choose_runtime(LLMConfig(runtime="auto"), gpu) == "transformers"
     for device in (cpu, gpu):
-        assert choose_runtime(LLMConfig(runtime="auto"), device) == "transformers"
         assert choose_runtime(LLMConfig(runtime="auto", model="some/hub-model"), device) == "transformers"
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
-    has_llamacpp = importlib.util.find_spec("xllamacpp") is not None
     assert choose_runtime(LLMConfig(model=str(gguf)), cpu) == ("llamacpp" if has_llamacpp else "transformers")
     assert choose_runtime(LLMConfig(model=str(gguf)), gpu) == "transformers"
     with pytest.raises(BackendError, match="runtime"):

@@ -148,9 +148,9 @@ def test_explaining_over_the_server_survives_a_503_and_a_rerun_sends_nothing(ser
     examples = train_examples()
     cfg = ExplainConfig(latents="first", n_latents=3, n_examples=4, max_tokens=12, batch_latents=2)
     lake = Lake(tmp_path / "lake")
-    run = dict(lake=lake, hookpoint="layers.1", sae="x", examples=examples,
-               coverage=coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3)), cfg=cfg, decode=decode,
-               seed=0, fingerprint="fp")
+    run = {"lake": lake, "hookpoint": "layers.1", "sae": "x", "examples": examples,
+           "coverage": coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3)), "cfg": cfg,
+           "decode": decode, "seed": 0, "fingerprint": "fp"}
     with FaultyProxy(server.base_url, [(503, {})]) as proxy:
         first = explain_partition(client=client_for(proxy.base_url), **run)
         assert (proxy.failed, proxy.forwarded) == (1, 3)

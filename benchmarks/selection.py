@@ -1,7 +1,7 @@
 """Benchmark of example selection on a synthetic latents table of realistic shape.
 
-    python benchmarks/select.py                          # 100 M non-zeros, 32k latents
-    python benchmarks/select.py --nnz 10000000           # a quicker look
+    python benchmarks/selection.py                          # 100 M non-zeros, 32k latents
+    python benchmarks/selection.py --nnz 10000000           # a quicker look
 
 Writes (once, cached under benchmarks/.data/) a latents table like the pipeline's: TopK codes with
 k = 32 per token over 256-token contexts, latents drawn with power-law firing frequencies (a few latents
@@ -13,16 +13,11 @@ wall time and that process's peak RSS. DuckDB's memory limit is set with --memor
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file's name shadows the standard library's `select` (used by subprocess): drop its folder from the path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
 import json
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
