@@ -7,12 +7,11 @@ import dagster as dg
 
 from sae import pipeline
 from sae.config import PipelineConfig
+from sae.scoring import LLM_SCORERS
 
 from .metadata import markdown_table
 from .partitions import layer_sae_keys, per_layer_sae
 from .resources import PipelineConfigResource
-
-LLM_SCORERS = ("detection", "fuzzing")
 
 
 def build_score_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .config import PipelineConfig, SaeSpec
+from .config import SCORERS, PipelineConfig, SaeSpec
 from .lake import PARQUET_OPTIONS, UNPARTITIONED, Lake
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ MARKER = ".saelake-export"
 DEFAULT_LICENSE = "cc-by-sa-4.0"  # the default corpus is Wikipedia, whose text is CC BY-SA
 TAGS = ["interpretability", "sparse-autoencoders", "mechanistic-interpretability", "saelake"]
 BATCH_ROWS = 65_536  # rows per Arrow batch from DuckDB and per Parquet row group: bounded writer memory
-KNOWN_SCORERS = ("detection", "fuzzing", "embedding")
+KNOWN_SCORERS = SCORERS
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Columns of the explanations configuration, in order, before the pivoted scores.

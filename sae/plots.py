@@ -38,6 +38,17 @@ def _finish(figure: Figure, path: str | Path | None) -> bytes:
     return png
 
 
+def _finish_lines(figure: Figure, ax, xlabel: str, ylabel: str, title: str, path: str | Path | None) -> bytes:
+    """Labels, grid and legend of a line plot, then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    return _finish(figure, path)
+
+
 def _no_data(title: str, path: str | Path | None) -> bytes:
     figure = _figure(4, 2.5)
     ax = figure.add_subplot()
@@ -136,13 +147,8 @@ def accuracy_by_quantile(per_variant: Mapping[str, Sequence[float]], bin_labels:
         ax.set_xticklabels(list(bin_labels)[:n_bins], rotation=30, ha="right")
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_xlabel("activation quantile bin (1 = weakest)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} by activation quantile")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    return _finish(figure, path)
+    return _finish_lines(figure, ax, "activation quantile bin (1 = weakest)", ylabel,
+                         f"{ylabel} by activation quantile", path)
 
 
 def similarity_heatmap(labels: Sequence[str], matrix, title: str = "mean best similarity",
@@ -199,13 +205,7 @@ def similarity_vs_distance(points: Iterable[tuple[float, float, str]], xlabel: s
         scatter_y = [v for x in xs for v in by_distance[x]]
         ax.scatter(scatter_x, scatter_y, color=colour, alpha=0.45, s=18)
         ax.plot(xs, [float(np.mean(by_distance[x])) for x in xs], color=colour, marker="o", label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} vs {xlabel}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    return _finish(figure, path)
+    return _finish_lines(figure, ax, xlabel, ylabel, f"{ylabel} vs {xlabel}", path)
 
 
 def markdown_image(png_bytes: bytes, alt: str = "plot") -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import LLMConfig
+from ..config import LLM_BACKENDS, LLMConfig
 from .base import (
     BackendError,
     ChatRequest,
@@ -15,7 +15,7 @@ from .base import (
     request_key,
 )
 
-BACKENDS = ("local", "openai", "vllm")
+BACKENDS = LLM_BACKENDS
 
 __all__ = [
     "BACKENDS",
