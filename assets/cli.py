@@ -84,13 +84,13 @@ def run(args) -> int:
 
 def export(args) -> int:
     """Write the lake as a Hugging Face dataset folder; with --push, upload it (token checked first)."""
-    from sae import pipeline
     from sae.config import load_config
-    from sae.export import push_dataset, resolve_token
+    from sae.export.dataset import push_dataset, resolve_token
+    from sae.export.stage import export_lake
 
     token = resolve_token() if args.push else None  # a missing token fails before any work
     cfg = load_config(_config_path(args))
-    counts = pipeline.export(cfg, Path(args.out_dir), overwrite=args.overwrite)
+    counts = export_lake(cfg, Path(args.out_dir), overwrite=args.overwrite)
     print(f"wrote {args.out_dir}: " + ", ".join(f"{c} ({n} rows)" for c, n in counts.items()))
     if args.push:
         url = push_dataset(Path(args.out_dir), args.push, token=token, private=args.private)

@@ -3,7 +3,8 @@
 
 import dagster as dg
 
-from sae import pipeline
+from sae.corpus import stage as corpus_stage
+from sae.lake import lake_for
 
 from .metadata import folder_bytes, markdown_table
 from .resources import PipelineConfigResource
@@ -16,8 +17,8 @@ def contexts(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigR
     Documents are joined with the EOS token between them; `doc_id` is the document of a context's first token.
     """
     cfg = pipeline_config.config
-    table = pipeline.build_contexts(cfg)
-    lake = pipeline.lake_for(cfg)
+    table = corpus_stage.build_contexts(cfg)
+    lake = lake_for(cfg)
     lake.refresh_views()
     return dg.MaterializeResult(
         metadata={
@@ -26,6 +27,6 @@ def contexts(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigR
             "documents": len(set(table.column("doc_id").to_pylist())),
             "bytes": folder_bytes(lake.partition("contexts")),
             "path": dg.MetadataValue.path(str(lake.partition("contexts"))),
-            "preview": markdown_table(pipeline.preview_contexts(cfg)),
+            "preview": markdown_table(corpus_stage.preview_contexts(cfg)),
         }
     )

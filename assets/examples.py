@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from sae import pipeline
 from sae.config import PipelineConfig
+from sae.examples import stage as examples_stage
+from sae.lake import lake_for
 
 from .metadata import markdown_table
 from .partitions import layer_sae_keys, per_layer_sae
@@ -19,12 +20,12 @@ def build_example_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         cfg = pipeline_config.config
         rows, previews = [], []
         for hookpoint, name in layer_sae_keys(context):
-            table, covered = pipeline.build_examples(cfg, hookpoint, name)
+            table, covered = examples_stage.build_examples(cfg, hookpoint, name)
             complete = sum(covered.column("complete").to_pylist())
             rows.append({"layer": hookpoint, "sae": name, "windows": table.num_rows, "latents": covered.num_rows,
                          "complete": complete, "flagged": covered.num_rows - complete})
-            previews.extend({"layer": hookpoint, "sae": name, **p} for p in pipeline.preview_examples(cfg, table))
-        pipeline.lake_for(cfg).refresh_views()
+            previews.extend({"layer": hookpoint, "sae": name, **p} for p in examples_stage.preview_examples(cfg, table))
+        lake_for(cfg).refresh_views()
         return dg.MaterializeResult(metadata={"partitions": markdown_table(rows), "preview": markdown_table(previews)})
 
     return [examples]

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from sae import pipeline
 from sae.config import PipelineConfig
+from sae.explanations import stage as explanations_stage
+from sae.lake import lake_for
 
 from .metadata import markdown_table
 from .partitions import layer_sae_keys, per_layer_sae
@@ -19,17 +20,17 @@ def build_explanation_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         lake's response cache (`llm_cache`), so a rerun of the same prompts costs no model call."""
         cfg = pipeline_config.config
         rows, previews = [], []
-        with pipeline.open_llm(cfg, cfg.explain.llm) as client:
+        with explanations_stage.open_llm(cfg, cfg.explain.llm) as client:
             for hookpoint, name in layer_sae_keys(context):
                 sent_before = client.sent
-                table = pipeline.explain_latents(cfg, hookpoint, name, client)
+                table = explanations_stage.explain_latents(cfg, hookpoint, name, client)
                 parsed = sum(table.column("parsed").to_pylist())
                 rows.append({"layer": hookpoint, "sae": name, "latents": table.num_rows, "parsed": parsed,
                              "llm_calls": client.sent - sent_before,
                              "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
                              "completion_tokens": sum(table.column("completion_tokens").to_pylist())})
-                previews.extend(pipeline.preview_explanations(cfg, hookpoint, name, table))
-        pipeline.lake_for(cfg).refresh_views()
+                previews.extend(explanations_stage.preview_explanations(cfg, hookpoint, name, table))
+        lake_for(cfg).refresh_views()
         return dg.MaterializeResult(metadata={
             "explainer": f"{cfg.explain.llm.backend}:{cfg.explain.llm.model}",
             "partitions": markdown_table(rows), "explanations": markdown_table(previews)})

@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from sae import pipeline
+from sae.export import stage as export_stage
+from sae.lake import lake_for
 
 from .metadata import markdown_table
 from .resources import PipelineConfigResource
@@ -17,8 +18,8 @@ def hf_export(pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
     configuration, with a dataset card: `datasets.load_dataset(folder, "explanations")` loads it, and
     `saelake export FOLDER --push ORG/NAME` publishes it."""
     cfg = pipeline_config.config
-    folder = pipeline.lake_for(cfg).root / EXPORT_FOLDER
-    counts = pipeline.export(cfg, folder, overwrite=True)
+    folder = lake_for(cfg).root / EXPORT_FOLDER
+    counts = export_stage.export_lake(cfg, folder, overwrite=True)
     return dg.MaterializeResult(metadata={
         "folder": dg.MetadataValue.path(str(folder)),
         "configurations": markdown_table([{"config": c, "rows": n} for c, n in counts.items()])})

@@ -30,11 +30,11 @@ def worker(args) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from sae.cache import LatentSink, chunk_contexts_for, run_cache
-    from sae.codecs import Sae, SaeConfig
+    from sae.latents.engine import LatentSink, chunk_contexts_for, run_cache
+    from sae.saes.codecs import Sae, SaeConfig
     from sae.config import CorpusConfig, ModelConfig
-    from sae.corpus import iter_documents, tokenize_contexts
-    from sae.hookpoints import capture
+    from sae.corpus.documents import iter_documents, tokenize_contexts
+    from sae.latents.hookpoints import capture
     from sae.lake import Lake
     from sae.models import load_model, load_tokenizer
 

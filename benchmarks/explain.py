@@ -29,7 +29,7 @@ def build_prompts(n: int, round_no: int, lake: Path):
     import random
 
     from sae.config import BUILTIN_MODEL, CorpusConfig, ModelConfig, PromptConfig
-    from sae.corpus import iter_documents
+    from sae.corpus.documents import iter_documents
     from sae.llm.base import ChatRequest, SamplingParams
     from sae.models import load_tokenizer
     from sae.prompts import Window, explainer_messages

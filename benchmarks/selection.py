@@ -68,7 +68,7 @@ def worker(args) -> dict:
     import torch
 
     from sae.config import ExamplesConfig
-    from sae.examples import coverage, select_examples
+    from sae.examples.selection import coverage, select_examples
 
     folder = Path(args.data)
     files, contexts = sorted(folder.glob("latents-*.parquet")), folder / "contexts.parquet"

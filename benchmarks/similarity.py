@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sae.similarity import best_matches, candidate_edges, optimal_matching, summarize
+from sae.comparison.matching import best_matches, candidate_edges, optimal_matching, summarize
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -188,7 +188,7 @@ class ExplainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How explanations are scored on each latent's held-out test windows (see sae/scoring.py)."""
+    """How explanations are scored on each latent's held-out test windows (see sae/scoring/scorers.py)."""
 
     scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding")
     llm: LLMConfig | None = None  # the LLM of detection and fuzzing; None: the explainer's

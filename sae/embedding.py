@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.metrics import roc_auc
+from sae.scoring.metrics import roc_auc
 
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 # Names that mean the bundled model (compared case-insensitively): the Hub id is the same weights.

@@ -8,11 +8,13 @@ import yaml
 from safetensors.torch import save_file
 
 from assets.cli import main
-from sae import pipeline
-from sae.codecs import SaeFormatError
 from sae.config import load_config
-from sae.corpus import CorpusError
-from sae.hookpoints import HookpointError
+from sae.corpus.documents import CorpusError
+from sae.corpus.stage import build_contexts
+from sae.latents.hookpoints import HookpointError
+from sae.latents.stage import cache_activations
+from sae.saes.codecs import SaeFormatError
+from sae.saes.stage import build_sae
 
 from ..conftest import write_config
 
@@ -32,7 +34,7 @@ def test_d_in_mismatch_names_both_sizes(tmp_path, converted_model):
     path = write_config(tmp_path, converted_model, layers=[{"hookpoint": "layers.1", "activations": False}],
                         saes=[{"name": "foreign", "path": str(tmp_path / "saes" / "{hookpoint}")}])
     with pytest.raises(ValueError, match=r"d_in=32.*hidden size at this hookpoint is 576"):
-        pipeline.build_sae(load_config(path), "layers.1", "foreign", progress=False)
+        build_sae(load_config(path), "layers.1", "foreign", progress=False)
 
 
 def test_missing_sae_file_says_which_file(tmp_path, converted_model):
@@ -42,15 +44,15 @@ def test_missing_sae_file_says_which_file(tmp_path, converted_model):
     path = write_config(tmp_path, converted_model, layers=[{"hookpoint": "layers.1", "activations": False}],
                         saes=[{"name": "foreign", "path": str(tmp_path / "saes" / "{hookpoint}")}])
     with pytest.raises(SaeFormatError, match=r"sae\.safetensors") as err:
-        pipeline.build_sae(load_config(path), "layers.1", "foreign", progress=False)
+        build_sae(load_config(path), "layers.1", "foreign", progress=False)
     assert "cfg.json" in str(err.value)  # what was found
 
 
 def test_unknown_hookpoint_fails_before_caching(tmp_path, converted_model):
     cfg = load_config(write_config(tmp_path, converted_model, layers=[{"hookpoint": "layer.1"}]))
-    pipeline.build_contexts(cfg)
+    build_contexts(cfg)
     with pytest.raises(HookpointError, match=r"unknown hookpoint 'layer\.1'.*layers\.0 \.\.\. layers\.29"):
-        pipeline.cache_activations(cfg, cfg.hookpoints, progress=False)
+        cache_activations(cfg, cfg.hookpoints, progress=False)
     assert not (tmp_path / "lake" / "activations").exists()
 
 
@@ -59,7 +61,7 @@ def test_empty_corpus(tmp_path, converted_model):
     cfg = load_config(write_config(tmp_path, converted_model,
                                    corpus={"source": "files", "paths": [str(tmp_path / "empty.txt")]}))
     with pytest.raises(CorpusError, match="no text"):
-        pipeline.build_contexts(cfg)
+        build_contexts(cfg)
     assert not (tmp_path / "lake" / "contexts").exists()
 
 

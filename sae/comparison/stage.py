@@ -1,0 +1,67 @@
+"""The comparison stage as plain functions over a config and a lake: explanations embedded, variants compared."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from ..config import PipelineConfig
+from ..lake import lake_for
+from ..saes.stage import load_stored_sae
+
+
+def embed_explanations(cfg: PipelineConfig, hookpoint: str, name: str, embedder) -> pa.Table:
+    """The parsed explanations of one partition embedded with the configured sentence-transformer."""
+    lake = lake_for(cfg)
+    explained = lake.files("explanations", hookpoint, name)
+    if not explained:
+        raise FileNotFoundError(f"no explanations for {hookpoint}|{name}: materialize `explanations` first")
+    table = pq.read_table(explained[0], columns=["latent", "explanation", "parsed"]).filter(pc.field("parsed"))
+    vectors = embedder.embed(table.column("explanation").to_pylist())
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    out = pa.table({"latent": table.column("latent"), "embedder": [embedder.name] * table.num_rows,
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    lake.write_partition(out, "explanation_embeddings", hookpoint, name)
+    return out
+
+
+def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str, str]]:
+    """Every pair of partitions compared (see sae/comparison/variants.py); stored as `similarity` (matched pairs) and
+    `similarity_summary`, with a heatmap and a similarity-vs-layer-distance plot (markdown; PNGs in lake/plots)."""
+    import numpy as np
+
+    from .variants import Side, compare_all, heatmap_matrix
+    from ..plots import markdown_image, similarity_heatmap, similarity_vs_distance
+
+    lake = lake_for(cfg)
+    sides = []
+    for hookpoint in cfg.hookpoints:
+        for name in cfg.sae_names:
+            files = lake.files("explanation_embeddings", hookpoint, name)
+            if not files:
+                continue
+            table = pq.read_table(files[0])
+            latents = table.column("latent").to_numpy()
+            embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if len(latents) else \
+                np.zeros((0, 1), np.float32)
+            decoder = None
+            if not cfg.sae(name).neurons:
+                decoder = load_stored_sae(cfg, hookpoint, name).W_dec.detach()[torch.as_tensor(latents)].numpy()
+            sides.append(Side(hookpoint, name, latents, embeddings, decoder))
+    if len(sides) < 2:
+        raise FileNotFoundError("fewer than two partitions have explanation embeddings: materialize "
+                                "`explanation_embeddings` for at least two layer x sae partitions first")
+    pairs, summary = compare_all(sides, cfg.similarity, cfg.hookpoints)
+    lake.write_partition(pairs, "similarity")
+    lake.write_partition(summary, "similarity_summary")
+    labels = [s.label for s in sides]
+    heatmap = similarity_heatmap(labels, heatmap_matrix(sides, summary), title="mean best explanation cosine",
+                                 path=lake.root / "plots" / "similarity_heatmap.png")
+    points = [(r["layer_distance"], r["explanation_mean_best"], f"{r['sae_a']} vs {r['sae_b']}")
+              for r in summary.to_pylist() if r["layer_distance"] is not None]
+    distance = similarity_vs_distance(points, path=lake.root / "plots" / "similarity_vs_layer_distance.png")
+    plots = {"heatmap": markdown_image(heatmap, "similarity heatmap"),
+             "similarity_vs_layer_distance": markdown_image(distance, "similarity vs layer distance")}
+    return pairs, summary, plots

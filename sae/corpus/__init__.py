@@ -1,0 +1,1 @@
+"""The corpus stage: documents read and tokenized into fixed-length contexts."""

@@ -1,0 +1,45 @@
+"""The examples stage as plain functions over a config and a lake: every kind of example selected per latent."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import PipelineConfig
+from ..corpus.stage import load_context_tokens
+from ..lake import lake_for
+from ..models import load_tokenizer
+from ..saes.stage import load_stored_sae
+
+
+def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.Table, pa.Table]:
+    """Select every kind of example for every latent of one partition; store examples and coverage."""
+    from .selection import coverage, select_examples
+
+    lake = lake_for(cfg)
+    load_context_tokens(cfg)  # refuses stale contexts
+    # Hard negatives need decoder directions; the neuron baselines' stored decoder is the identity.
+    decoder = None if cfg.sae(name).neurons else load_stored_sae(cfg, hookpoint, name).W_dec.detach()
+    table = select_examples(lake.files("latents", hookpoint, name), lake.files("contexts")[0], name, cfg.examples,
+                            cfg.seed, decoder=decoder)
+    covered = coverage(table, cfg.examples)
+    lake.write_partition(table, "examples", hookpoint, name)
+    lake.write_partition(covered, "example_coverage", hookpoint, name)
+    return table, covered
+
+
+def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, per_latent: int = 2,
+                     threshold: float = 0.5) -> list[dict]:
+    """A few top windows of the first latents as text, tokens at >= `threshold` x peak marked «like this»."""
+    tokenizer = load_tokenizer(cfg.model, lake_for(cfg).root)
+    rows = []
+    latents = sorted(set(table.column("latent").to_pylist()))[:n_latents]
+    for example in table.filter(pc.field("kind") == "top").to_pylist():
+        if example["latent"] not in latents or sum(r["latent"] == example["latent"] for r in rows) >= per_latent:
+            continue
+        peak = max(example["acts"]) or 1.0
+        pieces = [tokenizer.decode([t]) for t in example["tokens"]]
+        text = "".join(f"«{p}»" if a >= threshold * peak and a > 0 else p for p, a in zip(pieces, example["acts"]))
+        rows.append({"latent": example["latent"], "kind": example["kind"], "peak_act": example["peak_act"],
+                     "text": text})
+    return rows

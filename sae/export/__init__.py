@@ -1,0 +1,1 @@
+"""The export stage: the lake written as a Hugging Face dataset folder."""

@@ -1,0 +1,487 @@
+"""Export the lake as a Hugging Face dataset folder (one configuration per table) and push it to the Hub.
+
+Layout of the export:
+  README.md                                    (dataset card: YAML header with the configurations, then prose)
+  data/<config>/train-00000-of-00001.parquet   (one file per configuration, split "train")
+  .saelake-export                              (marker: the folder may be replaced by a later export)
+
+Configurations: `explanations` (the default; one row per layer, sae and latent, with the scores pivoted in),
+`examples`, `latent_stats`, `scores`, `score_summary`, `similarity`, `similarity_summary`, each written only
+where the lake has that table. The partitioned tables get `layer` and `sae` as real columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from ..config import SCORERS, PipelineConfig, SaeSpec
+from ..lake import PARQUET_OPTIONS, UNPARTITIONED, Lake
+
+log = logging.getLogger(__name__)
+
+CONFIGS = ("explanations", "examples", "latent_stats", "scores", "score_summary", "similarity",
+           "similarity_summary")
+DEFAULT_CONFIG = "explanations"
+SPLIT = "train"
+DATA_FILE = f"{SPLIT}-00000-of-00001.parquet"
+MARKER = ".saelake-export"
+DEFAULT_LICENSE = "cc-by-sa-4.0"  # the default corpus is Wikipedia, whose text is CC BY-SA
+TAGS = ["interpretability", "sparse-autoencoders", "mechanistic-interpretability", "saelake"]
+BATCH_ROWS = 65_536  # rows per Arrow batch from DuckDB and per Parquet row group: bounded writer memory
+KNOWN_SCORERS = SCORERS
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Columns of the explanations configuration, in order, before the pivoted scores.
+EXPLANATION_COLUMNS = {
+    "layer": "hookpoint the SAE reads (e.g. `layers.3`)",
+    "sae": "name of the SAE variant (see *SAEs* above)",
+    "latent": "latent index within the SAE",
+    "explanation": "the explanation the LLM wrote; null where its answer had no `Explanation:` line",
+    "parsed": "whether an explanation could be read from the answer",
+    "completion": "the LLM's raw answer, always kept",
+    "explainer_model": "the LLM that wrote the explanation",
+    "backend": "how the LLM was run (local, openai or vllm)",
+    "prompt_version": "hash of the explainer prompt (its text and options)",
+    "prompt_tokens": "tokens in the explainer prompt",
+    "completion_tokens": "tokens the LLM generated",
+}
+DESCRIPTIONS = {
+    "explanations": "one row per explained latent: the explanation and its scores (real and control)",
+    "examples": "the example windows per latent: train (shown to the explainer) and test (for scoring)",
+    "latent_stats": "per latent: firing count and frequency, activation maximum, mean and deciles, dead flag",
+    "scores": "one row per latent, scorer and source (real or control) with every metric",
+    "score_summary": "per layer, SAE, scorer and source: mean scores with bootstrap 95% intervals",
+    "similarity": "matched latent pairs between every two (layer, SAE) partitions",
+    "similarity_summary": "per pair of partitions: mean best cosine, one-to-one matching, agreement",
+}
+
+
+@dataclass
+class CardInfo:
+    """What the dataset card says about how the data was made."""
+
+    model: str
+    corpus: str
+    n_tokens: int
+    ctx_len: int
+    layers: list[str]
+    saes: list[tuple[str, str]]  # (name, short description)
+    explainer: str  # backend:model
+    prompt_versions: list[str]
+    scorers: list[str]
+    license: str = DEFAULT_LICENSE
+    pretty_name: str = "saelake explanations"
+    repo_id: str | None = None
+    tags: list[str] = field(default_factory=lambda: list(TAGS))
+
+
+def describe_sae(spec: SaeSpec) -> str:
+    if spec.neurons is not None:
+        top = f", kept to the top {spec.neurons.k} per token" if spec.neurons.k is not None else ""
+        return f"baseline: the MLP's own neurons (input of the down projection), positive values{top}"
+    if spec.train is not None:
+        return (f"TopK SAE trained on the layer's cached activations: expansion factor "
+                f"{spec.train.expansion_factor}, k = {spec.train.k}")
+    if spec.hub is not None:
+        where = f"Hub repo `{spec.hub}`"
+        if spec.subfolder.strip("/"):
+            where += f", subfolder `{spec.subfolder}`"
+        if spec.revision:
+            where += f" @ `{spec.revision}`"
+        return f"pretrained SAE from the {where}"
+    return f"pretrained SAE from `{spec.path}`"
+
+
+def describe_corpus(cfg: PipelineConfig) -> str:
+    corpus = cfg.corpus
+    if corpus.source == "huggingface":
+        subset = f" ({corpus.subset})" if corpus.subset else ""
+        return f"Hugging Face dataset `{corpus.dataset}`{subset}, split `{corpus.split}`"
+    if corpus.source == "files":
+        return "local text files: " + ", ".join(f"`{Path(p).name}`" for p in corpus.paths)
+    return f"`{corpus.source}` (a Wikipedia sample, shipped with gensim)"
+
+
+def card_info_from_config(cfg: PipelineConfig, prompt_versions: list[str]) -> CardInfo:
+    llm = cfg.explain.llm
+    model = cfg.model.name + (f"@{cfg.model.revision}" if cfg.model.revision else "")
+    return CardInfo(model=model, corpus=describe_corpus(cfg), n_tokens=cfg.n_tokens, ctx_len=cfg.ctx_len,
+                    layers=list(cfg.hookpoints), saes=[(s.name, describe_sae(s)) for s in cfg.saes],
+                    explainer=f"{llm.backend}:{llm.model}", prompt_versions=list(prompt_versions),
+                    scorers=list(cfg.score.scorers))
+
+
+# export ------------------------------------------------------------------------------------------------
+
+
+def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
+                   decode: Callable[[list[list[int]]], list[str]] | None = None, overwrite: bool = False) -> dict[str, int]:
+    """Write every table of the lake that exists as a configuration of a Hugging Face dataset folder.
+
+    `decode` (windows of token ids -> their texts, one call per batch of rows) adds a `text` column to `examples`. A table without rows is left out (`datasets`
+    cannot load an empty configuration). The folder is built beside `out_dir` and moved into place when complete.
+    Returns the row count of each configuration written."""
+    lake = Lake(lake_root)
+    out_dir = Path(out_dir).resolve()
+    if not lake.files("explanations"):
+        raise FileNotFoundError(f"no explanations in the lake at {lake.root}: run the pipeline (at least the "
+                                "`explanations` asset) before exporting")
+    if out_dir == lake.root or out_dir in lake.root.parents:
+        raise ValueError(f"{out_dir} holds the lake at {lake.root}; export to a folder outside it")
+    _check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        counts = _write_configs(lake, build, decode)
+        if DEFAULT_CONFIG not in counts:
+            raise ValueError(f"the explanations in the lake at {lake.root} have no rows: nothing to export")
+        scored = _scored(build)
+        (build / "README.md").write_text(dataset_card(card, counts, _summary_rows(build), scored,
+                                                      text=decode is not None))
+        (build / MARKER).write_text(json.dumps({"configs": counts}, indent=1) + "\n")
+        _replace(build, out_dir)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    log.info("exported %s to %s", ", ".join(f"{c} ({n} rows)" for c, n in counts.items()), out_dir)
+    return counts
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if overwrite or (out_dir / MARKER).exists() or not any(out_dir.iterdir()):
+        return
+    raise FileExistsError(f"{out_dir} is not empty and is not an earlier saelake export (it has no {MARKER} "
+                          "file): export to another folder, or pass overwrite=True to replace it")
+
+
+def _replace(build: Path, out_dir: Path) -> None:
+    """Move the finished export into place; the previous one is moved aside first and deleted after."""
+    trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    if out_dir.exists():
+        os.replace(out_dir, trash)
+    try:
+        os.replace(build, out_dir)
+    except OSError:
+        if trash.exists():
+            os.replace(trash, out_dir)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_configs(lake: Lake, build: Path, decode: Callable[[list[list[int]]], list[str]] | None) -> dict[str, int]:
+    counts = {}
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")  # timestamps keep the lake's UTC zone in Arrow
+        for config in CONFIGS:
+            if not lake.files(config):
+                continue
+            if config == "explanations":
+                query, params = _explanations_query(con, lake)
+            else:
+                query, params = f"SELECT * FROM {_source(lake, config, 'files')}", {"files": _files(lake, config)}
+            transform = _with_text(decode) if config == "examples" and decode is not None else None
+            folder = build / "data" / config
+            folder.mkdir(parents=True)
+            reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
+            rows = _write_parquet(reader, folder / DATA_FILE, transform)
+            if rows:
+                counts[config] = rows
+            else:
+                # `datasets` refuses a configuration without rows, so an empty table is left out.
+                log.warning("the lake's %s table has no rows; not exported", config)
+                shutil.rmtree(folder)
+    return counts
+
+
+def _files(lake: Lake, table: str) -> list[str]:
+    return [str(f) for f in lake.files(table)]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _source(lake: Lake, table: str, param: str) -> str:
+    """A subquery over every file of `table` (a list parameter `$param`), with `layer` and `sae` first for the
+    partitioned tables."""
+    if table in UNPARTITIONED:
+        return f"(SELECT * FROM read_parquet(${param}, hive_partitioning = false, union_by_name = true))"
+    # DuckDB reads key=value folders anywhere in the path as columns; keep only the lake's own two.
+    ancestors = [part.split("=", 1)[0] for part in lake.root.parts if "=" in part]
+    hidden = ", ".join(_quote(c) for c in dict.fromkeys(["layer", "sae", *ancestors]))
+    return (f"(SELECT layer, sae, * EXCLUDE ({hidden}) FROM read_parquet(${param}, hive_partitioning = true, "
+            "hive_types_autocast = false, union_by_name = true))")
+
+
+def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
+    """The pivoted columns of one scorer: name -> (source, metric)."""
+    return {f"{scorer}_balanced_accuracy": ("real", "balanced_accuracy"), f"{scorer}_f1": ("real", "f1"),
+            f"{scorer}_auc": ("real", "auc"),
+            f"{scorer}_control_balanced_accuracy": ("control", "balanced_accuracy"),
+            f"{scorer}_control_auc": ("control", "auc")}
+
+
+def _scorers(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[str]:
+    found = [row[0] for row in con.sql("SELECT DISTINCT scorer FROM read_parquet($files, union_by_name = true) "
+                                       "WHERE scorer IS NOT NULL", params={"files": files}).fetchall()]
+    for name in found:
+        # Scorer names become column names in the generated SQL: only plain identifiers are accepted.
+        if not _IDENTIFIER.fullmatch(name):
+            raise ValueError(f"scorer name {name!r} in the scores table is not a plain identifier "
+                             "(letters, digits, '_'); cannot name a column after it")
+    return sorted(found, key=lambda s: (KNOWN_SCORERS.index(s) if s in KNOWN_SCORERS else len(KNOWN_SCORERS), s))
+
+
+def _explanations_query(con: duckdb.DuckDBPyConnection, lake: Lake) -> tuple[str, dict]:
+    """One row per explained latent, its scores pivoted into columns with FILTER aggregates."""
+    params: dict = {"explanation_files": _files(lake, "explanations")}
+    base = ", ".join(f"e.{c}" for c in EXPLANATION_COLUMNS)
+    query = f"SELECT {base} FROM {_source(lake, 'explanations', 'explanation_files')} AS e"
+    if lake.files("scores"):
+        params["score_files"] = _files(lake, "scores")
+        aggregates, picked = [], []
+        for i, scorer in enumerate(_scorers(con, params["score_files"])):
+            params[f"scorer_{i}"] = scorer
+            for column, (source, metric) in score_columns(scorer).items():
+                aggregates.append(f"max({metric}) FILTER (WHERE scorer = $scorer_{i} AND source = '{source}') "
+                                  f"AS {column}")
+                picked.append(f"p.{column}")
+        if aggregates:
+            query = (f"WITH pivoted AS (SELECT layer, sae, latent, {', '.join(aggregates)} "
+                     f"FROM {_source(lake, 'scores', 'score_files')} GROUP BY layer, sae, latent) "
+                     f"SELECT {base}, {', '.join(picked)} "
+                     f"FROM {_source(lake, 'explanations', 'explanation_files')} AS e "
+                     "LEFT JOIN pivoted AS p ON p.layer = e.layer AND p.sae = e.sae AND p.latent = e.latent")
+    return query + " ORDER BY e.layer, e.sae, e.latent", params
+
+
+def _with_text(decode: Callable[[list[list[int]]], list[str]]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    def add(batch: pa.RecordBatch) -> pa.RecordBatch:
+        windows = batch.column("tokens").to_pylist()
+        decoded = iter(decode([ids for ids in windows if ids is not None]))  # one call per batch: fast tokenizers
+        texts = [None if ids is None else next(decoded) for ids in windows]
+        return pa.RecordBatch.from_arrays([*batch.columns, pa.array(texts, pa.string())],
+                                          names=[*batch.schema.names, "text"])
+
+    return add
+
+
+def _write_parquet(reader: pa.RecordBatchReader, path: Path,
+                   transform: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None) -> int:
+    """Stream the batches of `reader` into one Parquet file; returns the number of rows."""
+    schema = reader.schema
+    if transform is not None:
+        schema = transform(pa.RecordBatch.from_pylist([], schema=schema)).schema
+    rows = 0
+    with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+        for batch in reader:
+            if transform is not None:
+                batch = transform(batch)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def _scored(build: Path) -> list[str]:
+    """The scorers whose columns the exported explanations have, in column order."""
+    names = pq.read_schema(build / "data" / "explanations" / DATA_FILE).names
+    return [n.removesuffix("_control_auc") for n in names if n.endswith("_control_auc")]
+
+
+def _summary_rows(build: Path) -> list[dict] | None:
+    path = build / "data" / "score_summary" / DATA_FILE
+    return pq.read_table(path).to_pylist() if path.exists() else None
+
+
+# dataset card ------------------------------------------------------------------------------------------
+
+
+def size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+        if n < limit:
+            return label
+    return "100M<n<1B"
+
+
+def card_header(card: CardInfo, counts: dict[str, int]) -> dict:
+    configs = []
+    for config in counts:
+        entry = {"config_name": config, "data_files": [{"split": SPLIT, "path": f"data/{config}/*.parquet"}]}
+        if config == DEFAULT_CONFIG:
+            entry["default"] = True
+        configs.append(entry)
+    return {"license": card.license, "pretty_name": card.pretty_name, "tags": list(card.tags),
+            "size_categories": [size_category(counts.get(DEFAULT_CONFIG, 0))], "configs": configs}
+
+
+def _cell(value) -> str:
+    """A markdown table cell: pipes escaped, newlines flattened."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _interval(row: dict | None, metric: str) -> str:
+    if row is None or row.get(metric) is None or math.isnan(row[metric]):
+        return "–"
+    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return f"{row[metric]:.3f}"
+    return f"{row[metric]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def summary_table(rows: list[dict], card: CardInfo) -> list[str]:
+    """Markdown lines: per layer, SAE and scorer, the real mean beside the control mean (95% intervals), in the
+    card's order of layers and SAEs."""
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        groups.setdefault((row["layer"], row["sae"], row["scorer"]), {})[row["source"]] = row
+    lines = ["| layer | sae | scorer | metric | latents | real | control |", "|---|---|---|---|---:|---|---|"]
+    layers, saes = list(card.layers), [name for name, _ in card.saes]
+
+    def order(key: tuple) -> tuple:
+        layer, sae, scorer = key
+        return (layers.index(layer) if layer in layers else len(layers), layer,
+                saes.index(sae) if sae in saes else len(saes), sae, scorer)
+
+    for (layer, sae, scorer), by_source in sorted(groups.items(), key=lambda item: order(item[0])):
+        # The embedding scorer ranks windows by cosine: its AUC is the meaningful figure, not hard predictions.
+        metric = "auc" if scorer == "embedding" else "balanced_accuracy"
+        real, control = by_source.get("real"), by_source.get("control")
+        latents = (real or control or {}).get("n_latents", "")
+        lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {metric} | {latents} | "
+                     f"{_interval(real, metric)} | {_interval(control, metric)} |")
+    return lines
+
+
+INTRO = (
+    "Natural-language explanations of the latents of sparse autoencoders (SAEs) on a language model, with scores "
+    "that say how well each explanation predicts where its latent fires. Produced by the saelake pipeline: the "
+    "model reads a corpus, SAEs encode its activations at each layer, an LLM explains each latent from its "
+    "strongest and quantile-sampled activating windows, and the explanations are scored on held-out windows the "
+    "explainer never saw. Every latent is also scored with another latent's explanation (the *control*), which "
+    "shows what a score is worth when the explanation is unrelated."
+)
+SUMMARY_NOTE = (
+    "Mean per-latent score with a bootstrap 95% interval, for the latent's own explanation (real) and for another "
+    "latent's (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding scorer; chance is 0.5 "
+    "for both."
+)
+SPLIT_NOTE = "Each configuration has one split, `train`; the partitioned tables carry `layer` and `sae` columns."
+NULL_NOTE = "Score columns are null where a latent was not scored (e.g. its explanation could not be parsed)."
+
+
+def dataset_card(card: CardInfo, counts: dict[str, int], summary: list[dict] | None, scored: list[str],
+                 text: bool = False) -> str:
+    """The README: YAML header (license, tags, configurations), then what the data is and how it was made."""
+    header = yaml.safe_dump(card_header(card, counts), sort_keys=False, allow_unicode=True).rstrip("\n")
+    repo = card.repo_id or "path/to/this/folder"
+    versions = ", ".join(f"`{v}`" for v in card.prompt_versions) or "–"
+    lines = ["---", header, "---", "", f"# {card.pretty_name}", "", INTRO, "", "## How it was made", "",
+             f"- **Subject model:** `{card.model}`",
+             f"- **Corpus:** {card.corpus}",
+             f"- **Tokens:** {card.n_tokens:,} in contexts of {card.ctx_len} tokens",
+             f"- **Layers:** {', '.join(f'`{layer}`' for layer in card.layers)}",
+             f"- **Explainer:** `{card.explainer}`",
+             f"- **Explainer prompt version(s):** {versions}",
+             f"- **Scorers:** {', '.join(card.scorers) or '–'}", "",
+             "### SAEs", ""]
+    lines += [f"- `{name}`: {description}" for name, description in card.saes]
+    lines += ["", "## Scores", ""]
+    if summary:
+        lines += [SUMMARY_NOTE, "", *summary_table(summary, card), ""]
+    else:
+        lines += ["The lake had no score summary when this dataset was exported.", ""]
+    lines += ["## Configurations", "", "| configuration | rows | contents |", "|---|---:|---|"]
+    for config, n in counts.items():
+        default = " (default)" if config == DEFAULT_CONFIG else ""
+        lines.append(f"| `{config}`{default} | {n:,} | {DESCRIPTIONS[config]} |")
+    lines += ["", SPLIT_NOTE, "", "## Loading", "", "```python", "import datasets", "",
+              f'explanations = datasets.load_dataset("{repo}", "explanations", split="train")',
+              f'examples = datasets.load_dataset("{repo}", "examples", split="train")', "```", "",
+              "## Columns of `explanations`", "", "| column | meaning |", "|---|---|"]
+    lines += [f"| `{column}` | {meaning} |" for column, meaning in EXPLANATION_COLUMNS.items()]
+    for scorer in scored:
+        real, control = [", ".join(f"`{c}`" for c, (source, _) in score_columns(scorer).items() if source == kind)
+                         for kind in ("real", "control")]
+        lines.append(f"| {real} | {scorer} scores with the latent's own explanation "
+                     "(AUC null where the scorer gave no probabilities) |")
+        lines.append(f"| {control} | {scorer} scores with another latent's explanation (the control) |")
+    window = ", `text` the decoded window." if text else "."
+    lines += ["", NULL_NOTE + " In `examples`, `tokens` are the window's token ids (the subject model's "
+              f"tokenizer), `acts` the latent's activation at each token{window}", ""]
+    return "\n".join(lines)
+
+
+# push --------------------------------------------------------------------------------------------------
+
+
+class MissingTokenError(RuntimeError):
+    """No Hugging Face token was given, set in HF_TOKEN, or stored by a login."""
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The token to push with: `token`, else $HF_TOKEN, else the one stored by `hf auth login`."""
+    for candidate in (token, os.environ.get("HF_TOKEN")):
+        if candidate and candidate.strip():
+            return candidate.strip()
+    import huggingface_hub
+
+    stored = huggingface_hub.get_token()
+    if stored and stored.strip():
+        return stored.strip()
+    raise MissingTokenError("no Hugging Face token: set the HF_TOKEN environment variable or run "
+                            "`hf auth login`, then push again")
+
+
+def push_dataset(out_dir: Path, repo_id: str, token: str | None = None, private: bool = False, api=None) -> str:
+    """Upload an export folder to a Hub dataset repo (created if missing); returns the dataset's URL.
+
+    The token is never printed or logged, and is scrubbed from the messages of errors raised by the Hub calls."""
+    token = resolve_token(token)
+    out_dir = Path(out_dir)
+    if not (out_dir / "README.md").exists() or not (out_dir / MARKER).exists():
+        raise FileNotFoundError(f"{out_dir} is not a saelake export: run the export first")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    log.info("pushing %s to the Hub dataset %s", out_dir, repo_id)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private, token=token)
+        api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
+                          commit_message="Upload saelake explanations dataset", ignore_patterns=[MARKER],
+                          token=token)
+    except Exception as err:
+        if _mentions(err, token):
+            raise RuntimeError(f"pushing to {repo_id} failed: " + str(err).replace(token, "***")) from None
+        raise
+    endpoint = getattr(api, "endpoint", None) or "https://huggingface.co"
+    return f"{endpoint.rstrip('/')}/datasets/{repo_id}"
+
+
+def _mentions(err: BaseException, secret: str) -> bool:
+    """Whether `secret` appears in the message of `err` or of any exception chained to it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if secret in str(err) or secret in repr(err.args):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

@@ -1,0 +1,1 @@
+"""The latents stage: one forward pass of the subject model caches activations and SAE latents."""

@@ -1,0 +1,1 @@
+"""The SAEs stage: SAE variants trained or loaded, stored, and their reconstruction quality measured."""

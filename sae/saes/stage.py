@@ -1,0 +1,189 @@
+"""The SAEs stage as plain functions over a config and a lake: variants trained or loaded, evaluated, stored,
+and their spliced-in quality measured."""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import PipelineConfig, SaeSpec
+from ..corpus.stage import load_context_tokens
+from ..lake import lake_for
+from ..lake.sql import run_query
+from ..latents.hookpoints import hookpoint_width, source_hookpoint
+from ..models import load_model, model_source, resolve_device
+from .codecs import Sae, detect_format, load_sae, save_sae
+from .neurons import neuron_codec
+from .quality import LayerBaseline, layer_baseline, spliced_loss
+from .training import ReconstructionMetrics, evaluate, holdout_start, iter_activations, train_topk
+
+# Held-out share of the contexts for SAEs that were not trained here (they saw none of this corpus).
+PRETRAINED_HOLDOUT_FRACTION = 0.05
+
+
+@dataclass
+class SaeResult:
+    sae: Sae
+    metrics: ReconstructionMetrics | None
+    folder: Path
+    written_format: str
+
+
+def width_at(cfg: PipelineConfig, hookpoint: str) -> int:
+    from transformers import AutoConfig
+
+    source = model_source(cfg.model, lake_for(cfg).root)
+    return hookpoint_width(AutoConfig.from_pretrained(source, revision=cfg.model.revision), hookpoint)
+
+
+def check_d_in(sae: Sae, width: int, where: str) -> None:
+    if sae.cfg.d_in != width:
+        raise ValueError(
+            f"{where} has d_in={sae.cfg.d_in}, but the model's hidden size at this hookpoint is {width}: "
+            "the SAE was trained on another model or hookpoint"
+        )
+
+
+def train_saes(cfg: PipelineConfig, hookpoint: str, names: list[str], progress: bool = True) -> dict[str, Sae]:
+    """Train the named SAEs of one layer, those that share a stream (epochs, batch size, held-out
+    fraction) from one pass over the activations per epoch."""
+    lake = lake_for(cfg)
+    files = lake.files("activations", hookpoint)
+    n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        train = cfg.sae(name).train
+        groups.setdefault((train.epochs, train.batch_size, train.holdout_fraction), []).append(name)
+    trained = {}
+    for group in groups.values():
+        saes = train_topk(files, width_at(cfg, hookpoint), [cfg.sae(n).train for n in group],
+                          [init_seed(cfg.seed, n) for n in group], n_contexts, cfg.ctx_len, cfg.seed,
+                          resolve_device(cfg.model.device), hookpoint, progress)
+        trained.update(zip(group, saes, strict=True))
+    return trained
+
+
+def init_seed(seed: int, name: str) -> int:
+    """Each SAE variant's own initialisation seed, so it does not depend on which others train beside it."""
+    return seed * 1_000_003 + zlib.crc32(name.encode())
+
+
+def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = True,
+              trained: Sae | None = None) -> SaeResult:
+    """Train (unless `trained` is given) or load one SAE variant of one layer, evaluate it, store it."""
+    lake = lake_for(cfg)
+    spec = cfg.sae(name)
+    device = resolve_device(cfg.model.device)
+    hidden = width_at(cfg, hookpoint)
+    activation_files = lake.files("activations", hookpoint)
+    n_contexts = cfg.n_contexts
+    if activation_files:
+        n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
+    folder = None
+    holdout = spec.train.holdout_fraction if spec.train else PRETRAINED_HOLDOUT_FRACTION
+    if spec.neurons is not None:
+        sae = neuron_codec(width_at(cfg, reads_from(cfg, hookpoint, name)), spec.neurons.k).to(device)
+        activation_files = []  # the stored activations are the hookpoint's, not the neurons'
+    elif spec.train is not None:
+        sae = trained if trained is not None else train_saes(cfg, hookpoint, [name], progress)[name]
+    else:
+        folder = pretrained_folder(spec, hookpoint)
+        detect_format(folder)  # a clear error before any work
+        sae = load_sae(folder, hookpoint).to(device)
+        check_d_in(sae, hidden, f"SAE {name!r} at {folder}")
+    metrics = None
+    if activation_files and not sae.cfg.transcode:
+        held_from = holdout_start(n_contexts, holdout)
+        metrics = evaluate(sae, iter_activations(activation_files, 4096, held_from, heldout=True), device)
+        everything = evaluate(sae, iter_activations(activation_files, 4096, None, heldout=False), device)
+        metrics.dead_fraction = everything.dead_fraction
+    staging = lake.staging("saes", hookpoint, name)
+    shutil.rmtree(staging, ignore_errors=True)
+    written = save_sae(sae, staging)
+    final = lake.partition("saes", hookpoint, name)
+    lake.commit(staging, final)
+    row = {
+        "architecture": sae.cfg.architecture, "num_latents": sae.num_latents, "k": sae.cfg.k or 0,
+        "d_in": sae.cfg.d_in, "source": str(folder) if folder else ("neurons" if spec.neurons else "trained"),
+        **(metrics.as_dict() if metrics else {"fvu": None, "l0": None, "dead_fraction": None, "n_eval_tokens": 0}),
+    }
+    lake.write_partition(pa.Table.from_pylist([row]), "sae_metrics", hookpoint, name)
+    return SaeResult(sae, metrics, final, written)
+
+
+def reads_from(cfg: PipelineConfig, hookpoint: str, name: str, sae: Sae | None = None) -> str:
+    """The activations a variant at `hookpoint` encodes (the hookpoint, the MLP input, or the neurons)."""
+    transcode = bool(sae is not None and sae.cfg.transcode)
+    return source_hookpoint(hookpoint, transcode=transcode, neurons=cfg.sae(name).neurons is not None)
+
+
+def pretrained_folder(spec: SaeSpec, hookpoint: str) -> Path:
+    """The local folder of a pretrained SAE; a Hub SAE is downloaded (only its subfolder) and cached."""
+    if spec.hub is None:
+        return spec.path_for(hookpoint)
+    import huggingface_hub
+
+    subfolder = spec.subfolder_for(hookpoint)
+    root = huggingface_hub.snapshot_download(
+        spec.hub, revision=spec.revision, allow_patterns=[f"{subfolder}/*"] if subfolder else None
+    )
+    return Path(root) / subfolder
+
+
+def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
+    folder = lake_for(cfg).partition("saes", hookpoint, name)
+    if not folder.exists():
+        raise FileNotFoundError(f"no SAE at {folder}: materialize `saes` for partition {hookpoint}|{name} first")
+    return load_sae(folder, hookpoint)
+
+
+def eval_context_range(cfg: PipelineConfig, n_contexts: int) -> tuple[int, int]:
+    """The held-out contexts used for the spliced-in loss: inside every trained SAE's held-out set."""
+    fractions = [spec.train.holdout_fraction for spec in cfg.saes if spec.train] or [PRETRAINED_HOLDOUT_FRACTION]
+    start = max(holdout_start(n_contexts, min(fractions)), n_contexts - cfg.eval_contexts)
+    return start, n_contexts
+
+
+def measure_quality(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> list[dict]:
+    """Spliced-in CE increase of every (hookpoint, sae), joined with its FVU / L0 / dead fraction."""
+    import duckdb
+
+    lake = lake_for(cfg)
+    tokens = load_context_tokens(cfg)
+    lo, hi = eval_context_range(cfg, tokens.shape[0])
+    held_out = tokens[lo:hi]
+    model = load_model(cfg.model, lake.root)
+    device = next(model.parameters()).device
+    rows = []
+    baselines: dict[str, LayerBaseline] = {}
+    for hookpoint, name in partitions:
+        sae = load_stored_sae(cfg, hookpoint, name).to(device)
+        # Neurons are spliced where they are read (the down projection's input); SAEs and transcoders
+        # replace the activation at their hookpoint.
+        point = reads_from(cfg, hookpoint, name) if cfg.sae(name).neurons else hookpoint
+        if point not in baselines:
+            baselines[point] = layer_baseline(model, held_out, point, cfg.batch_size)
+        loss = spliced_loss(model, held_out, baselines[point], sae, cfg.batch_size)
+        with duckdb.connect() as con:
+            files = [str(f) for f in lake.files("sae_metrics", hookpoint, name)]
+            architecture, num_latents, k, fvu, l0, dead = run_query(
+                con, "sae_metrics_of_partition", files=files).fetchall()[0]
+        row = {"architecture": architecture, "num_latents": num_latents, "k": k,
+               "fvu": fvu if fvu is not None else loss.fvu, "l0": l0, "dead_fraction": dead, **loss.as_dict()}
+        lake.write_partition(pa.Table.from_pylist([row]), "sae_quality", hookpoint, name)
+        rows.append({"layer": hookpoint, "sae": name, **row})
+    return rows
+
+
+def quality_summary(cfg: PipelineConfig) -> list[dict]:
+    lake = lake_for(cfg)
+    lake.refresh_views()
+    with lake.connect(read_only=True) as con:
+        relation = run_query(con, "quality_summary")
+        columns = relation.columns
+        return [dict(zip(columns, row)) for row in relation.fetchall()]

@@ -1,0 +1,1 @@
+"""The scoring stage: explanations scored on held-out test windows, with summary statistics."""

@@ -1,0 +1,288 @@
+"""Scoring explanations on each latent's held-out test windows, which the explainer never saw.
+
+- detection: the LLM reads the explanation and unmarked windows (activating from every quantile bin, and
+  silent ones) and says for each whether the latent fires in it;
+- fuzzing: the LLM reads the explanation and marked windows and says whether the marks fit: activating
+  windows marked at their truly active tokens are correct; silent windows (and, optionally, activating
+  windows marked at inactive tokens) with as many tokens marked at random are not;
+- embedding: the AUC of cosine(explanation, window) between activating and silent windows; its hard
+  predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune.
+
+Every latent is also scored with another latent's explanation (a fixed, seeded derangement, `source` =
+control); a scorer whose control is not near chance measures something else than the explanation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import ScoreConfig
+from ..explanations.explainer import Decode
+from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
+from ..prompts import Window, clean_piece, marked_text, parse_answers, scorer_messages, scorer_version
+from .metrics import classification_metrics, roc_auc
+
+LLM_SCORERS = ("detection", "fuzzing")
+SCHEMA = pa.schema([
+    ("latent", pa.int32()),
+    ("scorer", pa.string()),  # detection | fuzzing | embedding
+    ("source", pa.string()),  # real: the latent's own explanation; control: another latent's
+    ("explanation_latent", pa.int32()),  # whose explanation was scored
+    ("balanced_accuracy", pa.float32()),
+    ("f1", pa.float32()),
+    ("precision", pa.float32()),
+    ("recall", pa.float32()),
+    ("accuracy", pa.float32()),
+    ("auc", pa.float32()),  # null where the backend gave no probabilities
+    ("bin_accuracy", pa.list_(pa.float32())),  # accuracy on activating windows per quantile bin (NaN: none)
+    ("silent_accuracy", pa.float32()),  # accuracy on silent windows
+    ("n_examples", pa.int32()),  # windows with an answer
+    ("n_activating", pa.int32()),
+    ("n_failures", pa.int32()),  # windows whose answer could not be read
+    ("failed_answers", pa.list_(pa.string())),  # the unreadable replies, raw
+    ("scorer_model", pa.string()),
+    ("prompt_version", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+@dataclass
+class Item:
+    """One test window as a scorer shows it."""
+
+    text: str
+    label: bool  # what a perfect explanation predicts: activating (detection) / correctly marked (fuzzing)
+    bin: int | None  # quantile bin of an activating window
+
+
+@dataclass
+class Judged:
+    """Predictions for one (latent, scorer, source)."""
+
+    labels: list[bool] = field(default_factory=list)
+    predictions: list[bool] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)  # P(yes), where the backend gave log-probs
+    bins: list[int | None] = field(default_factory=list)
+    failures: int = 0
+    failed_answers: list[str] = field(default_factory=list)
+
+
+def derangement(latents: Sequence[int], seed: int) -> dict[int, int]:
+    """A fixed permutation of `latents` with no latent mapped to itself (empty for fewer than two)."""
+    latents = list(latents)
+    if len(latents) < 2:
+        return {}
+    order = latents[:]
+    random.Random(seed).shuffle(order)
+    # A cyclic shift of a random order never maps an element to itself.
+    return {a: b for a, b in zip(order, order[1:] + order[:1])}
+
+
+def test_windows(examples: pa.Table, latents: list[int]) -> dict[int, list[dict]]:
+    test = examples.filter((pc.field("split") == "test") & pc.field("latent").isin(latents))
+    rows = defaultdict(list)
+    for row in test.select(["latent", "kind", "bin", "ctx_id", "start", "tokens", "acts"]).to_pylist():
+        rows[row["latent"]].append(row)
+    return rows
+
+
+def sample_for_llm(rows: list[dict], cfg: ScoreConfig, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """`n_activating` activating windows round-robin over the bins, and `n_silent` silent ones."""
+    by_bin = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "quantile":
+            by_bin[row["bin"]].append(row)
+    for members in by_bin.values():
+        rng.shuffle(members)
+    activating = []
+    while len(activating) < cfg.n_activating and any(by_bin.values()):
+        for b in sorted(by_bin):
+            if by_bin[b] and len(activating) < cfg.n_activating:
+                activating.append(by_bin[b].pop())
+    silent = [row for row in rows if row["kind"] != "quantile"]
+    return activating, rng.sample(silent, min(cfg.n_silent, len(silent)))
+
+
+def plain_text(row: dict, decode: Decode) -> str:
+    return "".join(clean_piece(p) for p in decode(row["tokens"])).strip()
+
+
+def detection_items(activating: list[dict], silent: list[dict], decode: Decode) -> list[Item]:
+    return ([Item(plain_text(r, decode), True, r["bin"]) for r in activating]
+            + [Item(plain_text(r, decode), False, None) for r in silent])
+
+
+def fuzzing_items(activating: list[dict], silent: list[dict], decode: Decode, threshold: float,
+                  wrong_in_activating: bool, rng: random.Random) -> list[Item]:
+    """Activating windows marked right; silent windows (and optionally activating ones) marked at random
+    positions, as many as an activating window of this latent typically has marked."""
+    items, counts = [], []
+    for row in activating:
+        window = Window(tuple(decode(row["tokens"])), tuple(row["acts"]))
+        acts = np.asarray(row["acts"])
+        counts.append(int(((acts > 0) & (acts > threshold * acts.max())).sum()))
+        items.append(Item(marked_text(window, threshold)[0], True, row["bin"]))
+    typical = max(1, round(float(np.median(counts)))) if counts else 1
+    wrong = [(row, True) for row in activating] if wrong_in_activating else []
+    for row, is_activating in [(row, False) for row in silent] + wrong:
+        acts = np.asarray(row["acts"])
+        allowed = [i for i in range(len(acts)) if acts[i] <= 0]
+        chosen = set(rng.sample(allowed, min(typical, len(allowed))))
+        fake = Window(tuple(decode(row["tokens"])), tuple(1.0 if i in chosen else 0.0 for i in range(len(acts))))
+        items.append(Item(marked_text(fake, 0.0)[0], False, row["bin"] if is_activating else None))
+    return items
+
+
+def yes_probabilities(logprobs: list[TokenLogprobs] | None, n: int) -> list[float] | None:
+    """P(1) at each of the first n answer digits of a reply (as `parse_answers` reads them), from the top
+    log-probabilities there; None unless the reply has n digit tokens with 0 or 1 among their alternatives."""
+    if not logprobs:
+        return None
+    probs = []
+    for token in logprobs:
+        if token.token.strip() not in ("0", "1") or len(probs) == n:
+            continue
+        top = {}
+        for text, logprob in token.top.items():
+            top.setdefault(text.strip(), logprob)
+        if "0" not in top and "1" not in top:
+            return None
+        yes, no = math.exp(top.get("1", -math.inf)), math.exp(top.get("0", -math.inf))
+        probs.append(yes / (yes + no))
+    return probs if len(probs) == n else None
+
+
+@dataclass
+class Batch:
+    key: tuple[int, str, str]  # (latent, scorer, source)
+    items: list[Item]
+    request: ChatRequest
+
+
+def llm_batches(latent: int, scorer: str, source: str, explanation: str, items: list[Item], cfg: ScoreConfig,
+                rng: random.Random, sampling: SamplingParams) -> list[Batch]:
+    order = items[:]
+    rng.shuffle(order)
+    batches = []
+    for first in range(0, len(order), cfg.batch_size):
+        chunk = order[first : first + cfg.batch_size]
+        messages = scorer_messages(scorer, explanation, [item.text for item in chunk])
+        batches.append(Batch((latent, scorer, source), chunk, ChatRequest(messages, sampling)))
+    return batches
+
+
+def judge(batches: list[Batch], completions: list[Completion], judged: dict) -> None:
+    for batch, done in zip(batches, completions):
+        record = judged.setdefault(batch.key, Judged())
+        answers = parse_answers(done.text, len(batch.items))
+        if answers is None:
+            record.failures += len(batch.items)
+            record.failed_answers.append(done.text)
+            continue
+        probs = yes_probabilities(done.logprobs, len(batch.items))
+        for i, (item, answer) in enumerate(zip(batch.items, answers)):
+            record.labels.append(item.label)
+            record.predictions.append(answer)
+            record.bins.append(item.bin)
+            record.probabilities.append(probs[i] if probs else math.nan)
+
+
+def metrics_row(latent: int, scorer: str, source: str, explanation_latent: int, record: Judged, n_bins: int,
+                scorer_model: str, prompt_version: str, now: datetime) -> dict:
+    labels, preds = np.array(record.labels, bool), np.array(record.predictions, bool)
+    metrics = classification_metrics(labels, preds)
+    probs = np.array(record.probabilities, dtype=np.float64)
+    auc = roc_auc(labels, probs) if probs.size and not np.isnan(probs).any() else None
+    correct = labels == preds
+    bins = np.array([-1 if b is None else b for b in record.bins], dtype=np.int64)
+    bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else math.nan
+                    for b in range(n_bins)]
+    silent = ~labels & (bins < 0)
+    return {"latent": latent, "scorer": scorer, "source": source, "explanation_latent": explanation_latent,
+            **metrics, "auc": None if auc is None or math.isnan(auc) else auc, "bin_accuracy": bin_accuracy,
+            "silent_accuracy": float(correct[silent].mean()) if silent.any() else math.nan,
+            "n_examples": int(labels.size), "n_activating": int(labels.sum()), "n_failures": record.failures,
+            "failed_answers": record.failed_answers, "scorer_model": scorer_model,
+            "prompt_version": prompt_version, "created_at": now}
+
+
+def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig, decode: Decode, seed: int,
+                    n_bins: int, fuzz_threshold: float, client: LLMClient | None = None, embedder=None,
+                    progress: bool = False, batch_requests: int = 512) -> pa.Table:
+    """Scores of every parsed explanation of one partition, real and (if configured) control."""
+    parsed = explanations.filter(pc.field("parsed"))
+    text_of = dict(zip(parsed.column("latent").to_pylist(), parsed.column("explanation").to_pylist()))
+    latents = sorted(text_of)
+    sources = [("real", {latent: latent for latent in latents})]
+    if cfg.control:
+        sources.append(("control", derangement(latents, seed)))
+    windows = test_windows(examples, latents)
+    now = datetime.now(timezone.utc)
+    rows = []
+    llm_scorers = [s for s in cfg.scorers if s in LLM_SCORERS]
+    if llm_scorers:
+        if client is None:
+            raise ValueError(f"scorers {llm_scorers} need an LLM client")
+        sampling = SamplingParams(max_tokens=cfg.max_tokens, top_logprobs=5 if client.supports_logprobs else 0)
+        batches = []
+        for latent in latents:
+            rng = random.Random(f"{seed}/{latent}")
+            activating, silent = sample_for_llm(windows[latent], cfg, rng)
+            items = {"detection": detection_items(activating, silent, decode),
+                     "fuzzing": fuzzing_items(activating, silent, decode, fuzz_threshold,
+                                              cfg.fuzz_wrong_in_activating, rng)}
+            for scorer in llm_scorers:
+                for source, mapping in sources:
+                    if latent in mapping:
+                        batches += llm_batches(latent, scorer, source, text_of[mapping[latent]], items[scorer],
+                                               cfg, random.Random(f"{seed}/{latent}/{scorer}"), sampling)
+        judged: dict = {}
+        for first in range(0, len(batches), batch_requests):
+            part = batches[first : first + batch_requests]
+            judge(part, client.complete([b.request for b in part], progress=progress), judged)
+        for (latent, scorer, source), record in sorted(judged.items()):
+            mapping = dict(sources)[source]
+            rows.append(metrics_row(latent, scorer, source, mapping[latent], record, n_bins, client.model,
+                                    scorer_version(scorer), now))
+    if "embedding" in cfg.scorers and latents:
+        rows += embedding_rows(latents, windows, text_of, sources, decode, embedder, n_bins, now)
+    return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([("latent", "ascending"), ("scorer", "ascending"),
+                                                               ("source", "descending")])
+
+
+def embedding_rows(latents, windows, text_of, sources, decode: Decode, embedder, n_bins: int,
+                   now: datetime) -> list[dict]:
+    """AUC of cosine(explanation, window) over every test window of each latent, real and control."""
+    texts, spans = [], {}
+    for latent in latents:
+        rows = windows[latent]
+        spans[latent] = (len(texts), len(texts) + len(rows))
+        texts += [plain_text(r, decode) for r in rows]
+    window_vecs = embedder.embed(texts)
+    explanation_vecs = dict(zip(latents, embedder.embed([text_of[latent] for latent in latents])))
+    out = []
+    for latent in latents:
+        lo, hi = spans[latent]
+        rows = windows[latent]
+        labels = np.array([r["kind"] == "quantile" for r in rows], bool)
+        for source, mapping in sources:
+            if latent not in mapping:
+                continue
+            cosine = window_vecs[lo:hi] @ explanation_vecs[mapping[latent]]
+            # R-precision: the n_activating most similar windows are called activating.
+            predictions = np.zeros_like(labels)
+            predictions[np.argsort(-cosine, kind="stable")[: labels.sum()]] = True
+            record = Judged(labels.tolist(), predictions.tolist(), cosine.tolist(),
+                            [r["bin"] if r["kind"] == "quantile" else None for r in rows])
+            out.append(metrics_row(latent, "embedding", source, mapping[latent], record, n_bins, embedder.name,
+                                   "embedding", now))
+    return out

@@ -1,0 +1,102 @@
+"""Scorers without an LLM: answer parsing, probabilities from log-probs, fuzzing marks, the control's
+derangement, and the embedding scorer end to end with the real offline embedder."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sae.config import ScoreConfig
+from sae.explanations.explainer import SCHEMA as EXPLANATIONS
+from sae.llm.base import TokenLogprobs
+from sae.prompts import parse_answers
+from sae.scoring.scorers import derangement, fuzzing_items, score_partition, yes_probabilities
+
+WORDS = ["volcano", "the", "river", "budget", "music", "train", "school", "paper", "green", "city", "winter"]
+
+
+def decode(ids):
+    return [f" {WORDS[i]}" for i in ids]
+
+
+def test_derangement_moves_every_latent_and_is_fixed_by_the_seed():
+    latents = list(range(3, 40, 3))
+    mapping = derangement(latents, seed=7)
+    assert sorted(mapping) == latents and sorted(mapping.values()) == latents
+    assert all(a != b for a, b in mapping.items())
+    assert mapping == derangement(latents, seed=7) and mapping != derangement(latents, seed=8)
+    assert derangement([5], seed=0) == {}
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("Answer: [1, 0, 1]", [True, False, True]),
+    ("Sure.\nAnswer: 1 0 1", [True, False, True]),
+    ("Answer: [yes, no, Yes]", [True, False, True]),
+    ("[1, 1]\nAnswer: [0, 0, 1]", [False, False, True]),
+    ("Answer: [1, 0]", None),
+    ("Answer: [1, 0, 1, 1, 0, 1,", [True, False, True]),  # ran on past the list, cut by max_tokens
+    ("Answer: [2, 0, 1]", None),
+    ("I think the first one.", None),
+])
+def test_scorer_answers_are_read_robustly(reply, expected):
+    assert parse_answers(reply, 3) == expected
+
+
+def test_yes_probability_comes_from_the_log_probs_of_each_answer_digit():
+    def token(text, p_one):
+        return TokenLogprobs(text, {"1": math.log(p_one), " 0": math.log(1 - p_one), "x": -9.0})
+
+    logprobs = [TokenLogprobs("Answer", {}), TokenLogprobs(":", {}), TokenLogprobs(" [", {}), token("1", 0.8),
+                TokenLogprobs(",", {}), token(" 0", 0.3), TokenLogprobs("]", {})]
+    assert yes_probabilities(logprobs, 2) == pytest.approx([0.8, 0.3])
+    assert yes_probabilities(logprobs, 1) == pytest.approx([0.8])  # the first n digits, as parsed
+    assert yes_probabilities(logprobs, 3) is None and yes_probabilities(None, 2) is None
+
+
+def test_fuzzing_marks_true_tokens_in_activating_windows_and_as_many_random_ones_elsewhere():
+    import random
+
+    activating = [{"tokens": [1, 2, 0, 3], "acts": [0.0, 0.0, 2.0, 0.0], "bin": 3},
+                  {"tokens": [0, 4, 5, 6], "acts": [1.0, 0.0, 0.0, 0.0], "bin": 1}]
+    silent = [{"tokens": [7, 8, 9, 10], "acts": [0.0] * 4, "bin": None}]
+    items = fuzzing_items(activating, silent, decode, 0.0, wrong_in_activating=True, rng=random.Random(0))
+    assert [i.label for i in items] == [True, True, False, False, False]
+    assert items[0].text == "the river<< volcano>> budget" and items[0].bin == 3
+    assert all(i.text.count("<<") == 1 for i in items)
+    wrong = items[3:]  # activating windows marked at inactive tokens
+    assert "<< volcano>>" not in wrong[0].text and "<<volcano>>" not in wrong[1].text
+
+
+def _examples(rng):
+    rows = []
+    for latent in (0, 1):
+        for i in range(12):
+            activating = i < 6
+            ids = list(rng.integers(1, len(WORDS), 8))
+            acts = [0.0] * 8
+            if activating:
+                ids[4] = 0  # only activating windows hold "volcano"
+                acts[4] = 1.0 + i
+            rows.append({"latent": latent, "split": "test", "kind": "quantile" if activating else "random",
+                         "bin": i % 3 if activating else None, "ctx_id": i, "start": 0, "peak_act": max(acts),
+                         "tokens": ids, "acts": acts})
+    return pa.Table.from_pylist(rows)
+
+
+def test_embedding_scorer_gives_auc_1_when_the_explanation_names_the_only_shared_word():
+    from sae.embedding import Embedder
+
+    examples = _examples(np.random.default_rng(0))
+    explanations = pa.Table.from_pylist(
+        [{"latent": 0, "explanation": "the word volcano", "parsed": True},
+         {"latent": 1, "explanation": "mentions of a volcano", "parsed": True}], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("embedding",))
+    table = score_partition(examples, explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
+                            embedder=Embedder())
+    rows = {(r["latent"], r["source"]): r for r in table.to_pylist()}
+    assert set(rows) == {(0, "real"), (0, "control"), (1, "real"), (1, "control")}
+    real = rows[(0, "real")]
+    assert real["auc"] == 1.0 and real["balanced_accuracy"] == 1.0 and real["n_examples"] == 12
+    assert real["bin_accuracy"] == [1.0, 1.0, 1.0] and real["silent_accuracy"] == 1.0
+    assert rows[(0, "control")]["explanation_latent"] == 1
