@@ -11,7 +11,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GPU_POOL = "gpu"
-RUN_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _use_repo_instance() -> None:
@@ -28,58 +27,23 @@ def _config_path(args) -> str:
 
 
 def run(args) -> int:
-    """Materialize every asset for every partition of the config, in-process, recorded in the instance."""
+    """Materialize what is missing or stale (everything with --force), in-process, recorded in the instance."""
     import warnings
 
     import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from sae.config import load_config
 
-    from .definitions import build_definitions
-    from .partitions import layer_partitions, layer_sae_partitions
+    from .runner import run_pipeline
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     _use_repo_instance()
     path = _config_path(args)
     cfg = load_config(path)
-    defs = build_definitions(path)
-    assets = list(defs.assets)
-    resources = defs.resources
     instance = dg.DagsterInstance.get()
     instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
-
-    def span(keys: list[str]) -> dict[str, str]:
-        return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
-
-    layer_keys = [h for h in layer_partitions(cfg).get_partition_keys() if cfg.writes_activations(h)]
-    sae_keys = layer_sae_partitions(cfg).get_partition_keys()
-    steps = [("contexts", ["contexts"], {})]
-    if layer_keys:
-        steps.append(("activations", ["activations"], span(layer_keys)))
-    per_partition = ["saes", "sae_quality", "latents", "latent_stats", "examples", "explanations", "scores",
-                     "explanation_embeddings"]
-    steps.append((", ".join(per_partition), per_partition, span(sae_keys)))
-    steps.append(("summaries, similarity and export", ["sae_quality_summary", "score_summary", "similarity",
-                                                        "hf_export"], {}))
-    started = time.perf_counter()
-    for number, (label, selection, tags) in enumerate(steps, 1):
-        print(f"[{number}/{len(steps)}] materializing {label}", flush=True)
-        result = dg.materialize(
-            assets, selection=selection, resources=resources, instance=instance, tags=tags,
-            run_config=RUN_LOGGING, raise_on_error=False,
-        )
-        if not result.success:
-            print(f"saelake run: {label} failed (run {result.run_id}); see the error above or in the UI",
-                  file=sys.stderr)
-            return 1
-    lake = Path(cfg.lake).resolve()
-    print(f"done in {time.perf_counter() - started:.0f} s. Lake: {lake}\n"
-          f"  query it:   saelake sql \"SELECT layer, sae, latent, explanation FROM explanations\"\n"
-          f"  see it:     saelake ui   (then open http://127.0.0.1:3000)\n"
-          f"  plots:      {lake / 'plots'}\n"
-          f"  dataset:    {lake / 'hf_export'}  (publish: saelake export DIR --push ORG/NAME)")
-    return 0
+    return run_pipeline(cfg, path, instance, select=args.select, partitions=args.partition, force=args.force,
+                        verbose=args.verbose)
 
 
 def export(args) -> int:
@@ -131,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saelake", description=__doc__)
     parser.add_argument("--config", help="pipeline YAML (default: $SAELAKE_CONFIG, else configs/demo.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="materialize the whole graph for every partition").set_defaults(func=run)
+    steps = commands.add_parser("run", help="materialize every asset partition that is missing or stale")
+    steps.add_argument("--select", nargs="+", default=[], metavar="ASSET",
+                       help="only these assets (`latents+`: and everything downstream of it)")
+    steps.add_argument("--partition", nargs="+", default=[], metavar="KEY",
+                       help="only these partitions: `layers.3|topk-x4`, a layer (`layers.3`) or an SAE (`topk-x4`)")
+    steps.add_argument("--force", action="store_true", help="rebuild the selection even where it is fresh")
+    steps.add_argument("--verbose", action="store_true", help="print Dagster's event log as the run goes")
+    steps.set_defaults(func=run)
     query = commands.add_parser("sql", help="run one read-only SQL query over the lake and print the result")
     query.add_argument("query", help='e.g. "SELECT layer, sae, count(*) FROM latents GROUP BY ALL"')
     query.add_argument("--max-rows", type=int, default=40)

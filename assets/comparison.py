@@ -8,8 +8,8 @@ from sae.config import PipelineConfig
 from sae.lake import lake_for
 from sae.scoring import stage as scoring_stage
 
-from .metadata import markdown_table
-from .partitions import layer_sae_keys, per_layer_sae
+from .lineage import lake_asset, partitions_of
+from .metadata import markdown_table, publish_views
 from .resources import PipelineConfigResource
 
 SUMMARY_COLUMNS = ("layer_a", "sae_a", "layer_b", "sae_b", "relation", "n_a", "n_b", "explanation_mean_best",
@@ -17,20 +17,21 @@ SUMMARY_COLUMNS = ("layer_a", "sae_a", "layer_b", "sae_b", "relation", "n_a", "n
 
 
 def build_comparison_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
-    @dg.asset(group_name="similarity", **per_layer_sae(cfg), deps=["explanations"], kinds={"pytorch", "parquet"})
+    @lake_asset(cfg, "explanation_embeddings", group_name="similarity", deps=["explanations"],
+                kinds={"pytorch", "parquet"})
     def explanation_embeddings(context: dg.AssetExecutionContext,
                                pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """The parsed explanations embedded with the configured sentence-transformer (GPU when present)."""
         cfg = pipeline_config.config
         embedder = scoring_stage.open_embedder(cfg)
-        rows = []
-        for hookpoint, name in layer_sae_keys(context):
-            table = comparison_stage.embed_explanations(cfg, hookpoint, name, embedder)
-            rows.append({"layer": hookpoint, "sae": name, "explanations": table.num_rows})
-        lake_for(cfg).refresh_views()
-        return dg.MaterializeResult(metadata={"embedder": embedder.name, "partitions": markdown_table(rows)})
+        for partition, key in partitions_of(context):
+            table = comparison_stage.embed_explanations(cfg, *key, embedder)
+            context.add_asset_metadata({"explanations": table.num_rows}, partition_key=partition)
+        publish_views(lake_for(cfg))
+        return dg.MaterializeResult(metadata={"embedder": embedder.name})
 
-    @dg.asset(group_name="similarity", deps=["explanation_embeddings", "saes"], kinds={"pytorch", "parquet"})
+    @lake_asset(cfg, "similarity", group_name="similarity", deps=["explanation_embeddings", "saes"],
+                kinds={"pytorch", "parquet"})
     def similarity(pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """For every pair of partitions (same layer, other size; adjacent and distant layers; SAE vs neurons):
         each latent's most similar latent of the other by explanation cosine, an optimal one-to-one matching,
@@ -38,7 +39,7 @@ def build_comparison_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         matchings agree. Matched pairs in `similarity`, figures per pair in `similarity_summary`."""
         cfg = pipeline_config.config
         pairs, summary, plots = comparison_stage.compare_variants(cfg)
-        lake_for(cfg).refresh_views()
+        publish_views(lake_for(cfg))
         rows = [{c: r.get(c) for c in SUMMARY_COLUMNS} for r in summary.to_pylist()]
         return dg.MaterializeResult(metadata={
             "pairs": pairs.num_rows, "summary": markdown_table(rows),

@@ -6,33 +6,34 @@ from sae.config import PipelineConfig
 from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 
-from .metadata import markdown_table
-from .partitions import layer_sae_keys, per_layer_sae
+from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
+from .metadata import markdown_table, publish_views
 from .resources import PipelineConfigResource
 
 
 def build_explanation_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
-    @dg.asset(group_name="explanations", **per_layer_sae(cfg), pool="gpu", deps=["examples"],
-              kinds={"parquet"})
+    @lake_asset(cfg, "explanations", group_name="explanations", pool=GPU_POOL, deps=["examples"],
+                checks=explanations_stage.CHECKS, kinds={"parquet"})
     def explanations(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """One short explanation per chosen latent, written by the configured LLM (local, openai or vllm)
         from the latent's train windows. Resumable batch by batch; every answer is also kept in the
         lake's response cache (`llm_cache`), so a rerun of the same prompts costs no model call."""
         cfg = pipeline_config.config
-        rows, previews = [], []
+        outcomes = {}
         with explanations_stage.open_llm(cfg, cfg.explain.llm) as client:
-            for hookpoint, name in layer_sae_keys(context):
+            for partition, key in partitions_of(context):
                 sent_before = client.sent
-                table = explanations_stage.explain_latents(cfg, hookpoint, name, client)
-                parsed = sum(table.column("parsed").to_pylist())
-                rows.append({"layer": hookpoint, "sae": name, "latents": table.num_rows, "parsed": parsed,
-                             "llm_calls": client.sent - sent_before,
-                             "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
-                             "completion_tokens": sum(table.column("completion_tokens").to_pylist())})
-                previews.extend(explanations_stage.preview_explanations(cfg, hookpoint, name, table))
-        lake_for(cfg).refresh_views()
-        return dg.MaterializeResult(metadata={
-            "explainer": f"{cfg.explain.llm.backend}:{cfg.explain.llm.model}",
-            "partitions": markdown_table(rows), "explanations": markdown_table(previews)})
+                table = explanations_stage.explain_latents(cfg, *key, client)
+                context.add_asset_metadata({
+                    "latents": table.num_rows, "parsed": sum(table.column("parsed").to_pylist()),
+                    "llm_calls": client.sent - sent_before,
+                    "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
+                    "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
+                    "explanations": markdown_table(explanations_stage.preview_explanations(cfg, *key, table))},
+                    partition_key=partition)
+                outcomes[key] = explanations_stage.check_explanations(cfg, key)
+        publish_views(lake_for(cfg))
+        return dg.MaterializeResult(metadata={"explainer": f"{cfg.explain.llm.backend}:{cfg.explain.llm.model}"},
+                                    check_results=check_results(outcomes))
 
     return [explanations]

@@ -25,3 +25,8 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def publish_views(lake) -> None:
+    """Refresh the lake's views for users (DuckDB file and views script) after an asset wrote its tables."""
+    lake.refresh_views()

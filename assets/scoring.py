@@ -11,14 +11,14 @@ from sae.lake import lake_for
 from sae.scoring import stage as scoring_stage
 from sae.scoring.scorers import LLM_SCORERS
 
-from .metadata import markdown_table
-from .partitions import layer_sae_keys, per_layer_sae
+from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
+from .metadata import markdown_table, publish_views
 from .resources import PipelineConfigResource
 
 
 def build_scoring_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
-    @dg.asset(group_name="explanations", **per_layer_sae(cfg), pool="gpu", deps=["explanations"],
-              kinds={"parquet"})
+    @lake_asset(cfg, "scores", group_name="explanations", pool=GPU_POOL, deps=["explanations"],
+                checks=scoring_stage.CHECKS, kinds={"parquet"})
     def scores(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """Per explained latent and scorer: balanced accuracy, F1, precision, recall, AUC (where there are
         probabilities), accuracy per quantile bin, and failures, on test windows the explainer never saw.
@@ -27,16 +27,17 @@ def build_scoring_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         llm = cfg.score.llm or cfg.explain.llm
         uses_llm = any(s in LLM_SCORERS for s in cfg.score.scorers)
         embedder = scoring_stage.open_embedder(cfg) if "embedding" in cfg.score.scorers else None
-        rows = []
+        outcomes = {}
         with explanations_stage.open_llm(cfg, llm) if uses_llm else contextlib.nullcontext() as client:
-            for hookpoint, name in layer_sae_keys(context):
-                table = scoring_stage.score_explanations(cfg, hookpoint, name, client, embedder)
-                for group in scoring_stage.mean_scores(table):
-                    rows.append({"layer": hookpoint, "sae": name, **group})
-        lake_for(cfg).refresh_views()
-        return dg.MaterializeResult(metadata={"scores": markdown_table(rows)})
+            for partition, key in partitions_of(context):
+                table = scoring_stage.score_explanations(cfg, *key, client, embedder)
+                context.add_asset_metadata({"scores": markdown_table(scoring_stage.mean_scores(table))},
+                                           partition_key=partition)
+                outcomes[key] = scoring_stage.check_scores(cfg, key)
+        publish_views(lake_for(cfg))
+        return dg.MaterializeResult(check_results=check_results(outcomes))
 
-    @dg.asset(group_name="explanations", deps=["scores"], kinds={"duckdb"})
+    @lake_asset(cfg, "score_summary", group_name="explanations", deps=["scores"], kinds={"duckdb"})
     def score_summary(pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """Every variant and scorer side by side: mean scores of real and control explanations with bootstrap
         confidence intervals, score histograms and accuracy by activation quantile (also PNGs under
@@ -44,9 +45,9 @@ def build_scoring_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         cfg = pipeline_config.config
         table = scoring_stage.score_summary(cfg)
         plots = scoring_stage.score_plots(cfg, table)
+        publish_views(lake_for(cfg))
         return dg.MaterializeResult(metadata={
             "summary": markdown_table(scoring_stage.summary_rows(table)),
             **{name: dg.MetadataValue.md(markdown) for name, markdown in plots.items()}})
 
     return [scores, score_summary]
-

@@ -82,7 +82,7 @@ def worker(args) -> dict:
 
     with tempfile.TemporaryDirectory() as scratch:
         lake = Lake(scratch)
-        sinks = [LatentSink(lake, h, "bench", f"topk-x{args.expansion}-{i}", random_sae(h))
+        sinks = [LatentSink(lake, h, None, f"topk-x{args.expansion}-{i}", random_sae(h))
                  for h in args.layers for i in range(args.saes_per_layer)]
         report = run_cache(model, tokens, sinks, args.batch_size, chunk_contexts_for(args.ctx_len, args.chunk_tokens),
                            progress=False)

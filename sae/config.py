@@ -19,6 +19,8 @@ import yaml
 
 BUILTIN_MODEL = "smollm2-135m-instruct"
 BUILTIN_CORPUS = "wikipedia-sample"
+# Held-out share of the contexts for SAEs that were not trained here (they saw none of this corpus).
+PRETRAINED_HOLDOUT_FRACTION = 0.05
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 

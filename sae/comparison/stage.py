@@ -9,21 +9,21 @@ import torch
 
 from ..config import PipelineConfig
 from ..lake import lake_for
+from ..lineage import fresh_files, lineage_of
 from ..saes.stage import load_stored_sae
 
 
 def embed_explanations(cfg: PipelineConfig, hookpoint: str, name: str, embedder) -> pa.Table:
     """The parsed explanations of one partition embedded with the configured sentence-transformer."""
-    lake = lake_for(cfg)
-    explained = lake.files("explanations", hookpoint, name)
-    if not explained:
-        raise FileNotFoundError(f"no explanations for {hookpoint}|{name}: materialize `explanations` first")
+    key = (hookpoint, name)
+    explained = fresh_files(cfg, "explanations", key)
     table = pq.read_table(explained[0], columns=["latent", "explanation", "parsed"]).filter(pc.field("parsed"))
     vectors = embedder.embed(table.column("explanation").to_pylist())
     flat = pa.array(vectors.reshape(-1), pa.float32())
     out = pa.table({"latent": table.column("latent"), "embedder": [embedder.name] * table.num_rows,
                     "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
-    lake.write_partition(out, "explanation_embeddings", hookpoint, name)
+    lake_for(cfg).write_partition(out, "explanation_embeddings", hookpoint, name,
+                                  provenance=lineage_of(cfg).provenance("explanation_embeddings", key))
     return out
 
 
@@ -39,10 +39,7 @@ def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str,
     sides = []
     for hookpoint in cfg.hookpoints:
         for name in cfg.sae_names:
-            files = lake.files("explanation_embeddings", hookpoint, name)
-            if not files:
-                continue
-            table = pq.read_table(files[0])
+            table = pq.read_table(fresh_files(cfg, "explanation_embeddings", (hookpoint, name))[0])
             latents = table.column("latent").to_numpy()
             embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if len(latents) else \
                 np.zeros((0, 1), np.float32)
@@ -50,12 +47,13 @@ def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str,
             if not cfg.sae(name).neurons:
                 decoder = load_stored_sae(cfg, hookpoint, name).W_dec.detach()[torch.as_tensor(latents)].numpy()
             sides.append(Side(hookpoint, name, latents, embeddings, decoder))
-    if len(sides) < 2:
-        raise FileNotFoundError("fewer than two partitions have explanation embeddings: materialize "
-                                "`explanation_embeddings` for at least two layer x sae partitions first")
     pairs, summary = compare_all(sides, cfg.similarity, cfg.hookpoints)
-    lake.write_partition(pairs, "similarity")
-    lake.write_partition(summary, "similarity_summary")
+    # The summary first, the pairs last: a crash in between leaves `similarity` stale, never half new.
+    provenance = lineage_of(cfg).provenance("similarity")
+    lake.write_partition(summary, "similarity_summary", provenance=provenance)
+    lake.write_partition(pairs, "similarity", provenance=provenance)
+    if len(sides) < 2:
+        return pairs, summary, {"note": "one layer x sae partition only: nothing to compare it with"}
     labels = [s.label for s in sides]
     heatmap = similarity_heatmap(labels, heatmap_matrix(sides, summary), title="mean best explanation cosine",
                                  path=lake.root / "plots" / "similarity_heatmap.png")

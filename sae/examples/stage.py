@@ -5,9 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..checks import CheckOutcome, record
 from ..config import PipelineConfig
-from ..corpus.stage import load_context_tokens
 from ..lake import lake_for
+from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
 from ..saes.stage import load_stored_sae
 
@@ -16,15 +17,16 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.T
     """Select every kind of example for every latent of one partition; store examples and coverage."""
     from .selection import coverage, select_examples
 
-    lake = lake_for(cfg)
-    load_context_tokens(cfg)  # refuses stale contexts
+    lake, key = lake_for(cfg), (hookpoint, name)
     # Hard negatives need decoder directions; the neuron baselines' stored decoder is the identity.
     decoder = None if cfg.sae(name).neurons else load_stored_sae(cfg, hookpoint, name).W_dec.detach()
-    table = select_examples(lake.files("latents", hookpoint, name), lake.files("contexts")[0], name, cfg.examples,
+    table = select_examples(fresh_files(cfg, "latents", key), fresh_files(cfg, "contexts")[0], name, cfg.examples,
                             cfg.seed, decoder=decoder)
     covered = coverage(table, cfg.examples)
-    lake.write_partition(table, "examples", hookpoint, name)
-    lake.write_partition(covered, "example_coverage", hookpoint, name)
+    # The coverage first, the examples last: a crash in between leaves the partition stale, never half new.
+    provenance = lineage_of(cfg).provenance("examples", key)
+    lake.write_partition(covered, "example_coverage", hookpoint, name, provenance=provenance)
+    lake.write_partition(table, "examples", hookpoint, name, provenance=provenance)
     return table, covered
 
 
@@ -43,3 +45,17 @@ def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, p
         rows.append({"latent": example["latent"], "kind": example["kind"], "peak_act": example["peak_act"],
                      "text": text})
     return rows
+
+
+CHECKS = (("test_train_disjoint", "no test window of a latent shares a token with any of its train windows"),
+          ("silent_windows_silent", "random and neighbour windows are silent at every token, per the latents table"))
+
+
+def check_examples(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:
+    """The partition's data checks, recorded in the lake's `checks` table."""
+    from .checks import silent_windows_silent, test_train_disjoint
+
+    lake = lake_for(cfg)
+    examples = lake.files("examples", *key)
+    outcomes = [test_train_disjoint(examples), silent_windows_silent(examples, fresh_files(cfg, "latents", key))]
+    return record(lake, "examples", key, lineage_of(cfg).fingerprint("examples", key), outcomes)

@@ -23,13 +23,12 @@ import pyarrow.parquet as pq
 
 from ..config import ExplainConfig
 from ..lake import Lake, write_parquet
+from ..lineage import Provenance
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams
 from ..prompts import Window, explainer_messages, explainer_version, marked_text, parse_explanation
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_META = b"saelake.fingerprint"
-FINGERPRINT_FILE = "FINGERPRINT"
 EXAMPLE_ID = pa.struct([("ctx_id", pa.int32()), ("start", pa.int16())])
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
@@ -137,13 +136,13 @@ def rows_for(prompts: list[LatentPrompt], completions: list[Completion], client:
 
 
 def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table,
-                      cfg: ExplainConfig, client: LLMClient, decode: Decode, seed: int, fingerprint: str,
+                      cfg: ExplainConfig, client: LLMClient, decode: Decode, seed: int, provenance: Provenance,
                       progress: bool = False) -> pa.Table:
     """Explain the chosen latents of one partition, resuming from earlier rows made with the same settings."""
     latents = choose_latents(coverage, cfg, seed)
     version = explainer_version(cfg.prompt)
-    staging = lake.staging("explanations", hookpoint, sae)
-    done = _reusable_rows(lake, hookpoint, sae, staging, fingerprint)
+    staging = lake.open_staging("explanations", hookpoint, sae, resume=provenance.fingerprint)
+    done = _reusable_rows(lake, hookpoint, sae, staging, provenance.fingerprint)
     done = done.filter(pc.field("latent").isin(latents))
     finished = set(done.column("latent").to_pylist())
     todo = [latent for latent in latents if latent not in finished]
@@ -157,24 +156,18 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
         write_parquet(part, staging / f"part-{len(list(staging.glob('part-*.parquet'))):05d}.parquet")
         parts.append(part)
     table = pa.concat_tables(parts).sort_by("latent")
-    table = table.replace_schema_metadata({FINGERPRINT_META: fingerprint.encode()})
-    lake.write_partition(table, "explanations", hookpoint, sae)
+    # The batches' staging folder becomes the one-file partition (the response cache keeps every answer).
+    lake.write_partition(table, "explanations", hookpoint, sae, provenance=provenance)
     return table
 
 
 def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerprint: str) -> pa.Table:
-    """Rows from the committed partition and from staged batches that were made with the same settings.
-    Staged batches of other settings are discarded."""
+    """Rows from the committed partition and from staged batches (`staging`, opened for this fingerprint)
+    that were made with the same settings."""
     tables = []
-    for path in lake.files("explanations", hookpoint, sae):
-        if (pq.read_schema(path).metadata or {}).get(FINGERPRINT_META, b"").decode() == fingerprint:
-            tables.append(pq.read_table(path, schema=SCHEMA))
-    marker = staging / FINGERPRINT_FILE
-    if staging.exists() and (not marker.exists() or marker.read_text() != fingerprint):
-        for stale in staging.glob("*"):
-            stale.unlink()
-    staging.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
+    stored = lake.stored_provenance("explanations", hookpoint, sae)
+    if stored is not None and stored.fingerprint == fingerprint:
+        tables.extend(pq.read_table(path, schema=SCHEMA) for path in lake.files("explanations", hookpoint, sae))
     tables.extend(pq.read_table(p, schema=SCHEMA) for p in sorted(staging.glob("part-*.parquet")))
     if not tables:
         return SCHEMA.empty_table()

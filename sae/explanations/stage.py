@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..checks import CheckOutcome, record
 from ..config import LLMConfig, PipelineConfig
-from ..corpus.stage import contexts_fingerprint
 from ..lake import lake_for
+from ..lineage import fresh_files, lineage_of
 from ..llm.response_cache import CachedClient
 from ..models import load_tokenizer
 
@@ -38,28 +37,14 @@ def open_llm(cfg: PipelineConfig, llm: LLMConfig) -> CachedClient:
     return CachedClient(make_client(llm, lake.root), lake.root / "llm_cache")
 
 
-def explain_fingerprint(cfg: PipelineConfig, name: str) -> str:
-    """Everything that shapes a partition's explanations: the data behind the examples, the SAE, the LLM,
-    the prompt and the sampling. Throughput settings (batch sizes, URLs, keys) are left out."""
-    from ..prompts import explainer_version
-
-    explain = cfg.explain
-    shaping = {"llm": explain.llm.identity(), "prompt": explainer_version(explain.prompt),
-               "n_examples": explain.n_examples, "max_tokens": explain.max_tokens,
-               "temperature": explain.temperature, "sae": repr(cfg.sae(name))}
-    digest = hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
-    return f"{contexts_fingerprint(cfg)}/{cfg.fingerprint('examples', 'seed')}/{digest}"
-
-
 def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True) -> pa.Table:
     from .explainer import explain_partition
 
-    lake = lake_for(cfg)
-    examples, covered = lake.files("examples", hookpoint, name), lake.files("example_coverage", hookpoint, name)
-    if not examples or not covered:
-        raise FileNotFoundError(f"no examples for {hookpoint}|{name}: materialize `examples` first")
-    return explain_partition(lake, hookpoint, name, pq.read_table(examples[0]), pq.read_table(covered[0]),
-                             cfg.explain, client, token_decoder(cfg), cfg.seed, explain_fingerprint(cfg, name),
+    key = (hookpoint, name)
+    examples = pq.read_table(fresh_files(cfg, "examples", key)[0])
+    covered = pq.read_table(fresh_files(cfg, "examples", key, table="example_coverage")[0])
+    return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain, client,
+                             token_decoder(cfg), cfg.seed, lineage_of(cfg).provenance("explanations", key),
                              progress=progress)
 
 
@@ -67,9 +52,21 @@ def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: 
     """The first explained latents with their explanation and strongest example, active tokens <<marked>>."""
     from .explainer import top_window_text
 
-    examples = pq.read_table(lake_for(cfg).files("examples", hookpoint, name)[0])
+    examples = pq.read_table(fresh_files(cfg, "examples", (hookpoint, name))[0])
     decode = token_decoder(cfg)
     return [{"layer": hookpoint, "sae": name, "latent": row["latent"],
              "explanation": row["explanation"] if row["parsed"] else f"(unparsed) {row['completion'][:80]}",
              "top_example": top_window_text(examples, row["latent"], decode)}
             for row in table.slice(0, n).to_pylist()]
+
+
+CHECKS = (("parse_failure_rate", "at most 20% of the answers lack an `Explanation:` line (a warning)"),)
+
+
+def check_explanations(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:
+    """The partition's data checks, recorded in the lake's `checks` table."""
+    from .checks import parse_failure_rate
+
+    lake = lake_for(cfg)
+    outcomes = [parse_failure_rate(lake.files("explanations", *key))]
+    return record(lake, "explanations", key, lineage_of(cfg).fingerprint("explanations", key), outcomes)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..config import SCORERS, PipelineConfig, SaeSpec
-from ..lake import PARQUET_OPTIONS, UNPARTITIONED, Lake
+from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +129,18 @@ def card_info_from_config(cfg: PipelineConfig, prompt_versions: list[str]) -> Ca
 
 
 def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
-                   decode: Callable[[list[list[int]]], list[str]] | None = None, overwrite: bool = False) -> dict[str, int]:
+                   decode: Callable[[list[list[int]]], list[str]] | None = None, overwrite: bool = False,
+                   files: Callable[[str], list[Path]] | None = None) -> dict[str, int]:
     """Write every table of the lake that exists as a configuration of a Hugging Face dataset folder.
 
     `decode` (windows of token ids -> their texts, one call per batch of rows) adds a `text` column to `examples`. A table without rows is left out (`datasets`
     cannot load an empty configuration). The folder is built beside `out_dir` and moved into place when complete.
+    `files` gives the files of a table to export (default: every file of the lake's table).
     Returns the row count of each configuration written."""
     lake = Lake(lake_root)
+    files = files or lake.files
     out_dir = Path(out_dir).resolve()
-    if not lake.files("explanations"):
+    if not files("explanations"):
         raise FileNotFoundError(f"no explanations in the lake at {lake.root}: run the pipeline (at least the "
                                 "`explanations` asset) before exporting")
     if out_dir == lake.root or out_dir in lake.root.parents:
@@ -146,7 +149,7 @@ def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
     try:
-        counts = _write_configs(lake, build, decode)
+        counts = _write_configs(lake, files, build, decode)
         if DEFAULT_CONFIG not in counts:
             raise ValueError(f"the explanations in the lake at {lake.root} have no rows: nothing to export")
         scored = _scored(build)
@@ -185,17 +188,18 @@ def _replace(build: Path, out_dir: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _write_configs(lake: Lake, build: Path, decode: Callable[[list[list[int]]], list[str]] | None) -> dict[str, int]:
+def _write_configs(lake: Lake, files: Callable[[str], list[Path]], build: Path,
+                   decode: Callable[[list[list[int]]], list[str]] | None) -> dict[str, int]:
     counts = {}
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")  # timestamps keep the lake's UTC zone in Arrow
         for config in CONFIGS:
-            if not lake.files(config):
+            if not files(config):
                 continue
             if config == "explanations":
-                query, params = _explanations_query(con, lake)
+                query, params = _explanations_query(con, lake, files)
             else:
-                query, params = f"SELECT * FROM {_source(lake, config, 'files')}", {"files": _files(lake, config)}
+                query, params = f"SELECT * FROM {_source(lake, config, 'files')}", {"files": _names(files(config))}
             transform = _with_text(decode) if config == "examples" and decode is not None else None
             folder = build / "data" / config
             folder.mkdir(parents=True)
@@ -210,8 +214,8 @@ def _write_configs(lake: Lake, build: Path, decode: Callable[[list[list[int]]], 
     return counts
 
 
-def _files(lake: Lake, table: str) -> list[str]:
-    return [str(f) for f in lake.files(table)]
+def _names(paths: list[Path]) -> list[str]:
+    return [str(f) for f in paths]
 
 
 def _quote(name: str) -> str:
@@ -249,13 +253,14 @@ def _scorers(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[str]:
     return sorted(found, key=lambda s: (KNOWN_SCORERS.index(s) if s in KNOWN_SCORERS else len(KNOWN_SCORERS), s))
 
 
-def _explanations_query(con: duckdb.DuckDBPyConnection, lake: Lake) -> tuple[str, dict]:
+def _explanations_query(con: duckdb.DuckDBPyConnection, lake: Lake,
+                        files: Callable[[str], list[Path]]) -> tuple[str, dict]:
     """One row per explained latent, its scores pivoted into columns with FILTER aggregates."""
-    params: dict = {"explanation_files": _files(lake, "explanations")}
+    params: dict = {"explanation_files": _names(files("explanations"))}
     base = ", ".join(f"e.{c}" for c in EXPLANATION_COLUMNS)
     query = f"SELECT {base} FROM {_source(lake, 'explanations', 'explanation_files')} AS e"
-    if lake.files("scores"):
-        params["score_files"] = _files(lake, "scores")
+    if files("scores"):
+        params["score_files"] = _names(files("scores"))
         aggregates, picked = [], []
         for i, scorer in enumerate(_scorers(con, params["score_files"])):
             params[f"scorer_{i}"] = scorer
@@ -466,7 +471,7 @@ def push_dataset(out_dir: Path, repo_id: str, token: str | None = None, private:
     try:
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private, token=token)
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
-                          commit_message="Upload saelake explanations dataset", ignore_patterns=[MARKER],
+                          commit_message="Upload saelake explanations dataset", ignore_patterns=[MARKER, PROVENANCE_FILE],
                           token=token)
     except Exception as err:
         if _mentions(err, token):

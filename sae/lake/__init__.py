@@ -19,7 +19,8 @@ Layout (`layer` and `sae` are hive partition columns):
   llm_cache/part-*.parquet                       (every LLM answer, keyed by model, prompt and sampling)
   saelake.duckdb                                 (views over every table)
 A partition is built under .staging/ and renamed into place when complete, so a failed or killed run
-never leaves a half-written partition visible.
+never leaves a half-written partition visible. Each committed partition holds `_provenance.json`: the
+fingerprint of the settings and inputs that made it (sae/lineage.py), checked by every reader.
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     from ..config import PipelineConfig
+    from ..lineage import Provenance
 
 TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "latents", "latent_stats", "examples",
           "example_coverage", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
           "similarity_summary", "llm_cache")
 UNPARTITIONED = ("contexts", "score_summary", "similarity", "similarity_summary", "llm_cache")
 DATABASE = "saelake.duckdb"
+PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)
+STAGING_MARKER = "_staging_fingerprint"  # in a staging folder: the settings its files were made with
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 
 
@@ -62,8 +66,28 @@ class Lake:
         final = self.partition(table, layer, sae)
         return self.root / ".staging" / final.relative_to(self.root)
 
-    def commit(self, staging: Path, final: Path) -> None:
-        """Replace `final` by the complete `staging` folder (two renames; never a mix of old and new)."""
+    def open_staging(self, table: str, layer: str | None = None, sae: str | None = None,
+                     resume: str | None = None) -> Path:
+        """The staging folder of a partition, emptied unless it holds work made with the fingerprint `resume`:
+        a rerun with the same settings resumes from the files already there, one with other settings (or with
+        `resume=None`) starts over."""
+        staging = self.staging(table, layer, sae)
+        marker = staging / STAGING_MARKER
+        if resume is None or not (marker.exists() and marker.read_text() == resume):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            if resume is not None:
+                marker.write_text(resume)
+        return staging
+
+    def commit(self, staging: Path, table: str, layer: str | None = None, sae: str | None = None,
+               provenance: Provenance | None = None) -> Path:
+        """Make the complete `staging` folder the partition, with the provenance of what made it (two renames;
+        never a mix of old and new). Every writer of the lake ends here."""
+        final = self.partition(table, layer, sae)
+        (staging / STAGING_MARKER).unlink(missing_ok=True)
+        if provenance is not None:
+            (staging / PROVENANCE_FILE).write_text(provenance.to_json())
         final.parent.mkdir(parents=True, exist_ok=True)
         trash = self.root / ".trash" / uuid.uuid4().hex
         if final.exists():
@@ -71,17 +95,26 @@ class Lake:
             os.replace(final, trash)
         os.replace(staging, final)
         shutil.rmtree(trash, ignore_errors=True)
+        return final
 
     def write_partition(self, table: pa.Table, name: str, layer: str | None = None, sae: str | None = None,
-                        **options) -> Path:
+                        provenance: Provenance | None = None, **options) -> Path:
         """Write a one-file partition atomically."""
-        staging = self.staging(name, layer, sae)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = self.open_staging(name, layer, sae)
         write_parquet(table, staging / "part-00000.parquet", **options)
-        final = self.partition(name, layer, sae)
-        self.commit(staging, final)
-        return final / "part-00000.parquet"
+        return self.commit(staging, name, layer, sae, provenance) / "part-00000.parquet"
+
+    def stored_provenance(self, table: str, layer: str | None = None, sae: str | None = None) -> Provenance | None:
+        """What made the committed partition, or None where there is none (or it predates provenance)."""
+        from ..lineage import Provenance
+
+        path = self.partition(table, layer, sae) / PROVENANCE_FILE
+        if not path.exists():
+            return None
+        try:
+            return Provenance.from_json(path.read_text())
+        except (ValueError, TypeError):
+            return None  # unreadable: treated as missing, so the partition is rebuilt
 
     def files(self, table: str, layer: str | None = None, sae: str | None = None) -> list[Path]:
         return sorted(self.partition(table, layer, sae).glob("**/*.parquet"))

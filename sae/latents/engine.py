@@ -10,7 +10,6 @@ same rows. Compression and writing run in a background thread while the model co
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..corpus.documents import ContextTokens
 from ..lake import Lake, write_parquet
+from ..lineage import Provenance
 from ..saes.codecs import Sae
 from .hookpoints import capture
 
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 LATENTS_SCHEMA = pa.schema(
     [("latent", pa.int32()), ("ctx_id", pa.int32()), ("pos", pa.int16()), ("act", pa.float16())]
 )
-FINGERPRINT_FILE = "_fingerprint"
 MAX_PENDING_WRITES = 1  # chunks queued per sink for the writer thread while the next is computed; bounds memory
 
 
@@ -49,19 +48,16 @@ class Sink:
 
     table: str
 
-    def __init__(self, lake: Lake, hookpoint: str, fingerprint: str, sae_name: str | None = None,
+    def __init__(self, lake: Lake, hookpoint: str, provenance: Provenance | None, sae_name: str | None = None,
                  reads: str | None = None):
         self.lake = lake
         self.hookpoint = hookpoint
         self.reads = reads or hookpoint  # the activations it is fed (the MLP input for a transcoder, ...)
         self.sae_name = sae_name
-        self.final = lake.partition(self.table, hookpoint, sae_name)
-        self.staging = lake.staging(self.table, hookpoint, sae_name)
-        marker = self.staging / FINGERPRINT_FILE
-        if not (marker.exists() and marker.read_text() == fingerprint):
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging.mkdir(parents=True)
-            marker.write_text(fingerprint)
+        self.provenance = provenance
+        # Chunks already staged with the same settings are kept: a rerun after a crash resumes from them.
+        self.staging = lake.open_staging(self.table, hookpoint, sae_name,
+                                         resume=provenance.fingerprint if provenance else "")
         self.parts: list[dict[str, np.ndarray]] = []
 
     @property
@@ -87,9 +83,7 @@ class Sink:
         raise NotImplementedError
 
     def commit(self) -> Path:
-        (self.staging / FINGERPRINT_FILE).unlink()
-        self.lake.commit(self.staging, self.final)
-        return self.final
+        return self.lake.commit(self.staging, self.table, self.hookpoint, self.sae_name, self.provenance)
 
 
 class ActivationSink(Sink):
@@ -124,9 +118,9 @@ class LatentSink(Sink):
 
     table = "latents"
 
-    def __init__(self, lake: Lake, hookpoint: str, fingerprint: str, sae_name: str, sae: Sae,
+    def __init__(self, lake: Lake, hookpoint: str, provenance: Provenance | None, sae_name: str, sae: Sae,
                  reads: str | None = None):
-        super().__init__(lake, hookpoint, fingerprint, sae_name, reads)
+        super().__init__(lake, hookpoint, provenance, sae_name, reads)
         self.sae = sae
 
     @torch.no_grad()

@@ -3,44 +3,42 @@ forward pass, and per-latent statistics."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..checks import WARN, CheckOutcome, record
 from ..config import PipelineConfig
-from ..corpus.stage import contexts_fingerprint, load_context_tokens
+from ..corpus.stage import count_contexts, load_context_tokens
 from ..lake import Lake, lake_for
 from ..lake.sql import run_query
+from ..lineage import fresh_files, lineage_of
 from ..models import load_model, load_tokenizer
 from ..saes.stage import load_stored_sae, reads_from
 from .engine import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
 
 
-def _run_fingerprint(cfg: PipelineConfig, extra: str = "") -> str:
-    # Activations depend on the model's dtype and the batch shapes too, not on where they were computed.
-    return f"{contexts_fingerprint(cfg)}/{cfg.fingerprint('batch_size', 'chunk_tokens')}/{cfg.model.dtype}{extra}"
-
-
 def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True, **hooks) -> CacheReport:
     """Dense float16 activations of `hookpoints`, all from one forward pass."""
-    return _cache(cfg, lambda lake, device: [ActivationSink(lake, h, _run_fingerprint(cfg)) for h in hookpoints],
-                  progress, hooks)
+    lineage = lineage_of(cfg)
+    return _cache(cfg, lambda lake, device: [ActivationSink(lake, h, lineage.provenance("activations", h))
+                                             for h in hookpoints], progress, hooks)
 
 
 def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progress: bool = True,
                   **hooks) -> CacheReport:
     """Latents of every (hookpoint, sae) partition, all from one forward pass of the model."""
+    lineage = lineage_of(cfg)
 
     def sinks(lake: Lake, device: torch.device) -> list[LatentSink]:
         made = []
         for hookpoint, name in partitions:
             sae = load_stored_sae(cfg, hookpoint, name).to(device)
-            fingerprint = _run_fingerprint(cfg, _folder_hash(lake.partition("saes", hookpoint, name)))
             reads = reads_from(cfg, hookpoint, name, sae)
-            made.append(LatentSink(lake, hookpoint, fingerprint, name, sae, reads=reads))
+            provenance = lineage.provenance("latents", (hookpoint, name))
+            made.append(LatentSink(lake, hookpoint, provenance, name, sae, reads=reads))
         return made
 
     return _cache(cfg, sinks, progress, hooks)
@@ -55,28 +53,19 @@ def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> Cach
     return run_cache(model, tokens, sinks, cfg.batch_size, chunk, progress, **hooks)
 
 
-def _folder_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table:
     lake = lake_for(cfg)
-    files = lake.files("latents", hookpoint, name)
-    if not files:
-        raise FileNotFoundError(f"no latents for {hookpoint}|{name}: materialize `latents` first")
+    files = fresh_files(cfg, "latents", (hookpoint, name))
     num_latents = load_stored_sae(cfg, hookpoint, name).num_latents
-    n_tokens = int(pq.read_metadata(lake.files("contexts")[0]).num_rows) * cfg.ctx_len
+    n_tokens = count_contexts(cfg) * cfg.ctx_len
     import duckdb
 
     with duckdb.connect() as con:
         table = run_query(
             con, "latent_stats", files=[str(f) for f in files], num_latents=num_latents, n_tokens=n_tokens
         ).to_arrow_table()
-    lake.write_partition(table, "latent_stats", hookpoint, name)
+    lake.write_partition(table, "latent_stats", hookpoint, name,
+                         provenance=lineage_of(cfg).provenance("latent_stats", (hookpoint, name)))
     return table
 
 
@@ -89,7 +78,7 @@ def preview_latents(cfg: PipelineConfig, hookpoint: str, name: str, n: int = 5, 
     import duckdb
 
     lake = lake_for(cfg)
-    files = [str(f) for f in lake.files("latents", hookpoint, name)]
+    files = [str(f) for f in fresh_files(cfg, "latents", (hookpoint, name))]
     with duckdb.connect() as con:
         top = run_query(con, "latent_preview", files=files, n=n).fetchall()
     tokens = load_context_tokens(cfg)
@@ -104,3 +93,21 @@ def preview_latents(cfg: PipelineConfig, hookpoint: str, name: str, n: int = 5, 
         rows.append({"layer": hookpoint, "sae": name, "latent": latent, "n_fired": n_fired,
                      "max_act": max_act, "peak_context": text})
     return rows
+
+
+CHECKS = (("readable_parts", "every Parquet part of the partition can be read (names any that cannot)"),
+          ("bytes_per_non_zero", "at most 5 bytes on disk per non-zero activation (a warning)"))
+
+
+def check_latents(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:
+    """The partition's data checks, recorded in the lake's `checks` table."""
+    from .checks import bytes_per_non_zero, readable_parts
+
+    lake = lake_for(cfg)
+    files = lake.files("latents", *key)
+    readable = readable_parts(files)
+    if readable.passed:
+        size = bytes_per_non_zero(lake.partition("latents", *key), count_rows(files))
+    else:
+        size = CheckOutcome("bytes_per_non_zero", False, WARN, "not measured: some parts cannot be read")
+    return record(lake, "latents", key, lineage_of(cfg).fingerprint("latents", key), [readable, size])

@@ -3,7 +3,6 @@ and their spliced-in quality measured."""
 
 from __future__ import annotations
 
-import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,19 +10,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import PipelineConfig, SaeSpec
-from ..corpus.stage import load_context_tokens
+from ..config import PRETRAINED_HOLDOUT_FRACTION, PipelineConfig, SaeSpec
+from ..corpus.stage import count_contexts, load_context_tokens
 from ..lake import lake_for
 from ..lake.sql import run_query
+from ..lineage import connect_fresh, fresh_files, lineage_of, require_fresh, sae_reads_activations
 from ..latents.hookpoints import hookpoint_width, source_hookpoint
 from ..models import load_model, model_source, resolve_device
 from .codecs import Sae, detect_format, load_sae, save_sae
 from .neurons import neuron_codec
 from .quality import LayerBaseline, layer_baseline, spliced_loss
 from .training import ReconstructionMetrics, evaluate, holdout_start, iter_activations, train_topk
-
-# Held-out share of the contexts for SAEs that were not trained here (they saw none of this corpus).
-PRETRAINED_HOLDOUT_FRACTION = 0.05
 
 
 @dataclass
@@ -52,9 +49,8 @@ def check_d_in(sae: Sae, width: int, where: str) -> None:
 def train_saes(cfg: PipelineConfig, hookpoint: str, names: list[str], progress: bool = True) -> dict[str, Sae]:
     """Train the named SAEs of one layer, those that share a stream (epochs, batch size, held-out
     fraction) from one pass over the activations per epoch."""
-    lake = lake_for(cfg)
-    files = lake.files("activations", hookpoint)
-    n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
+    files = fresh_files(cfg, "activations", hookpoint)
+    n_contexts = count_contexts(cfg)
     groups: dict[tuple, list[str]] = {}
     for name in names:
         train = cfg.sae(name).train
@@ -76,19 +72,16 @@ def init_seed(seed: int, name: str) -> int:
 def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = True,
               trained: Sae | None = None) -> SaeResult:
     """Train (unless `trained` is given) or load one SAE variant of one layer, evaluate it, store it."""
-    lake = lake_for(cfg)
+    lake, lineage, key = lake_for(cfg), lineage_of(cfg), (hookpoint, name)
     spec = cfg.sae(name)
     device = resolve_device(cfg.model.device)
     hidden = width_at(cfg, hookpoint)
-    activation_files = lake.files("activations", hookpoint)
-    n_contexts = cfg.n_contexts
-    if activation_files:
-        n_contexts = int(pq.read_metadata(lake.files("contexts")[0]).num_rows)
+    activation_files = fresh_files(cfg, "activations", hookpoint) if sae_reads_activations(cfg, *key) else []
+    n_contexts = count_contexts(cfg)
     folder = None
     holdout = spec.train.holdout_fraction if spec.train else PRETRAINED_HOLDOUT_FRACTION
     if spec.neurons is not None:
         sae = neuron_codec(width_at(cfg, reads_from(cfg, hookpoint, name)), spec.neurons.k).to(device)
-        activation_files = []  # the stored activations are the hookpoint's, not the neurons'
     elif spec.train is not None:
         sae = trained if trained is not None else train_saes(cfg, hookpoint, [name], progress)[name]
     else:
@@ -102,17 +95,17 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
         metrics = evaluate(sae, iter_activations(activation_files, 4096, held_from, heldout=True), device)
         everything = evaluate(sae, iter_activations(activation_files, 4096, None, heldout=False), device)
         metrics.dead_fraction = everything.dead_fraction
-    staging = lake.staging("saes", hookpoint, name)
-    shutil.rmtree(staging, ignore_errors=True)
-    written = save_sae(sae, staging)
-    final = lake.partition("saes", hookpoint, name)
-    lake.commit(staging, final)
     row = {
         "architecture": sae.cfg.architecture, "num_latents": sae.num_latents, "k": sae.cfg.k or 0,
         "d_in": sae.cfg.d_in, "source": str(folder) if folder else ("neurons" if spec.neurons else "trained"),
         **(metrics.as_dict() if metrics else {"fvu": None, "l0": None, "dead_fraction": None, "n_eval_tokens": 0}),
     }
-    lake.write_partition(pa.Table.from_pylist([row]), "sae_metrics", hookpoint, name)
+    # The metrics first, the SAE last: a crash in between leaves the SAE stale, never fresh with old metrics.
+    provenance = lineage.provenance("saes", key)
+    lake.write_partition(pa.Table.from_pylist([row]), "sae_metrics", hookpoint, name, provenance=provenance)
+    staging = lake.open_staging("saes", hookpoint, name)
+    written = save_sae(sae, staging)
+    final = lake.commit(staging, "saes", hookpoint, name, provenance)
     return SaeResult(sae, metrics, final, written)
 
 
@@ -136,10 +129,9 @@ def pretrained_folder(spec: SaeSpec, hookpoint: str) -> Path:
 
 
 def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
-    folder = lake_for(cfg).partition("saes", hookpoint, name)
-    if not folder.exists():
-        raise FileNotFoundError(f"no SAE at {folder}: materialize `saes` for partition {hookpoint}|{name} first")
-    return load_sae(folder, hookpoint)
+    """The SAE the lake holds for the partition, refused if it was built from other settings."""
+    require_fresh(cfg, "saes", (hookpoint, name))
+    return load_sae(lake_for(cfg).partition("saes", hookpoint, name), hookpoint)
 
 
 def eval_context_range(cfg: PipelineConfig, n_contexts: int) -> tuple[int, int]:
@@ -170,20 +162,21 @@ def measure_quality(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> l
             baselines[point] = layer_baseline(model, held_out, point, cfg.batch_size)
         loss = spliced_loss(model, held_out, baselines[point], sae, cfg.batch_size)
         with duckdb.connect() as con:
-            files = [str(f) for f in lake.files("sae_metrics", hookpoint, name)]
+            files = [str(f) for f in fresh_files(cfg, "saes", (hookpoint, name), table="sae_metrics")]
             architecture, num_latents, k, fvu, l0, dead = run_query(
                 con, "sae_metrics_of_partition", files=files).fetchall()[0]
         row = {"architecture": architecture, "num_latents": num_latents, "k": k,
                "fvu": fvu if fvu is not None else loss.fvu, "l0": l0, "dead_fraction": dead, **loss.as_dict()}
-        lake.write_partition(pa.Table.from_pylist([row]), "sae_quality", hookpoint, name)
+        lake.write_partition(pa.Table.from_pylist([row]), "sae_quality", hookpoint, name,
+                             provenance=lineage_of(cfg).provenance("sae_quality", (hookpoint, name)))
         rows.append({"layer": hookpoint, "sae": name, **row})
     return rows
 
 
-def quality_summary(cfg: PipelineConfig) -> list[dict]:
-    lake = lake_for(cfg)
-    lake.refresh_views()
-    with lake.connect(read_only=True) as con:
-        relation = run_query(con, "quality_summary")
-        columns = relation.columns
-        return [dict(zip(columns, row)) for row in relation.fetchall()]
+def quality_summary(cfg: PipelineConfig) -> pa.Table:
+    """Every variant of the config side by side (`sae_quality_summary`)."""
+    with connect_fresh(cfg, "sae_quality", "latent_stats") as con:
+        table = run_query(con, "quality_summary").to_arrow_table()
+    lake_for(cfg).write_partition(table, "sae_quality_summary",
+                                  provenance=lineage_of(cfg).provenance("sae_quality_summary"))
+    return table

@@ -7,10 +7,12 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..checks import CheckOutcome, record
 from ..config import PipelineConfig
 from ..explanations.stage import token_decoder
 from ..lake import lake_for
 from ..lake.sql import run_query
+from ..lineage import connect_fresh, fresh_files, lineage_of
 
 
 def open_embedder(cfg: PipelineConfig):
@@ -24,14 +26,13 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
     """Score one partition's explanations on its test windows; written to `scores`."""
     from .scorers import score_partition
 
-    lake = lake_for(cfg)
-    examples, explained = lake.files("examples", hookpoint, name), lake.files("explanations", hookpoint, name)
-    if not examples or not explained:
-        raise FileNotFoundError(f"no explanations for {hookpoint}|{name}: materialize `explanations` first")
+    key = (hookpoint, name)
+    examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
     table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score, token_decoder(cfg),
                             cfg.seed, cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold,
                             client=client, embedder=embedder, progress=progress)
-    lake.write_partition(table, "scores", hookpoint, name)
+    lake_for(cfg).write_partition(table, "scores", hookpoint, name,
+                                  provenance=lineage_of(cfg).provenance("scores", key))
     return table
 
 
@@ -39,9 +40,7 @@ def score_summary(cfg: PipelineConfig) -> pa.Table:
     """Per layer, SAE variant, scorer and source: means of the per-latent scores with bootstrap intervals."""
     from .metrics import bootstrap_mean_ci
 
-    lake = lake_for(cfg)
-    lake.refresh_views()
-    with lake.connect(read_only=True) as con:
+    with connect_fresh(cfg, "scores") as con:
         groups = run_query(con, "score_values").to_arrow_table().to_pylist()
     rows = []
     for g in groups:
@@ -54,7 +53,7 @@ def score_summary(cfg: PipelineConfig) -> pa.Table:
         rows.append(row)
     table = pa.Table.from_pylist(rows)
     if rows:
-        lake.write_partition(table, "score_summary")
+        lake_for(cfg).write_partition(table, "score_summary", provenance=lineage_of(cfg).provenance("score_summary"))
     return table
 
 
@@ -88,7 +87,7 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     from ..plots import accuracy_by_quantile, markdown_image, score_histograms
 
     lake = lake_for(cfg)
-    with lake.connect(read_only=True) as con:
+    with connect_fresh(cfg, "scores") as con:
         points = run_query(con, "score_points").to_arrow_table().to_pylist()
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
@@ -105,3 +104,16 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
         png = accuracy_by_quantile(per_variant, path=lake.root / "plots" / f"accuracy_by_quantile_{scorer}.png")
         plots[f"accuracy_by_quantile_{scorer}"] = markdown_image(png, f"{scorer} accuracy by quantile")
     return plots
+
+
+CHECKS = (("controls_near_chance", "each scorer's control scores (another latent's explanation) sit near 0.5 "
+                                   "(a warning: a scorer off chance on controls is broken)"),)
+
+
+def check_scores(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:
+    """The partition's data checks, recorded in the lake's `checks` table."""
+    from .checks import controls_near_chance
+
+    lake = lake_for(cfg)
+    outcomes = [controls_near_chance(lake.files("scores", *key), seed=cfg.seed)]
+    return record(lake, "scores", key, lineage_of(cfg).fingerprint("scores", key), outcomes)
