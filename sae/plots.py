@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+import pyarrow as pa
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -69,22 +71,27 @@ def _panel_name(key) -> str:
 
 def _score_panels(scores) -> dict[str, dict[str, np.ndarray]]:
     """{panel: {series: values}} from any of the forms `score_histograms` accepts."""
-    if hasattr(scores, "to_pylist"):  # a pyarrow Table
-        scores = scores.to_pylist()
     if isinstance(scores, Mapping):
         if all(isinstance(v, Mapping) for v in scores.values()):
             return {_panel_name(k): {str(s): _finite(v) for s, v in series.items()} for k, series in scores.items()}
         return {"": {_panel_name(k): _finite(v) for k, v in scores.items()}}
-    grouped: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in scores:
-        key = tuple(str(row[c]) for c in ("variant", "scorer") if row.get(c) is not None)
-        if "kind" in row:
-            series = str(row["kind"])
-        else:
-            series = "control" if row.get("control") else "real"
-        value = row.get("value")
-        grouped[_panel_name(key)][series].append(math.nan if value is None else float(value))
-    return {panel: {s: _finite(v) for s, v in series.items()} for panel, series in grouped.items()}
+    if not isinstance(scores, pa.Table):
+        scores = list(scores)
+    if not len(scores):
+        return {}
+    rows = pl.from_arrow(scores) if isinstance(scores, pa.Table) else pl.from_dicts(scores, infer_schema_length=None)
+    missing = pl.lit(None, pl.String)
+    column = {c: pl.col(c).cast(pl.String) if c in rows.columns else missing for c in ("variant", "scorer", "kind")}
+    control = pl.col("control").fill_null(False).cast(pl.Boolean) if "control" in rows.columns else pl.lit(False)
+    grouped = rows.select(
+        panel=pl.concat_str([column["variant"], column["scorer"]], separator=" / ", ignore_nulls=True),
+        series=pl.coalesce(column["kind"], pl.when(control).then(pl.lit("control")).otherwise(pl.lit("real"))),
+        value=pl.col("value").cast(pl.Float64) if "value" in rows.columns else pl.lit(None, pl.Float64),
+    ).group_by("panel", "series", maintain_order=True).agg("value")
+    panels: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for panel, series, values in grouped.iter_rows():
+        panels[panel][series] = _finite(values)  # nulls become NaN and are left out
+    return dict(panels)
 
 
 def score_histograms(scores, metric: str = "score", bins: int = 20, path: str | Path | None = None) -> bytes:

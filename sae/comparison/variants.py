@@ -15,9 +15,11 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from ..config import SimilarityConfig
+from ..frames import frame
 from .matching import best_matches, matching_agreement, optimal_matching, summarize
 
 PAIRS_SCHEMA = pa.schema([
@@ -116,10 +118,17 @@ def compare_all(sides: list[Side], cfg: SimilarityConfig, layer_order: list[str]
 
 def heatmap_matrix(sides: list[Side], summary: pa.Table, key: str = "explanation_mean_best") -> np.ndarray:
     """Symmetric [partitions x partitions] matrix of a summary figure; the diagonal is 1."""
-    index = {(s.layer, s.sae): i for i, s in enumerate(sides)}
+    summary = frame(summary)
+    if summary.is_empty():  # a single partition: no pairs, and the summary has no columns
+        return np.eye(len(sides))
+    value = pl.col(key).cast(pl.Float64) if key in summary.columns else pl.lit(None, pl.Float64)
+    cells = summary.select("layer_a", "sae_a", "layer_b", "sae_b", value.fill_null(math.nan).alias("value"))
+    for end in ("a", "b"):  # each pair's two partitions, by their position in `sides`
+        index = pl.DataFrame({f"layer_{end}": [s.layer for s in sides], f"sae_{end}": [s.sae for s in sides],
+                              end: np.arange(len(sides))})
+        cells = cells.join(index, on=[f"layer_{end}", f"sae_{end}"])
     matrix = np.eye(len(sides))
-    for row in summary.to_pylist():
-        i, j = index[(row["layer_a"], row["sae_a"])], index[(row["layer_b"], row["sae_b"])]
-        value = row.get(key)
-        matrix[i, j] = matrix[j, i] = math.nan if value is None else value
+    i, j, values = cells["a"].to_numpy(), cells["b"].to_numpy(), cells["value"].to_numpy()
+    matrix[i, j] = values
+    matrix[j, i] = values
     return matrix

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import ExplainConfig
+from ..frames import frame, to_arrow
 from ..lake import Lake, write_parquet
 from ..lineage import Provenance
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams
@@ -59,8 +59,8 @@ class LatentPrompt:
 
 def choose_latents(coverage: pa.Table, cfg: ExplainConfig, seed: int) -> list[int]:
     """The latents to explain, from the partition's `example_coverage` rows (latents that fired)."""
-    available = coverage.filter(pc.field("n_train") > 0)
-    ids = available.column("latent").to_pylist()
+    available = frame(coverage).filter(pl.col("n_train") > 0)
+    ids = available["latent"].to_list()
     if cfg.latents == "all":
         return sorted(ids)
     if cfg.latents == "list":
@@ -69,7 +69,7 @@ def choose_latents(coverage: pa.Table, cfg: ExplainConfig, seed: int) -> list[in
             raise ValueError(f"explain.latent_ids {unknown[:10]} have no train examples (dead, or beyond the SAE's "
                              "width); pick latents that fire, e.g. from `saelake sql` over latent_stats")
         return sorted(set(cfg.latent_ids))
-    complete = sorted(available.filter(pc.field("complete")).column("latent").to_pylist())
+    complete = sorted(available.filter(pl.col("complete"))["latent"].to_list())
     rest = sorted(set(ids) - set(complete))
     if cfg.latents == "first":
         return sorted((complete + rest)[: cfg.n_latents])
@@ -80,59 +80,58 @@ def choose_latents(coverage: pa.Table, cfg: ExplainConfig, seed: int) -> list[in
     return sorted(picked)
 
 
-def prompt_windows(rows: list[dict], n_examples: int) -> list[dict]:
+def prompt_windows(rows: pl.DataFrame, n_examples: int) -> pl.DataFrame:
     """The train windows shown for one latent: the top half by peak, then quantile draws spread over the bins
     from the strongest bin down (one per bin in turn)."""
-    top = sorted((r for r in rows if r["kind"] == "top"), key=lambda r: -r["peak_act"])
-    by_bin = defaultdict(list)
-    for r in rows:
-        if r["kind"] == "quantile":
-            by_bin[r["bin"]].append(r)
-    spread = []
-    while any(by_bin.values()):
-        for b in sorted(by_bin, reverse=True):
-            if by_bin[b]:
-                spread.append(by_bin[b].pop(0))
-    n_top = min(len(top), max(n_examples - len(spread), (n_examples + 1) // 2))
-    return top[:n_top] + spread[: n_examples - n_top]
+    top = rows.filter(pl.col("kind") == "top").sort("peak_act", descending=True, maintain_order=True)
+    # Round robin: the i-th window of every bin (strongest bin first) comes before the (i+1)-th of any bin.
+    spread = (rows.filter(pl.col("kind") == "quantile").with_columns(turn=pl.int_range(pl.len()).over("bin"))
+              .sort(["turn", "bin"], descending=[False, True], maintain_order=True).drop("turn"))
+    n_top = min(top.height, max(n_examples - spread.height, (n_examples + 1) // 2))
+    return pl.concat([top.head(n_top), spread.head(n_examples - n_top)])
 
 
-def build_prompts(examples: pa.Table, latents: list[int], cfg: ExplainConfig, decode: Decode) -> list[LatentPrompt]:
+def _windows(rows: pl.DataFrame, decode: Decode) -> list[Window]:
+    return [Window(tuple(decode(tokens)), tuple(acts))
+            for tokens, acts in zip(rows["tokens"].to_list(), rows["acts"].to_list())]
+
+
+def build_prompts(examples: pa.Table | pl.DataFrame, latents: list[int], cfg: ExplainConfig,
+                  decode: Decode) -> list[LatentPrompt]:
     """One chat request per latent from its train windows (and silent train windows if contrastive)."""
-    train = examples.filter((pc.field("split") == "train") & pc.field("latent").isin(latents))
-    rows_of = defaultdict(list)
-    for row in train.select(["latent", "kind", "bin", "ctx_id", "start", "peak_act", "tokens", "acts"]).to_pylist():
-        rows_of[row["latent"]].append(row)
+    train = frame(examples).filter((pl.col("split") == "train") & pl.col("latent").is_in(latents)).select(
+        ["latent", "kind", "bin", "ctx_id", "start", "peak_act", "tokens", "acts"])
+    rows_of = {key[0]: rows for key, rows in train.partition_by("latent", as_dict=True).items()}
     sampling = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens)
     prompts = []
-    for latent in latents:
-        activating = [r for r in rows_of[latent] if r["kind"] != "random"]
+    for latent in latents:  # one request per latent: the windows are decoded and laid out for the model
+        rows = rows_of.get(latent, train.clear())
+        activating = rows.filter(pl.col("kind") != "random")
         shown = prompt_windows(activating, cfg.n_examples)
-        silent = [r for r in rows_of[latent] if r["kind"] == "random"]
-        windows = [Window(tuple(decode(r["tokens"])), tuple(r["acts"])) for r in shown]
-        silent_windows = [Window(tuple(decode(r["tokens"])), tuple(r["acts"])) for r in silent]
-        max_act = max((r["peak_act"] for r in activating), default=None)
-        messages = explainer_messages(windows, cfg.prompt, silent_windows, max_act)
-        ids = [{"ctx_id": r["ctx_id"], "start": r["start"]} for r in shown + (silent if cfg.prompt.contrastive else [])]
+        silent = rows.filter(pl.col("kind") == "random")
+        messages = explainer_messages(_windows(shown, decode), cfg.prompt, _windows(silent, decode),
+                                      activating["peak_act"].max())
+        used = pl.concat([shown, silent]) if cfg.prompt.contrastive else shown
+        ids = used.select("ctx_id", "start").to_dicts()
         prompts.append(LatentPrompt(latent, ChatRequest(messages, sampling), ids))
     return prompts
 
 
 def rows_for(prompts: list[LatentPrompt], completions: list[Completion], client: LLMClient,
              prompt_version: str) -> pa.Table:
-    now = datetime.now(timezone.utc)
-    rows = []
-    for prompt, done in zip(prompts, completions):
-        explanation = parse_explanation(done.text)
-        rows.append({
-            "latent": prompt.latent, "explanation": explanation, "parsed": explanation is not None,
-            "completion": done.text, "explainer_model": client.model, "backend": client.backend,
-            "prompt_version": prompt_version, "sampling": json.dumps(prompt.request.sampling.as_dict()),
-            "examples_used": prompt.example_ids, "prompt_tokens": done.prompt_tokens,
-            "completion_tokens": done.completion_tokens, "latency_s": done.latency_s, "cached": done.cached,
-            "created_at": now,
-        })
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    n = len(prompts)
+    explanations = [parse_explanation(done.text) for done in completions]
+    return pa.table({
+        "latent": [p.latent for p in prompts], "explanation": explanations,
+        "parsed": [e is not None for e in explanations], "completion": [done.text for done in completions],
+        "explainer_model": [client.model] * n, "backend": [client.backend] * n, "prompt_version": [prompt_version] * n,
+        "sampling": [json.dumps(p.request.sampling.as_dict()) for p in prompts],
+        "examples_used": [p.example_ids for p in prompts],
+        "prompt_tokens": [done.prompt_tokens for done in completions],
+        "completion_tokens": [done.completion_tokens for done in completions],
+        "latency_s": [done.latency_s for done in completions], "cached": [done.cached for done in completions],
+        "created_at": [datetime.now(timezone.utc)] * n,
+    }, schema=SCHEMA)
 
 
 def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table,
@@ -143,8 +142,8 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
     version = explainer_version(cfg.prompt)
     staging = lake.open_staging("explanations", hookpoint, sae, resume=provenance.fingerprint)
     done = _reusable_rows(lake, hookpoint, sae, staging, provenance.fingerprint)
-    done = done.filter(pc.field("latent").isin(latents))
-    finished = set(done.column("latent").to_pylist())
+    done = done.filter(pl.col("latent").is_in(latents))
+    finished = set(done["latent"])
     todo = [latent for latent in latents if latent not in finished]
     log.info("%s|%s: %d latents chosen, %d already explained, %d to go", hookpoint, sae, len(latents),
              len(finished), len(todo))
@@ -154,14 +153,14 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
         completions = client.complete([p.request for p in prompts], progress=progress)
         part = rows_for(prompts, completions, client, version)
         write_parquet(part, staging / f"part-{len(list(staging.glob('part-*.parquet'))):05d}.parquet")
-        parts.append(part)
-    table = pa.concat_tables(parts).sort_by("latent")
+        parts.append(frame(part))
+    table = to_arrow(pl.concat(parts).sort("latent"), SCHEMA)
     # The batches' staging folder becomes the one-file partition (the response cache keeps every answer).
     lake.write_partition(table, "explanations", hookpoint, sae, provenance=provenance)
     return table
 
 
-def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerprint: str) -> pa.Table:
+def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerprint: str) -> pl.DataFrame:
     """Rows from the committed partition and from staged batches (`staging`, opened for this fingerprint)
     that were made with the same settings."""
     tables = []
@@ -169,20 +168,14 @@ def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerpr
     if stored is not None and stored.fingerprint == fingerprint:
         tables.extend(pq.read_table(path, schema=SCHEMA) for path in lake.files("explanations", hookpoint, sae))
     tables.extend(pq.read_table(p, schema=SCHEMA) for p in sorted(staging.glob("part-*.parquet")))
-    if not tables:
-        return SCHEMA.empty_table()
-    table = pa.concat_tables(tables)
     # A latent may be both committed and staged (an interrupted rerun); keep its first row.
-    first_rows = table.append_column("row", pa.array(range(table.num_rows))).group_by("latent").aggregate(
-        [("row", "min")]).column("row_min")
-    return table.take(first_rows)
+    return pl.concat([frame(t) for t in tables or [SCHEMA.empty_table()]]).unique(
+        "latent", keep="first", maintain_order=True)
 
 
 def top_window_text(examples: pa.Table, latent: int, decode: Decode, threshold: float = 0.0) -> str:
     """The latent's strongest train window with its active tokens marked, for previews."""
-    rows = examples.filter((pc.field("latent") == latent) & (pc.field("kind") == "top")).select(
-        ["peak_act", "tokens", "acts"]).to_pylist()
-    if not rows:
+    rows = frame(examples).filter((pl.col("latent") == latent) & (pl.col("kind") == "top"))
+    if rows.is_empty():
         return ""
-    best = max(rows, key=lambda r: r["peak_act"])
-    return marked_text(Window(tuple(decode(best["tokens"])), tuple(best["acts"])), threshold)[0]
+    return marked_text(_windows(rows.slice(rows["peak_act"].arg_max(), 1), decode)[0], threshold)[0]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -133,10 +134,11 @@ def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
                    files: Callable[[str], list[Path]] | None = None) -> dict[str, int]:
     """Write every table of the lake that exists as a configuration of a Hugging Face dataset folder.
 
-    `decode` (windows of token ids -> their texts, one call per batch of rows) adds a `text` column to `examples`. A table without rows is left out (`datasets`
-    cannot load an empty configuration). The folder is built beside `out_dir` and moved into place when complete.
-    `files` gives the files of a table to export (default: every file of the lake's table).
-    Returns the row count of each configuration written."""
+    `decode` (windows of token ids -> their texts, one call per batch of rows) adds a `text` column to
+    `examples`. A table without rows is left out (`datasets` cannot load an empty configuration). The folder is
+    built beside `out_dir` and moved into place when complete. `files` gives the files of a table to export
+    (default: every file of the lake's table). Returns the row count of each configuration written.
+    """
     lake = Lake(lake_root)
     files = files or lake.files
     out_dir = Path(out_dir).resolve()
@@ -243,8 +245,8 @@ def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
 
 
 def _scorers(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[str]:
-    found = [row[0] for row in con.sql("SELECT DISTINCT scorer FROM read_parquet($files, union_by_name = true) "
-                                       "WHERE scorer IS NOT NULL", params={"files": files}).fetchall()]
+    found = con.sql("SELECT DISTINCT scorer FROM read_parquet($files, union_by_name = true) WHERE scorer IS NOT NULL",
+                    params={"files": files}).pl()["scorer"].to_list()
     for name in found:
         # Scorer names become column names in the generated SQL: only plain identifiers are accepted.
         if not _IDENTIFIER.fullmatch(name):
@@ -310,9 +312,9 @@ def _scored(build: Path) -> list[str]:
     return [n.removesuffix("_control_auc") for n in names if n.endswith("_control_auc")]
 
 
-def _summary_rows(build: Path) -> list[dict] | None:
+def _summary_rows(build: Path) -> pl.DataFrame | None:
     path = build / "data" / "score_summary" / DATA_FILE
-    return pq.read_table(path).to_pylist() if path.exists() else None
+    return pl.read_parquet(path) if path.exists() else None
 
 
 # dataset card ------------------------------------------------------------------------------------------
@@ -351,21 +353,20 @@ def _interval(row: dict | None, metric: str) -> str:
     return f"{row[metric]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def summary_table(rows: list[dict], card: CardInfo) -> list[str]:
+def _rank(column: str, order: list[str]) -> pl.Expr:
+    """The position of each value in `order`; values not in it come after, in their own order."""
+    return pl.col(column).replace_strict({v: i for i, v in enumerate(order)}, default=len(order),
+                                         return_dtype=pl.Int64)
+
+
+def summary_table(summary: pl.DataFrame, card: CardInfo) -> list[str]:
     """Markdown lines: per layer, SAE and scorer, the real mean beside the control mean (95% intervals), in the
     card's order of layers and SAEs."""
-    groups: dict[tuple, dict] = {}
-    for row in rows:
-        groups.setdefault((row["layer"], row["sae"], row["scorer"]), {})[row["source"]] = row
-    lines = ["| layer | sae | scorer | metric | latents | real | control |", "|---|---|---|---|---:|---|---|"]
     layers, saes = list(card.layers), [name for name, _ in card.saes]
-
-    def order(key: tuple) -> tuple:
-        layer, sae, scorer = key
-        return (layers.index(layer) if layer in layers else len(layers), layer,
-                saes.index(sae) if sae in saes else len(saes), sae, scorer)
-
-    for (layer, sae, scorer), by_source in sorted(groups.items(), key=lambda item: order(item[0])):
+    ordered = summary.sort([_rank("layer", layers), "layer", _rank("sae", saes), "sae", "scorer"], maintain_order=True)
+    lines = ["| layer | sae | scorer | metric | latents | real | control |", "|---|---|---|---|---:|---|---|"]
+    for (layer, sae, scorer), group in ordered.partition_by(["layer", "sae", "scorer"], as_dict=True).items():
+        by_source = {row["source"]: row for row in group.to_dicts()}
         # The embedding scorer ranks windows by cosine: its AUC is the meaningful figure, not hard predictions.
         metric = "auc" if scorer == "embedding" else "balanced_accuracy"
         real, control = by_source.get("real"), by_source.get("control")
@@ -392,7 +393,7 @@ SPLIT_NOTE = "Each configuration has one split, `train`; the partitioned tables 
 NULL_NOTE = "Score columns are null where a latent was not scored (e.g. its explanation could not be parsed)."
 
 
-def dataset_card(card: CardInfo, counts: dict[str, int], summary: list[dict] | None, scored: list[str],
+def dataset_card(card: CardInfo, counts: dict[str, int], summary: pl.DataFrame | None, scored: list[str],
                  text: bool = False) -> str:
     """The README: YAML header (license, tags, configurations), then what the data is and how it was made."""
     header = yaml.safe_dump(card_header(card, counts), sort_keys=False, allow_unicode=True).rstrip("\n")
@@ -409,7 +410,7 @@ def dataset_card(card: CardInfo, counts: dict[str, int], summary: list[dict] | N
              "### SAEs", ""]
     lines += [f"- `{name}`: {description}" for name, description in card.saes]
     lines += ["", "## Scores", ""]
-    if summary:
+    if summary is not None and not summary.is_empty():
         lines += [SUMMARY_NOTE, "", *summary_table(summary, card), ""]
     else:
         lines += ["The lake had no score summary when this dataset was exported.", ""]

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..lake import write_parquet
 from .base import ChatRequest, Completion, LLMClient, request_key
@@ -38,11 +38,12 @@ class CachedClient(LLMClient):
         return f"{self.backend}:{self.model}"
 
     def _load(self) -> dict[str, str]:
-        entries = {}
-        for path in sorted(self.folder.glob("part-*.parquet")):
-            table = pq.read_table(path, columns=["key", "completion"])
-            entries.update(zip(table.column("key").to_pylist(), table.column("completion").to_pylist()))
-        return entries
+        files = sorted(self.folder.glob("part-*.parquet"))
+        if not files:
+            return {}
+        # Files in name order (their time stamps), so a key written twice keeps its latest completion.
+        table = pl.read_parquet(files, columns=["key", "completion"])
+        return dict(zip(table["key"].to_list(), table["completion"].to_list()))
 
     def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
         keys = [request_key(self._identity(), r) for r in requests]

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..config import ScoreConfig
 from ..explanations.explainer import Decode
+from ..frames import frame
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
 from ..prompts import Window, clean_piece, marked_text, parse_answers, scorer_messages, scorer_version
 from .metrics import classification_metrics, roc_auc
@@ -87,12 +88,12 @@ def derangement(latents: Sequence[int], seed: int) -> dict[int, int]:
     return {a: b for a, b in zip(order, order[1:] + order[:1])}
 
 
-def test_windows(examples: pa.Table, latents: list[int]) -> dict[int, list[dict]]:
-    test = examples.filter((pc.field("split") == "test") & pc.field("latent").isin(latents))
-    rows = defaultdict(list)
-    for row in test.select(["latent", "kind", "bin", "ctx_id", "start", "tokens", "acts"]).to_pylist():
-        rows[row["latent"]].append(row)
-    return rows
+def test_windows(examples: pa.Table | pl.DataFrame, latents: list[int]) -> dict[int, list[dict]]:
+    """Each latent's test windows, as the rows the scorers decode one by one (none for a latent without)."""
+    test = frame(examples).filter((pl.col("split") == "test") & pl.col("latent").is_in(latents)).select(
+        ["latent", "kind", "bin", "ctx_id", "start", "tokens", "acts"])
+    groups = test.partition_by("latent", as_dict=True)
+    return defaultdict(list, {key[0]: rows.to_dicts() for key, rows in groups.items()})
 
 
 def sample_for_llm(rows: list[dict], cfg: ScoreConfig, rng: random.Random) -> tuple[list[dict], list[dict]]:
@@ -219,8 +220,8 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
                     n_bins: int, fuzz_threshold: float, client: LLMClient | None = None, embedder=None,
                     progress: bool = False, batch_requests: int = 512) -> pa.Table:
     """Scores of every parsed explanation of one partition, real and (if configured) control."""
-    parsed = explanations.filter(pc.field("parsed"))
-    text_of = dict(zip(parsed.column("latent").to_pylist(), parsed.column("explanation").to_pylist()))
+    parsed = frame(explanations).filter(pl.col("parsed"))
+    text_of = dict(zip(parsed["latent"].to_list(), parsed["explanation"].to_list()))
     latents = sorted(text_of)
     sources = [("real", {latent: latent for latent in latents})]
     if cfg.control:
@@ -255,6 +256,7 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
                                     scorer_version(scorer), now))
     if "embedding" in cfg.scorers and latents:
         rows += embedding_rows(latents, windows, text_of, sources, decode, embedder, n_bins, now)
+    # One row per (latent, scorer, source), each the verdict of model calls: built as rows, not shaped.
     return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([("latent", "ascending"), ("scorer", "ascending"),
                                                                ("source", "descending")])
 

@@ -1,0 +1,75 @@
+"""Data checks of a committed scores partition.
+
+`controls_near_chance`: a control row scores a latent with another latent's explanation, so a scorer that
+measures the explanation gives it chance (0.5 balanced accuracy and AUC) on average. The rule, per scorer
+and metric, over the control values of its latents:
+
+- with at least `min_latents` latents, the percentile bootstrap 95% interval of the mean must contain 0.5;
+  a mean within `min_effect` of 0.5 also passes, so a bias too small to matter is not flagged just because
+  many latents make it significant;
+- with fewer latents the bootstrap interval is unreliable (it undercovers: a handful of values cannot show
+  the spread of their mean), so the mean must instead lie within `tolerance` of 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from ..checks import WARN, CheckOutcome
+from ..lake.sql import query_over
+from .metrics import bootstrap_mean_ci
+
+CHANCE = 0.5
+METRICS = ("balanced_accuracy", "auc")
+
+
+def _verdict(values, tolerance: float, min_latents: int, min_effect: float, level: float, seed: int) -> dict:
+    mean, low, high = bootstrap_mean_ci(values, level=level, seed=seed)
+    n = len(values)
+    if n >= min_latents:
+        rule = "interval"
+        passed = low <= CHANCE <= high or abs(mean - CHANCE) <= min_effect
+    else:
+        rule = "tolerance"
+        passed = abs(mean - CHANCE) <= tolerance
+    return {"mean": round(mean, 4), "interval": [round(low, 4), round(high, 4)], "n": n, "rule": rule,
+            "passed": passed}
+
+
+def controls_near_chance(scores: pa.Table | pl.DataFrame | Sequence[Path], tolerance: float = 0.15,
+                         min_latents: int = 10, min_effect: float = 0.02, level: float = 0.95,
+                         seed: int = 0) -> CheckOutcome:
+    """WARN when a scorer's control scores (another latent's explanation) are off chance; see the module's rule.
+
+    `scores` is the partition's table (schema `sae.scoring.scorers.SCHEMA`) or its Parquet files. AUC is
+    checked where the scorer gave probabilities (non-null values)."""
+    controls = query_over("score_control_values", scores, "scores")
+    per_scorer, off = {}, []
+    for (scorer,), rows in controls.partition_by("scorer", as_dict=True).items():
+        for metric in METRICS:
+            values = rows[metric].drop_nulls().drop_nans().to_numpy()
+            if values.size == 0:
+                continue
+            verdict = _verdict(values, tolerance, min_latents, min_effect, level, seed)
+            per_scorer.setdefault(scorer, {})[metric] = verdict
+            if not verdict["passed"]:
+                low, high = verdict["interval"]
+                off.append(f"{scorer} {metric} {verdict['mean']:.3f} [{low:.3f}, {high:.3f}] over {verdict['n']} "
+                           "latents")
+    meta = {"scorers": per_scorer, "tolerance": tolerance, "min_latents": min_latents, "min_effect": min_effect,
+            "level": level}
+    if not per_scorer:
+        return CheckOutcome("controls_near_chance", True, WARN,
+                            "no control scores to check (score.control is off, or fewer than two latents)", meta)
+    if not off:
+        checked = ", ".join(f"{s} {m} {v['mean']:.3f}" for s, by in per_scorer.items() for m, v in by.items())
+        return CheckOutcome("controls_near_chance", True, WARN, f"control scores are near chance: {checked}", meta)
+    return CheckOutcome(
+        "controls_near_chance", False, WARN,
+        f"control scores are off chance (0.5) for {'; '.join(off)}: these scorers respond to something other than "
+        "the explanation (e.g. window length or position bias); do not read their real scores as explanation "
+        "quality", meta)

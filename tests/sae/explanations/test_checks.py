@@ -1,0 +1,52 @@
+"""The explanations check on real Parquet of the explanations schema: the share of answers without an
+`Explanation:` line, and the count of distinct texts (a small explainer copying its worked example)."""
+
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sae.explanations.checks import parse_failure_rate
+from sae.explanations.explainer import SCHEMA
+
+
+def explanations(texts: list[str | None]) -> pa.Table:
+    """One explained latent per text; None is an answer that had no `Explanation:` line."""
+    n = len(texts)
+    return pa.table({
+        "latent": list(range(n)), "explanation": texts, "parsed": [t is not None for t in texts],
+        "completion": [f"Explanation: {t}" if t else "I am not sure." for t in texts],
+        "explainer_model": ["smollm2-135m-instruct"] * n, "backend": ["local"] * n, "prompt_version": ["v1"] * n,
+        "sampling": ['{"temperature": 0.0}'] * n, "examples_used": [[{"ctx_id": i, "start": 0}] for i in range(n)],
+        "prompt_tokens": [300] * n, "completion_tokens": [20] * n, "latency_s": [0.5] * n, "cached": [False] * n,
+        "created_at": [datetime.now(timezone.utc)] * n,
+    }, schema=SCHEMA)
+
+
+def test_few_failures_and_varied_texts_pass(tmp_path):
+    texts = [f"the word number {i}" for i in range(9)] + [None]
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(explanations(texts), path)
+    outcome = parse_failure_rate([path])
+    assert outcome.passed and outcome.severity == "warn"
+    meta = outcome.metadata
+    assert (meta["latents"], meta["unparsed"], meta["rate"], meta["distinct_texts"]) == (10, 1, 0.1, 9)
+    assert "1 of 10" in outcome.description
+
+
+def test_many_failures_fail_and_copied_texts_are_counted(tmp_path):
+    # Six latents got the worked example's text back (differing only in case and space), four no answer.
+    copied = ["Mentions of volcanoes.", "mentions of volcanoes. ", "MENTIONS OF VOLCANOES."] * 2
+    table = explanations(copied + [None] * 4)
+    paths = [tmp_path / "part-00000.parquet", tmp_path / "part-00001.parquet"]
+    pq.write_table(table.slice(0, 5), paths[0])
+    pq.write_table(table.slice(5), paths[1])
+    for source in (paths, table):  # files and the table in memory give one verdict
+        outcome = parse_failure_rate(source)
+        assert not outcome.passed
+        meta = outcome.metadata
+        assert (meta["latents"], meta["unparsed"], meta["rate"]) == (10, 4, 0.4)
+        assert (meta["distinct_texts"], meta["most_common_count"]) == (1, 6)
+        assert meta["most_common_text"] == "mentions of volcanoes."
+        assert "4 of 10" in outcome.description and "40%" in outcome.description
+    assert parse_failure_rate(table, max_rate=0.5).passed
