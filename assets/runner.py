@@ -52,24 +52,21 @@ class Step:
 
 
 def describe_plan(states: Sequence[PartitionState]) -> list[str]:
-    """What is skipped and what is built, a line per asset."""
+    """What is skipped and what is built, a line per asset: counts, and the reasons of stale partitions."""
     lines = []
     for asset in dict.fromkeys(s.asset for s in states):
         mine = [s for s in states if s.asset == asset]
-        fresh = [s for s in mine if s.status == "fresh"]
-        todo = [s for s in mine if s.status != "fresh"]
-        if not todo:
-            lines.append(f"  skip  {asset}: fresh" + (f" ({len(fresh)} partitions)" if len(fresh) > 1 else ""))
-            continue
-        lines.append(f"  build {asset}: " + "; ".join(_why(s) for s in todo[:4])
-                     + (f"; and {len(todo) - 4} more" if len(todo) > 4 else "")
-                     + (f" (skip {len(fresh)} fresh)" if fresh else ""))
+        counts = {status: sum(s.status == status for s in mine) for status in ("missing", "stale", "fresh")}
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+        verb = "skip " if counts["fresh"] == len(mine) else "build"
+        lines.append(f"  {verb} {asset}: {summary}")
+        stale = [s for s in mine if s.status == "stale"]
+        for state in stale[:3]:
+            where = "" if state.key is None else f"{partition_label(state.key)}: "
+            lines.append(f"          {where}{'; '.join(state.reasons)}")
+        if len(stale) > 3:
+            lines.append(f"          and {len(stale) - 3} more stale partitions")
     return lines
-
-
-def _why(state: PartitionState) -> str:
-    where = "" if state.key is None else f"{partition_label(state.key)} "
-    return f"{where}{state.status}" + (f" ({'; '.join(state.reasons)})" if state.reasons else "")
 
 
 def steps_for(cfg: PipelineConfig, todo: Sequence[PartitionState]) -> list[Step]:
@@ -126,6 +123,10 @@ def _runs(indexes: list[int]) -> Iterator[list[int]]:
         yield run
 
 
+def _label(key: PartitionKey) -> str:
+    return "all" if key is None else partition_label(key)
+
+
 def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed the runs of `saelake run` on this host whose process is gone (killed, crashed), and free the
     pool slots they held; otherwise the next run would wait for them forever."""
@@ -162,7 +163,10 @@ def failure_message(result: dg.ExecuteInProcessResult, step: Step) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause  # the user's exception, inside Dagster's wrappers
-            return f"{event.step_key} failed for {step.describe()}: {error.cls_name}: {error.message.strip()}"
+            message = error.message.strip()
+            if not message.startswith(error.cls_name):
+                message = f"{error.cls_name}: {message}"
+            return f"step `{event.step_key}` failed (partitions {', '.join(map(_label, step.keys))}): {message}"
     for evaluation in _check_evaluations(result):
         if not evaluation.passed:
             return (f"the data check {evaluation.check_name} of {evaluation.asset_key.to_user_string()} failed: "
