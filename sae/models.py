@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import BUILTIN_MODEL, ModelConfig
+from .config import BUILTIN_MODEL, DEVICES, DTYPES, ModelConfig, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_device(name: str) -> torch.device:
+    check_choice(name, DEVICES, "device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -29,7 +30,7 @@ def resolve_device(name: str) -> torch.device:
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+    return getattr(torch, check_choice(name, DTYPES, "dtype"))
 
 
 def builtin_gguf_folder() -> Path:
