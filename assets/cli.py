@@ -1,4 +1,4 @@
-"""The `saelake` command: `run` the whole graph, query the lake with `sql`, open the `ui`."""
+"""The `saelake` command: `run` the whole graph, `validate` a config, query the lake with `sql`, open the `ui`."""
 
 from __future__ import annotations
 
@@ -82,6 +82,28 @@ def run(args) -> int:
     return 0
 
 
+def validate(args) -> int:
+    """Check the config in full (its file, this machine, the model) and print it resolved, defaults filled in."""
+    import warnings
+
+    from sae.config import load_config, resolved_yaml
+    from sae.models import check_against_model
+
+    path = args.path or _config_path(args)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = load_config(path)
+        check_against_model(cfg)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"saelake validate: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the error
+        return 1
+    for warning in caught:
+        print(f"saelake validate: warning: {warning.message}", file=sys.stderr)
+    print(resolved_yaml(cfg), end="")
+    return 0
+
+
 def export(args) -> int:
     """Write the lake as a Hugging Face dataset folder; with --push, upload it (token checked first)."""
     from sae.config import load_config
@@ -132,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="pipeline YAML (default: $SAELAKE_CONFIG, else configs/demo.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="materialize the whole graph for every partition").set_defaults(func=run)
+    check = commands.add_parser("validate", help="check the config in full and print it with every default")
+    check.add_argument("path", nargs="?", metavar="CONFIG", help="pipeline YAML (default: as --config)")
+    check.set_defaults(func=validate)
     query = commands.add_parser("sql", help="run one read-only SQL query over the lake and print the result")
     query.add_argument("query", help='e.g. "SELECT layer, sae, count(*) FROM latents GROUP BY ALL"')
     query.add_argument("--max-rows", type=int, default=40)
