@@ -434,8 +434,8 @@ def _check_corpus(corpus: CorpusConfig, where: str) -> None:
         raise ConfigError(f"{where}: corpus.source 'files' needs corpus.paths ({', '.join(CORPUS_SUFFIXES)} files)")
     for path in corpus.paths:
         if Path(path).suffix not in CORPUS_SUFFIXES:
-            raise ConfigError(f"{where}: corpus.paths: {path} is not a {', '.join(CORPUS_SUFFIXES)} file, "
-                              "the formats a corpus is read from")
+            raise ConfigError(f"{where}: corpus.paths: {path} has suffix {Path(path).suffix!r}; a corpus is read "
+                              f"from {', '.join(CORPUS_SUFFIXES)} files")
 
 
 def _check_llm(llm: LLMConfig, where: str) -> None:
