@@ -1,4 +1,4 @@
-"""The `saelake` command: `run` the whole graph, query the lake with `sql`, open the `ui`."""
+"""The `saelake` command: `run` the whole graph, `validate` a config, query the lake with `sql`, open the `ui`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def run(args) -> int:
     import dagster as dg
 
     from sae.config import load_config
+    from sae.models import check_against_model
 
     from .runner import run_pipeline
 
@@ -40,10 +41,33 @@ def run(args) -> int:
     _use_repo_instance()
     path = _config_path(args)
     cfg = load_config(path)
+    check_against_model(cfg)  # a value the model cannot serve fails before any stage runs
     instance = dg.DagsterInstance.get()
     instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
     return run_pipeline(cfg, path, instance, select=args.select, partitions=args.partition, force=args.force,
                         verbose=args.verbose)
+
+
+def validate(args) -> int:
+    """Check the config in full (its file, this machine, the model) and print it resolved, defaults filled in."""
+    import warnings
+
+    from sae.config import load_config, resolved_yaml
+    from sae.models import check_against_model
+
+    path = args.path or _config_path(args)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = load_config(path)
+        check_against_model(cfg)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"saelake validate: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the error
+        return 1
+    for warning in caught:
+        print(f"saelake validate: warning: {warning.message}", file=sys.stderr)
+    print(resolved_yaml(cfg), end="")
+    return 0
 
 
 def export(args) -> int:
@@ -103,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_argument("--force", action="store_true", help="rebuild the selection even where it is fresh")
     steps.add_argument("--verbose", action="store_true", help="print Dagster's event log as the run goes")
     steps.set_defaults(func=run)
+    check = commands.add_parser("validate", help="check the config in full and print it with every default")
+    check.add_argument("path", nargs="?", metavar="CONFIG", help="pipeline YAML (default: as --config)")
+    check.set_defaults(func=validate)
     query = commands.add_parser("sql", help="run one read-only SQL query over the lake and print the result")
     query.add_argument("query", help='e.g. "SELECT layer, sae, count(*) FROM latents GROUP BY ALL"')
     query.add_argument("--max-rows", type=int, default=40)

@@ -10,8 +10,11 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +26,25 @@ BUILTIN_CORPUS = "wikipedia-sample"
 PRETRAINED_HOLDOUT_FRACTION = 0.05
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
+# Every closed set of choices, listed once: the checks below and the code that dispatches on them use these.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N: any GPU index, e.g. cuda:1
+EMBEDDER_DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # sentence-transformers also runs on Apple GPUs
+LLM_BACKENDS = ("local", "openai", "vllm")
+LLM_RUNTIMES = ("auto", "transformers", "llamacpp")
+CORPUS_SOURCES = (BUILTIN_CORPUS, "huggingface", "files")
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
+LATENT_CHOICES = ("all", "first", "sample", "list")
+SCORERS = ("detection", "fuzzing", "embedding")
+_GPU_INDEX = re.compile(r"cuda:\d+")
+
 
 class ConfigError(ValueError):
     """The pipeline config is invalid; the message says which key and how to fix it."""
+
+
+class ConfigWarning(UserWarning):
+    """A setting that works but does less than it says (e.g. more scoring windows than are drawn)."""
 
 
 @dataclass(frozen=True)
@@ -276,21 +295,47 @@ class PipelineConfig:
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
-    """Read and validate a YAML pipeline config (the offline demo config when `path` is None)."""
+    """Read and validate a YAML pipeline config (the offline demo config when `path` is None), including
+    what it needs from this machine: its pretrained SAE folders, its corpus files, the openai base URL."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (undecodable byte at offset {err.start})") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    return parse_config(raw, source=str(path))
+    config = parse_config(raw, source=str(path))
+    _check_machine(config, str(path))
+    return config
 
 
 def parse_config(raw: dict, source: str = "config") -> PipelineConfig:
+    """Validate a parsed-YAML mapping on its own: keys, types, choices and the rules between fields."""
     config = _build(PipelineConfig, raw, source)
     _check(config, source)
     return config
+
+
+def check_choice(value: str, valid: tuple[str, ...], where: str) -> str:
+    """`value` if it is one of `valid` (`cuda:N` there admits any GPU index), else a ConfigError that lists
+    the valid values and suggests the closest one."""
+    if value in valid or ("cuda:N" in valid and _GPU_INDEX.fullmatch(value)):
+        return value
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"{where} {value!r} is unknown; {hint}valid: {', '.join(valid)}")
+
+
+def resolved_yaml(config: PipelineConfig) -> str:
+    """The config as YAML with every default filled in; parsed back, it gives the same config. An API key
+    given in the config is shown as `<set>`, never printed."""
+    data = dataclasses.asdict(config)
+    for llm in (data["explain"]["llm"], data["score"]["llm"]):
+        if llm is not None and llm["api_key"] is not None:
+            llm["api_key"] = "<set>"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def _build(cls, value, where: str):
@@ -372,33 +417,34 @@ def _check(config: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: examples.window must be between 2 and ctx_len ({config.ctx_len})")
     if not 0 <= examples.peak_position <= 1:
         raise ConfigError(f"{where}: examples.peak_position is a fraction of the window, between 0 and 1")
-    if examples.n_quantiles < 1 or min(examples.n_top, examples.n_train_quantile, examples.n_test,
-                                       examples.n_random, examples.n_train_random, examples.n_neighbour, examples.neighbour_latents) < 0:
+    counts = (examples.n_top, examples.n_train_quantile, examples.n_test, examples.n_random,
+              examples.n_train_random, examples.n_neighbour, examples.neighbour_latents)
+    if examples.n_quantiles < 1 or min(counts) < 0:
         raise ConfigError(f"{where}: examples counts must be non-negative and n_quantiles positive")
-    corpus = config.corpus
-    if corpus.source not in (BUILTIN_CORPUS, "huggingface", "files"):
-        raise ConfigError(
-            f"{where}: corpus.source {corpus.source!r} is unknown; use {BUILTIN_CORPUS!r}, 'huggingface' or 'files'"
-        )
+    check_choice(config.model.device, DEVICES, f"{where}: model.device")
+    check_choice(config.model.dtype, DTYPES, f"{where}: model.dtype")
+    _check_corpus(config.corpus, where)
+    _check_explain(config.explain, config.examples, where)
+    _check_score(config.score, config.examples, where)
+
+
+def _check_corpus(corpus: CorpusConfig, where: str) -> None:
+    check_choice(corpus.source, CORPUS_SOURCES, f"{where}: corpus.source")
     if corpus.source == "huggingface" and not corpus.dataset:
         raise ConfigError(f"{where}: corpus.source 'huggingface' needs corpus.dataset (a Hub dataset id)")
     if corpus.source == "files" and not corpus.paths:
-        raise ConfigError(f"{where}: corpus.source 'files' needs corpus.paths (.txt, .jsonl or .parquet files)")
-    if config.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"{where}: model.dtype {config.model.dtype!r} is not one of auto/float32/bfloat16/float16")
-    _check_explain(config.explain, config.examples, where)
-    _check_score(config.score, where)
-
-
-LLM_BACKENDS = ("local", "openai", "vllm")
-LATENT_CHOICES = ("all", "first", "sample", "list")
+        raise ConfigError(f"{where}: corpus.source 'files' needs corpus.paths ({', '.join(CORPUS_SUFFIXES)} files)")
+    for path in corpus.paths:
+        if Path(path).suffix not in CORPUS_SUFFIXES:
+            raise ConfigError(f"{where}: corpus.paths: {path} has suffix {Path(path).suffix!r}; a corpus is read "
+                              f"from {', '.join(CORPUS_SUFFIXES)} files")
 
 
 def _check_llm(llm: LLMConfig, where: str) -> None:
-    if llm.backend not in LLM_BACKENDS:
-        raise ConfigError(f"{where}.backend {llm.backend!r} is unknown; use one of {', '.join(LLM_BACKENDS)}")
-    if llm.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"{where}.dtype {llm.dtype!r} is not one of auto/float32/bfloat16/float16")
+    check_choice(llm.backend, LLM_BACKENDS, f"{where}.backend")
+    check_choice(llm.runtime, LLM_RUNTIMES, f"{where}.runtime")
+    check_choice(llm.device, DEVICES, f"{where}.device")
+    check_choice(llm.dtype, DTYPES, f"{where}.dtype")
     if min(llm.batch_size, llm.max_in_flight, llm.tensor_parallel_size) < 1 or llm.max_retries < 0:
         raise ConfigError(f"{where}: batch_size, max_in_flight and tensor_parallel_size must be positive, "
                           "max_retries non-negative")
@@ -409,10 +455,11 @@ def _check_llm(llm: LLMConfig, where: str) -> None:
 def _check_explain(explain: ExplainConfig, examples: ExamplesConfig, where: str) -> None:
     where = f"{where}: explain"
     _check_llm(explain.llm, f"{where}.llm")
-    if explain.latents not in LATENT_CHOICES:
-        raise ConfigError(f"{where}.latents {explain.latents!r} is unknown; use one of {', '.join(LATENT_CHOICES)}")
+    check_choice(explain.latents, LATENT_CHOICES, f"{where}.latents")
     if explain.latents == "list" and not explain.latent_ids:
         raise ConfigError(f"{where}.latents is 'list' but latent_ids is empty; e.g. `latent_ids: [0, 5, 17]`")
+    if any(latent < 0 for latent in explain.latent_ids):
+        raise ConfigError(f"{where}.latent_ids are latent indices, 0 or more; got {list(explain.latent_ids)}")
     if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents) < 1:
         raise ConfigError(f"{where}: n_latents, n_examples, max_tokens and batch_latents must be positive")
     if explain.n_examples > examples.n_train:
@@ -424,15 +471,47 @@ def _check_explain(explain: ExplainConfig, examples: ExamplesConfig, where: str)
         raise ConfigError(f"{where}.prompt.contrastive shows silent windows: set examples.n_train_random (e.g. 5)")
 
 
-SCORERS = ("detection", "fuzzing", "embedding")
-
-
-def _check_score(score: ScoreConfig, where: str) -> None:
+def _check_score(score: ScoreConfig, examples: ExamplesConfig, where: str) -> None:
     where = f"{where}: score"
-    unknown = [s for s in score.scorers if s not in SCORERS]
-    if unknown:
-        raise ConfigError(f"{where}.scorers {unknown} unknown; use any of {', '.join(SCORERS)}")
+    for scorer in score.scorers:
+        check_choice(scorer, SCORERS, f"{where}.scorers")
+    check_choice(score.embedder_device, EMBEDDER_DEVICES, f"{where}.embedder_device")
     if score.llm is not None:
         _check_llm(score.llm, f"{where}.llm")
     if min(score.n_activating, score.n_silent, score.batch_size, score.max_tokens, score.bootstrap) < 1:
         raise ConfigError(f"{where}: n_activating, n_silent, batch_size, max_tokens and bootstrap must be positive")
+    if not score.scorers:
+        return
+    # Every metric compares activating with silent test windows: without either class none is defined.
+    n_silent = examples.n_random + (examples.n_neighbour if examples.neighbour_latents else 0)
+    if examples.n_test < 1:
+        raise ConfigError(f"{where}: scoring needs activating test windows, but examples.n_test is 0; "
+                          "set it (e.g. 20) or set `score.scorers: []`")
+    if n_silent < 1:
+        raise ConfigError(f"{where}: scoring needs silent test windows, but examples.n_random and "
+                          "examples.n_neighbour give none; set examples.n_random (e.g. 20) or `score.scorers: []`")
+    for name, wanted, have, source in (("n_activating", score.n_activating, examples.n_test, "examples.n_test"),
+                                       ("n_silent", score.n_silent, n_silent,
+                                        "examples.n_random + examples.n_neighbour")):
+        if wanted > have:
+            warnings.warn(ConfigWarning(f"{where}.{name} ({wanted}) exceeds the test windows drawn per latent "
+                                        f"({source} = {have}): the LLM scorers will use at most {have}"))
+
+
+def _check_machine(config: PipelineConfig, where: str) -> None:
+    """What the config needs from this machine and its environment, checked before any work starts."""
+    for spec in config.saes:
+        if spec.path is None:
+            continue
+        for hookpoint in config.hookpoints:
+            folder = spec.path_for(hookpoint)
+            if not folder.is_dir():
+                raise ConfigError(f"{where}: SAE {spec.name!r} at {hookpoint}: folder {folder} does not exist "
+                                  f"(from path {spec.path!r}); download or export the SAE there, or fix `path`")
+    for path in config.corpus.paths if config.corpus.source == "files" else ():
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"{where}: corpus file {path} does not exist (corpus.paths)")
+    for name, llm in (("explain.llm", config.explain.llm), ("score.llm", config.score.llm)):
+        if llm is not None and llm.backend == "openai" and not (llm.base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise ConfigError(f"{where}: {name}.backend 'openai' needs the server's base URL: set {name}.base_url "
+                              "or the environment variable OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae.config import EMBEDDER_DEVICES, check_choice
 from sae.scoring.metrics import roc_auc
 
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
@@ -41,7 +42,7 @@ def bundled_model_folder() -> Path:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
+    if check_choice(device, EMBEDDER_DEVICES, "score.embedder_device") != "auto":
         return device
     if torch.cuda.is_available():
         return "cuda"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .config import BUILTIN_MODEL, ModelConfig
+from .config import BUILTIN_MODEL, DEVICES, DTYPES, ConfigError, ModelConfig, PipelineConfig, check_choice
+from .latents.hookpoints import HookpointError, block_index
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_device(name: str) -> torch.device:
+    check_choice(name, DEVICES, "device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -29,7 +31,7 @@ def resolve_device(name: str) -> torch.device:
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+    return getattr(torch, check_choice(name, DTYPES, "dtype"))
 
 
 def builtin_gguf_folder() -> Path:
@@ -43,9 +45,14 @@ def builtin_gguf_folder() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def converted_folder(lake: Path) -> Path:
+    """Where the built-in model's safetensors conversion lives under the lake."""
+    return lake / "models" / BUILTIN_MODEL
+
+
 def builtin_model_folder(lake: Path) -> Path:
     """Convert the shipped GGUF once into a safetensors folder under the lake; later loads take a second."""
-    target = lake / "models" / BUILTIN_MODEL
+    target = converted_folder(lake)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,3 +96,48 @@ def load_model(cfg: ModelConfig, lake: Path):
     dtype = resolve_dtype(cfg.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(model_source(cfg, lake), revision=cfg.revision, dtype=dtype)
     return model.to(device).eval()
+
+
+def local_model_config(cfg: PipelineConfig):
+    """The subject model's transformers config read from local files only (never downloaded): the built-in's
+    conversion under the lake (or its GGUF before the first conversion), a local folder, or a Hub id found in
+    the local Hugging Face cache. None for a Hub id that is not cached."""
+    from transformers import AutoConfig
+
+    name = cfg.model.name
+    if name == BUILTIN_MODEL:
+        converted = converted_folder(Path(cfg.lake).resolve())
+        if (converted / "config.json").exists():
+            return AutoConfig.from_pretrained(converted)
+        return AutoConfig.from_pretrained(builtin_gguf_folder(), gguf_file=BUILTIN_GGUF)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return AutoConfig.from_pretrained(folder)
+    if name.startswith(("/", ".", "~")):
+        raise ConfigError(f"model.name {name!r} names a folder that does not exist")
+    try:
+        return AutoConfig.from_pretrained(name, revision=cfg.model.revision, local_files_only=True)
+    except (OSError, ValueError):  # not in the local cache (or not a valid Hub id): nothing to check against
+        return None
+
+
+def check_against_model(cfg: PipelineConfig) -> None:
+    """Refuse up front the settings the subject model cannot serve: a hookpoint name that does not parse or
+    is beyond the model's blocks, and a ctx_len beyond its position embeddings."""
+    try:
+        blocks = {hookpoint: block_index(hookpoint) for hookpoint in cfg.hookpoints}
+    except HookpointError as err:
+        raise ConfigError(f"layers: {err}") from None
+    model_config = local_model_config(cfg)
+    if model_config is None:
+        return
+    text = model_config.get_text_config()
+    positions = getattr(text, "max_position_embeddings", None)
+    if positions and cfg.ctx_len > positions:
+        raise ConfigError(f"ctx_len {cfg.ctx_len} exceeds the {positions} positions of {cfg.model.name} "
+                          f"(max_position_embeddings): set ctx_len to at most {positions}")
+    n_blocks = getattr(text, "num_hidden_layers", None)
+    for hookpoint, block in blocks.items():
+        if n_blocks and block >= n_blocks:
+            raise ConfigError(f"layers: hookpoint {hookpoint!r} is beyond the {n_blocks} blocks of {cfg.model.name}; "
+                              f"use layers.0 ... layers.{n_blocks - 1}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..config import BUILTIN_CORPUS, CorpusConfig
+from ..config import BUILTIN_CORPUS, CORPUS_SOURCES, CORPUS_SUFFIXES, CorpusConfig, check_choice
 
 WIKIPEDIA_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _MIN_DOC_CHARS = 200  # shorter pages are redirects and stubs
@@ -33,9 +33,10 @@ class CorpusError(ValueError):
 
 
 def iter_documents(cfg: CorpusConfig) -> Iterator[str]:
-    if cfg.source == BUILTIN_CORPUS:
+    source = check_choice(cfg.source, CORPUS_SOURCES, "corpus.source")
+    if source == BUILTIN_CORPUS:
         yield from _wikipedia_sample()
-    elif cfg.source == "files":
+    elif source == "files":
         for path in cfg.paths:
             yield from _read_file(Path(path).expanduser(), cfg.text_column)
     else:
@@ -66,26 +67,70 @@ def _clean_wiki(text: str) -> str:
 def _read_file(path: Path, text_column: str) -> Iterator[str]:
     if not path.exists():
         raise CorpusError(f"corpus file {path} does not exist")
-    if path.suffix == ".txt":
-        yield path.read_text(encoding="utf-8")
-    elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    record = json.loads(line)
-                    if text_column not in record:
-                        raise CorpusError(f"{path}:{number} has no field {text_column!r} (corpus.text_column)")
-                    yield record[text_column]
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    if path.suffix not in _READERS:
+        raise CorpusError(f"corpus file {path}: unsupported suffix {path.suffix!r}; use {', '.join(CORPUS_SUFFIXES)}")
+    yield from _READERS[path.suffix](path, text_column)
 
+
+def _not_text(path: Path, offset: int) -> CorpusError:
+    return CorpusError(
+        f"corpus file {path} is not UTF-8 text (undecodable byte at offset {offset}): corpus.paths reads UTF-8 "
+        f".txt files, .jsonl files (one JSON object per line) and .parquet files (a string column "
+        f"corpus.text_column); convert the file or remove it from corpus.paths"
+    )
+
+
+def _read_txt(path: Path, text_column: str) -> Iterator[str]:
+    try:
+        yield path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_text(path, err.start) from None
+
+
+def _read_jsonl(path: Path, text_column: str) -> Iterator[str]:
+    offset = 0  # of the line's first byte, so an undecodable byte is located in the file
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_text(path, offset + err.start) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{path}:{number} is not valid JSON ({err.msg} at column {err.colno}); a .jsonl "
+                                  "corpus file holds one JSON object per line") from None
+            if not isinstance(record, dict) or text_column not in record:
+                raise CorpusError(f"{path}:{number} has no field {text_column!r} (corpus.text_column)")
+            if not isinstance(record[text_column], str):
+                raise CorpusError(f"{path}:{number}: field {text_column!r} is not a string but "
+                                  f"{type(record[text_column]).__name__}")
+            yield record[text_column]
+
+
+def _read_parquet(path: Path, text_column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
         file = pq.ParquetFile(path)
-        if text_column not in file.schema_arrow.names:
-            raise CorpusError(f"{path} has no column {text_column!r}; columns: {file.schema_arrow.names}")
+        schema = file.schema_arrow
+        if text_column not in schema.names:
+            raise CorpusError(f"{path} has no column {text_column!r}; columns: {schema.names}")
+        kind = schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise CorpusError(f"{path}: column {text_column!r} (corpus.text_column) holds {kind}, not strings")
         for batch in file.iter_batches(columns=[text_column]):
             yield from batch.column(0).to_pylist()
-    else:
-        raise CorpusError(f"corpus file {path}: unsupported suffix {path.suffix!r}; use .txt, .jsonl or .parquet")
+    except (pa.ArrowException, OSError) as err:
+        raise CorpusError(f"corpus file {path} is not a readable Parquet file ({err}); it may be truncated or "
+                          "corrupt: rewrite it, or remove it from corpus.paths") from None
+
+
+# One reader per suffix of config.CORPUS_SUFFIXES (the config refuses any other suffix at load).
+_READERS = {".txt": _read_txt, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
 
 
 def _huggingface(cfg: CorpusConfig) -> Iterator[str]:

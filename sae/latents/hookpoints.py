@@ -65,7 +65,7 @@ def source_hookpoint(hookpoint: str, *, transcode: bool = False, neurons: bool =
     """Where a variant configured at `hookpoint` reads its input: the hookpoint itself; the MLP input for a
     transcoder at layers.i.mlp; the MLP neurons of block i for the neuron baselines."""
     if neurons:
-        return f"layers.{_block_index(hookpoint)}.mlp.hidden"
+        return f"layers.{block_index(hookpoint)}.mlp.hidden"
     if transcode:
         if not hookpoint.endswith(".mlp"):
             raise HookpointError(f"a transcoder reads an MLP's input: configure it at layers.i.mlp, not {hookpoint!r}")
@@ -73,7 +73,8 @@ def source_hookpoint(hookpoint: str, *, transcode: bool = False, neurons: bool =
     return hookpoint
 
 
-def _block_index(hookpoint: str) -> int:
+def block_index(hookpoint: str) -> int:
+    """The decoder block a hookpoint name refers to (no model needed)."""
     match = _HOOKPOINT.match(hookpoint)
     if match is None:
         raise HookpointError(

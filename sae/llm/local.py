@@ -28,14 +28,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import BUILTIN_MODEL, LLMConfig
+from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
 from .base import BackendError, ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "transformers", "llamacpp")
 DEFAULT_SLOT_CONTEXT = 4096  # llamacpp: tokens per slot (prompt + completion) unless llm.max_model_len says
 
 
@@ -51,8 +50,7 @@ def gguf_path(cfg: LLMConfig) -> Path | None:
 
 
 def choose_runtime(cfg: LLMConfig, device: torch.device) -> str:
-    if cfg.runtime not in RUNTIMES:
-        raise BackendError(f"llm.runtime {cfg.runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+    check_choice(cfg.runtime, LLM_RUNTIMES, "llm.runtime")
     has_llamacpp = importlib.util.find_spec("xllamacpp") is not None
     if cfg.runtime == "llamacpp":
         if not has_llamacpp:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 
 from sae.config import (
     DEFAULT_CONFIG,
     ConfigError,
+    ConfigWarning,
     CorpusConfig,
     LayerConfig,
     PipelineConfig,
     SaeSpec,
+    ScoreConfig,
     TrainConfig,
     load_config,
     parse_config,
+    resolved_yaml,
 )
 
 VALID = {
@@ -206,3 +210,145 @@ def test_fingerprint_changes_with_the_named_settings():
     b = parse_config(_raw(seed=4))
     assert a.fingerprint("model", "corpus") == b.fingerprint("model", "corpus")
     assert a.fingerprint("seed") != b.fingerprint("seed")
+
+
+# ------------------------------------------------------------------------------------------ enumerated choices
+
+DEVICE_VALUES = "valid: auto, cpu, cuda, cuda:N"
+DTYPE_VALUES = "valid: auto, float32, bfloat16, float16"
+
+
+@pytest.mark.parametrize(
+    ("changes", "where", "suggestion", "valid"),
+    [
+        ({"model": {"device": "cpuu"}}, "model.device 'cpuu'", "cpu", DEVICE_VALUES),
+        ({"model": {"dtype": "bfloat61"}}, "model.dtype 'bfloat61'", "bfloat16", DTYPE_VALUES),
+        ({"corpus": {"source": "file", "paths": ["a.txt"]}}, "corpus.source 'file'", "files",
+         "valid: wikipedia-sample, huggingface, files"),
+        ({"explain": {"llm": {"backend": "vlm"}}}, "explain.llm.backend 'vlm'", "vllm", "valid: local, openai, vllm"),
+        ({"explain": {"llm": {"runtime": "llamcpp"}}}, "explain.llm.runtime 'llamcpp'", "llamacpp",
+         "valid: auto, transformers, llamacpp"),
+        ({"explain": {"llm": {"device": "cude"}}}, "explain.llm.device 'cude'", "cuda", DEVICE_VALUES),
+        ({"explain": {"llm": {"dtype": "float61"}}}, "explain.llm.dtype 'float61'", "float16", DTYPE_VALUES),
+        ({"score": {"llm": {"runtime": "transformer"}}}, "score.llm.runtime 'transformer'", "transformers",
+         "valid: auto, transformers, llamacpp"),
+        ({"score": {"llm": {"device": "cpu:0"}}}, "score.llm.device 'cpu:0'", "cpu", DEVICE_VALUES),
+        ({"explain": {"latents": "sampel"}}, "explain.latents 'sampel'", "sample", "valid: all, first, sample, list"),
+        ({"score": {"scorers": ["detection", "fuzing"]}}, "score.scorers 'fuzing'", "fuzzing",
+         "valid: detection, fuzzing, embedding"),
+        ({"score": {"embedder_device": "mpss"}}, "score.embedder_device 'mpss'", "mps",
+         "valid: auto, cpu, mps, cuda, cuda:N"),
+    ],
+)
+def test_misspelled_choice_lists_the_valid_values(changes, where, suggestion, valid):
+    message = _error(_raw(**changes), source="my.yaml")
+    assert message.startswith(f"my.yaml: {where.split('.')[0]}")
+    assert f"{where} is unknown" in message
+    assert f"did you mean {suggestion!r}?" in message
+    assert message.endswith(valid)
+
+
+def test_a_choice_far_from_every_value_lists_them_without_a_guess():
+    message = _error(_raw(model={"device": "metal"}))
+    assert "did you mean" not in message and message.endswith(DEVICE_VALUES)
+
+
+def test_any_gpu_index_is_a_device():
+    config = parse_config(_raw(model={"device": "cuda:3"}, explain={"llm": {"device": "cuda:12"}}))
+    assert (config.model.device, config.explain.llm.device) == ("cuda:3", "cuda:12")
+    assert "'cuda:x'" in _error(_raw(model={"device": "cuda:x"}))
+
+
+def test_corpus_files_need_a_readable_suffix():
+    message = _error(_raw(corpus={"source": "files", "paths": ["a.txt", "notes.csv"]}))
+    assert "notes.csv" in message and ".txt, .jsonl, .parquet" in message
+
+
+# -------------------------------------------------------------------------------------------- cross-field rules
+
+
+def test_scoring_needs_activating_and_silent_test_windows():
+    message = _error(_raw(examples={"n_test": 0}))
+    assert "examples.n_test is 0" in message and "score.scorers: []" in message
+    message = _error(_raw(examples={"n_random": 0, "n_neighbour": 0}))
+    assert "silent test windows" in message
+    # Hard negatives count as silent windows only where neighbour latents are searched.
+    assert "silent" in _error(_raw(examples={"n_random": 0, "n_neighbour": 5, "neighbour_latents": 0}))
+    parse_config(_raw(examples={"n_random": 0, "n_neighbour": 5}, score={"n_silent": 5}))
+    parse_config(_raw(examples={"n_test": 0, "n_random": 0}, score={"scorers": []}))  # nothing is scored
+
+
+def test_more_scoring_windows_than_drawn_warn():
+    with pytest.warns(ConfigWarning, match=r"score\.n_activating \(30\) exceeds .*examples\.n_test = 25"):
+        parse_config(_raw(examples={"n_test": 25}, score={"n_activating": 30}))
+    with pytest.warns(ConfigWarning, match=r"score\.n_silent \(40\) exceeds .* = 35"):
+        parse_config(_raw(examples={"n_random": 30, "n_neighbour": 5}, score={"n_silent": 40}))
+
+
+def test_explain_rules():
+    assert "n_examples (41)" in _error(_raw(explain={"n_examples": 41}))  # n_top + n_train_quantile = 40
+    assert "n_train_random" in _error(_raw(explain={"prompt": {"contrastive": True}}))
+    assert "latent_ids" in _error(_raw(explain={"latents": "list", "latent_ids": [3, -1]}))
+    assert "window" in _error(_raw(examples={"window": 200}))  # ctx_len is 128
+
+
+# ------------------------------------------------------------------------------- what load_config needs locally
+
+
+def _write(tmp_path, raw: dict):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+TRAINED_ONLY = {"saes": [VALID["saes"][0]]}  # VALID's pretrained SAE folder does not exist on this machine
+
+
+def test_pretrained_sae_folder_must_exist_for_every_hookpoint(tmp_path):
+    (tmp_path / "saes" / "layers.3").mkdir(parents=True)
+    raw = _raw(saes=[{"name": "pretrained", "path": str(tmp_path / "saes" / "{hookpoint}")}])
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(tmp_path / "saes" / "layers.6") in message and "'pretrained'" in message and str(path) in message
+    (tmp_path / "saes" / "layers.6").mkdir()
+    assert load_config(path).sae("pretrained").path_for("layers.6").is_dir()
+
+
+def test_corpus_files_must_exist(tmp_path):
+    path = _write(tmp_path, _raw(corpus={"source": "files", "paths": [str(tmp_path / "gone.txt")]}, **TRAINED_ONLY))
+    with pytest.raises(ConfigError, match=r"corpus file .*gone\.txt does not exist"):
+        load_config(path)
+    (tmp_path / "gone.txt").write_text("here now")
+    assert load_config(path).corpus.paths == (str(tmp_path / "gone.txt"),)
+
+
+def test_openai_backend_needs_a_base_url(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    path = _write(tmp_path, _raw(score={"llm": {"backend": "openai", "model": "m"}}, **TRAINED_ONLY))
+    with pytest.raises(ConfigError, match=r"score\.llm\.backend 'openai' needs the server's base URL"):
+        load_config(path)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert load_config(path).score.llm.backend == "openai"
+
+
+def test_config_file_that_is_not_text_names_it(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"lake: x\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"config\.yaml is not UTF-8 text \(undecodable byte at offset 8\)"):
+        load_config(path)
+
+
+# ----------------------------------------------------------------------------------------------- resolved YAML
+
+
+def test_resolved_yaml_round_trips_and_hides_the_api_key():
+    config = parse_config(_raw(explain={"llm": {"backend": "openai", "api_key": "sk-secret-123"}}))
+    text = resolved_yaml(config)
+    assert "sk-secret" not in text
+    data = yaml.safe_load(text)
+    assert data["explain"]["llm"]["api_key"] == "<set>"
+    assert data["score"]["llm"] is None and data["score"]["n_silent"] == ScoreConfig().n_silent  # defaults shown
+    data["explain"]["llm"]["api_key"] = "sk-secret-123"
+    assert parse_config(data) == config

@@ -9,14 +9,12 @@ from pathlib import Path
 
 from . import gemmascope, saelens, sparsify
 from .base import ARCHITECTURES, Sae, SaeConfig, SparseCodes
+from .files import SaeFormatError
 
 FORMATS = {module.NAME: module for module in (sparsify, saelens, gemmascope)}
 
-__all__ = ["ARCHITECTURES", "FORMATS", "Sae", "SaeConfig", "SparseCodes", "detect_format", "load_sae", "save_sae"]
-
-
-class SaeFormatError(ValueError):
-    """A folder does not hold an SAE in any known layout."""
+__all__ = ["ARCHITECTURES", "FORMATS", "Sae", "SaeConfig", "SaeFormatError", "SparseCodes", "detect_format",
+           "load_sae", "save_sae"]
 
 
 def detect_format(folder: str | Path) -> str:

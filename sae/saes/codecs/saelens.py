@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .base import Sae, SaeConfig
+from .files import read_sae_file
 
 NAME = "saelens"
 FILES = ("cfg.json", "sae_weights.safetensors")
@@ -21,8 +22,8 @@ _ARCHITECTURES = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu"
 
 
 def load(folder: Path) -> Sae:
-    cfg = json.loads((folder / "cfg.json").read_text())
-    tensors = load_file(folder / "sae_weights.safetensors")
+    cfg = read_sae_file(folder / "cfg.json")
+    tensors = read_sae_file(folder / "sae_weights.safetensors")
     missing = [t for t in ("W_enc", "b_enc", "W_dec", "b_dec") if t not in tensors]
     if missing:
         raise ValueError(f"{folder}/sae_weights.safetensors lacks {missing}; found {sorted(tensors)}")

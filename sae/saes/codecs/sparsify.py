@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .base import Sae, SaeConfig
+from .files import read_sae_file
 
 NAME = "sparsify"
 FILES = ("cfg.json", "sae.safetensors")
 
 
 def load(folder: Path) -> Sae:
-    cfg = json.loads((folder / "cfg.json").read_text())
-    tensors = load_file(folder / "sae.safetensors")
+    cfg = read_sae_file(folder / "cfg.json")
+    tensors = read_sae_file(folder / "sae.safetensors")
     missing = [t for t in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if t not in tensors]
     if missing:
         raise ValueError(f"{folder}/sae.safetensors lacks the sparsify tensors {missing}; found {sorted(tensors)}")

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sae.config import CorpusConfig
+from sae.config import CORPUS_SUFFIXES, ConfigError, CorpusConfig
+from sae.corpus import documents
 from sae.corpus.documents import CONTEXTS_SCHEMA, ContextTokens, CorpusError, iter_documents, tokenize_contexts
 
 DOCS = [
@@ -195,3 +196,9 @@ def test_context_tokens_reads_any_slice_across_row_groups(tmp_path):
     for lo, hi in [(0, 10), (60, 70), (63, 64), (0, 1000), (990, 1000), (128, 128)]:
         np.testing.assert_array_equal(contexts[lo:hi], stream[lo:hi])
     np.testing.assert_array_equal(contexts[500], stream[500])
+
+
+def test_every_suffix_the_config_admits_has_a_reader_and_an_unknown_source_is_refused():
+    assert tuple(documents._READERS) == CORPUS_SUFFIXES
+    with pytest.raises(ConfigError, match="corpus.source 'web' is unknown; valid: wikipedia-sample, huggingface"):
+        list(iter_documents(CorpusConfig(source="web")))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.config import BUILTIN_MODEL, LLMConfig
+from sae.config import BUILTIN_MODEL, ConfigError, LLMConfig
 from sae.llm import BackendError, ChatRequest, SamplingParams, make_client
 from sae.llm.local import LocalClient, choose_runtime
 
@@ -108,7 +108,7 @@ def test_runtime_choice(tmp_path):
     gguf.write_bytes(b"GGUF")
     assert choose_runtime(LLMConfig(model=str(gguf)), cpu) == ("llamacpp" if has_llamacpp else "transformers")
     assert choose_runtime(LLMConfig(model=str(gguf)), gpu) == "transformers"
-    with pytest.raises(BackendError, match="runtime"):
+    with pytest.raises(ConfigError, match="llm.runtime 'onnx' is unknown; valid: auto, transformers, llamacpp"):
         choose_runtime(LLMConfig(runtime="onnx"), cpu)
     with pytest.raises(BackendError, match="GGUF"):
         choose_runtime(LLMConfig(runtime="llamacpp", model="some/hub-model"), cpu)
