@@ -10,16 +10,21 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
 BUILTIN_MODEL = "smollm2-135m-instruct"
 BUILTIN_CORPUS = "wikipedia-sample"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# Package data `sae.configs` (sae/configs links to the repo's configs/), so an installed saelake finds it too.
+DEFAULT_CONFIG = files("sae.configs") / "demo.yaml"
+# Set by `saelake --lake PATH`: overrides the config's `lake:` in this process and in the Dagster code location.
+LAKE_ENV = "SAELAKE_LAKE"
 
 
 class ConfigError(ValueError):
@@ -274,15 +279,20 @@ class PipelineConfig:
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
-    """Read and validate a YAML pipeline config (the offline demo config when `path` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    """Read and validate a YAML pipeline config (the offline demo config when `path` is None).
+
+    $SAELAKE_LAKE, when set, replaces the config's `lake:`.
+    """
+    source = DEFAULT_CONFIG if path is None else Path(path)
+    if not source.is_file():
+        raise ConfigError(f"config file {source} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(source.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    return parse_config(raw, source=str(path))
+        raise ConfigError(f"{source} is not valid YAML: {err}") from err
+    if os.environ.get(LAKE_ENV):
+        raw = {**raw, "lake": os.environ[LAKE_ENV]}
+    return parse_config(raw, source=str(source))
 
 
 def parse_config(raw: dict, source: str = "config") -> PipelineConfig:
