@@ -10,7 +10,6 @@ PIP := $(PY) -m pip
 # CUDA build. Where plain pip would still pick a CUDA wheel, set TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-export DAGSTER_HOME := $(CURDIR)
 
 .PHONY: demo test test-fast ui bench clean-lake
 

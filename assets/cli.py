@@ -4,25 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 GPU_POOL = "gpu"
+INSTANCE_FOLDER = ".dagster"
 
 
-def _use_repo_instance() -> None:
-    """Point Dagster at the repo's dagster.yaml unless the user chose an instance already."""
-    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
+def prepare_instance() -> Path:
+    """The Dagster instance folder: $DAGSTER_HOME if set, else ./.dagster under the working directory, given
+    saelake's dagster.yaml (concurrency, telemetry off) if it has none. Sets DAGSTER_HOME for Dagster."""
+    home = Path(os.environ.get("DAGSTER_HOME") or INSTANCE_FOLDER).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not settings.exists():
+        settings.write_text((files("assets") / "dagster.yaml").read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
 
 
 def _config_path(args) -> str:
+    """The config file (absolute), and the lake override, passed on through the environment so a Dagster code
+    location started by `saelake ui` reads the same config and lake."""
+    from sae.config import LAKE_ENV
+
     from .resources import CONFIG_ENV, config_path_from_env
 
     path = str(Path(args.config).resolve()) if args.config else config_path_from_env()
     os.environ[CONFIG_ENV] = path
+    if args.lake:
+        os.environ[LAKE_ENV] = str(Path(args.lake).resolve())
     return path
 
 
@@ -38,7 +53,7 @@ def run(args) -> int:
     from .runner import run_pipeline
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    _use_repo_instance()
+    prepare_instance()
     path = _config_path(args)
     cfg = load_config(path)
     check_against_model(cfg)  # a value the model cannot serve fails before any stage runs
@@ -87,20 +102,27 @@ def export(args) -> int:
 
 
 def sql(args) -> int:
-    from sae.config import load_config
-    from sae.lake import Lake
-
-    lake = Lake(load_config(_config_path(args)).lake)
-    if not lake.root.exists():
-        print(f"saelake sql: no lake at {lake.root}; run `saelake run` first", file=sys.stderr)
-        return 1
-    if not lake.database.exists():
-        lake.refresh_views()
+    """Run one query on a confined in-memory connection: it reads the lake's files (and --allow-path ones) only."""
     import duckdb
 
-    with lake.connect(read_only=True) as con:
+    from sae.config import load_config
+    from sae.lake import Lake
+    from sae.lake.access import LakeAccessError, open_readonly, read_only_statements
+
+    root = Lake(load_config(_config_path(args)).lake).root
+    try:
+        read_only_statements(args.query)
+        con = open_readonly(root, allow=[Path(p) for p in args.allow_path])
+    except (LakeAccessError, FileNotFoundError) as err:
+        print(f"saelake sql: {err}", file=sys.stderr)
+        return 1
+    with con:
         try:
             con.sql(args.query).show(max_rows=args.max_rows, max_width=args.max_width)
+        except duckdb.PermissionException as err:
+            print(f"saelake sql: {err}\n  saelake sql reads only files under the lake ({root}) through its views; "
+                  "--allow-path PATH allows more", file=sys.stderr)
+            return 1
         except duckdb.Error as err:
             print(f"saelake sql: {err}", file=sys.stderr)
             return 1
@@ -108,16 +130,27 @@ def sql(args) -> int:
 
 
 def ui(args) -> int:
-    _use_repo_instance()
+    """`dagster dev` on the instance of prepare_instance, from the working directory, with the code location
+    named explicitly (an installed saelake has no pyproject.toml to find it through)."""
+    home = prepare_instance()
     _config_path(args)
-    command = ["dagster", "dev", "--port", str(args.port), "--host", args.host]
-    print(f"starting {' '.join(command)} with DAGSTER_HOME={os.environ['DAGSTER_HOME']}", flush=True)
-    return subprocess.call(command, cwd=REPO_ROOT)
+    # The dagster next to this Python: `.venv/bin/saelake ui` works when the venv is not on PATH.
+    dagster = Path(sys.executable).with_name("dagster")
+    if not dagster.exists():
+        found = shutil.which("dagster")
+        if found is None:
+            raise FileNotFoundError(f"no `dagster` executable next to {sys.executable} or on PATH; "
+                                    "install saelake into this environment (pip install saelake)")
+        dagster = Path(found)
+    command = [str(dagster), "dev", "-m", "assets", "--port", str(args.port), "--host", args.host]
+    print(f"starting {' '.join(command)} in {Path.cwd()} with DAGSTER_HOME={home}", flush=True)
+    return subprocess.call(command)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saelake", description=__doc__)
-    parser.add_argument("--config", help="pipeline YAML (default: $SAELAKE_CONFIG, else configs/demo.yaml)")
+    parser.add_argument("--config", help="pipeline YAML (default: $SAELAKE_CONFIG, else the offline demo.yaml)")
+    parser.add_argument("--lake", metavar="PATH", help="the lake folder, instead of the config's `lake:`")
     commands = parser.add_subparsers(dest="command", required=True)
     steps = commands.add_parser("run", help="materialize every asset partition that is missing or stale")
     steps.add_argument("--select", nargs="+", default=[], metavar="ASSET",
@@ -134,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("query", help='e.g. "SELECT layer, sae, count(*) FROM latents GROUP BY ALL"')
     query.add_argument("--max-rows", type=int, default=40)
     query.add_argument("--max-width", type=int, default=200)
+    query.add_argument("--allow-path", metavar="PATH", action="append", default=[],
+                       help="also let the query read this file or folder (repeatable); otherwise only the lake")
     query.set_defaults(func=sql)
     out = commands.add_parser("export", help="write the lake as a Hugging Face dataset folder (and push it)")
     out.add_argument("out_dir", help="folder to write (replaced if it holds an earlier export)")
@@ -141,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--private", action="store_true", help="create the Hub repo as private")
     out.add_argument("--overwrite", action="store_true", help="replace out_dir even if it is not an export")
     out.set_defaults(func=export)
-    serve = commands.add_parser("ui", help="start `dagster dev` on the repo's instance")
+    serve = commands.add_parser("ui", help="start `dagster dev` on the instance ($DAGSTER_HOME, else ./.dagster)")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.set_defaults(func=ui)

