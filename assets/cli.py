@@ -132,8 +132,19 @@ def sql(args) -> int:
 def ui(args) -> int:
     """`dagster dev` on the instance of prepare_instance, from the working directory, with the code location
     named explicitly (an installed saelake has no pyproject.toml to find it through)."""
+    import dagster as dg
+
+    from sae.config import load_config
+
+    from .lineage import record_settings
+
     home = prepare_instance()
-    _config_path(args)
+    with dg.DagsterInstance.get() as instance:
+        # The config may have been edited since the last run: the UI then shows what that made stale.
+        changed = record_settings(instance, load_config(_config_path(args)))
+    if changed:
+        print(f"the settings of {changed} partitions changed since they were last recorded; the UI marks the "
+              "partitions they make stale", flush=True)
     # The dagster next to this Python: `.venv/bin/saelake ui` works when the venv is not on PATH.
     dagster = Path(sys.executable).with_name("dagster")
     if not dagster.exists():

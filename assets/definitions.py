@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # are what the UI's run list shows. Every asset is in exactly one of them.
 JOBS = {
     "corpus": ("contexts",),
-    "activations": ("activations",),
+    "dense_activations": ("activations",),
     "layer_sae_partitions": ("saes", "sae_quality", "latents", "latent_stats", "examples", "explanations", "scores",
                              "explanation_embeddings"),
     "summaries_and_export": ("sae_quality_summary", "score_summary", "similarity", "hf_export"),

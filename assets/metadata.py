@@ -28,5 +28,7 @@ def _cell(value) -> str:
 
 
 def publish_views(lake) -> None:
-    """Refresh the lake's views for users (DuckDB file and views script) after an asset wrote its tables."""
-    lake.refresh_views()
+    """Rewrite the lake's views script for users after an asset wrote its tables."""
+    from sae.lake.access import write_views_script
+
+    write_views_script(lake.root)

@@ -1,4 +1,4 @@
-"""The lake on disk: hive-partitioned Parquet tables, atomic partition commits, and DuckDB views.
+"""The lake on disk: hive-partitioned Parquet tables and atomic partition commits (views: sae/lake/access.py).
 
 Layout (`layer` and `sae` are hive partition columns):
   contexts/part-00000.parquet
@@ -6,6 +6,7 @@ Layout (`layer` and `sae` are hive partition columns):
   saes/layer=<hookpoint>/sae=<name>/            (cfg.json + sae.safetensors, sparsify layout)
   sae_metrics/layer=<hookpoint>/sae=<name>/part-00000.parquet
   sae_quality/layer=<hookpoint>/sae=<name>/part-00000.parquet   (metrics + spliced-in cross-entropy)
+  sae_quality_summary/part-00000.parquet         (every variant side by side)
   latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
   latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
   examples/layer=<hookpoint>/sae=<name>/part-00000.parquet          (+ example_coverage/, one row per latent)
@@ -17,7 +18,8 @@ Layout (`layer` and `sae` are hive partition columns):
   similarity_summary/part-00000.parquet          (per pair of partitions: mean best cosine, matchings, ...)
   plots/*.png                                    (score histograms, accuracy by quantile, similarity)
   llm_cache/part-*.parquet                       (every LLM answer, keyed by model, prompt and sampling)
-  saelake.duckdb                                 (views over every table)
+  checks/asset=<asset>/part-<partition>.parquet  (every data check's outcome, per partition)
+  views.sql                                      (views over every table, paths relative to the lake)
 A partition is built under .staging/ and renamed into place when complete, so a failed or killed run
 never leaves a half-written partition visible. Each committed partition holds `_provenance.json`: the
 fingerprint of the settings and inputs that made it (sae/lineage.py), checked by every reader.
@@ -31,7 +33,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -39,11 +40,10 @@ if TYPE_CHECKING:
     from ..config import PipelineConfig
     from ..lineage import Provenance
 
-TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "latents", "latent_stats", "examples",
-          "example_coverage", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
-          "similarity_summary", "llm_cache")
-UNPARTITIONED = ("contexts", "score_summary", "similarity", "similarity_summary", "llm_cache")
-DATABASE = "saelake.duckdb"
+TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
+          "examples", "example_coverage", "explanations", "scores", "score_summary", "explanation_embeddings",
+          "similarity", "similarity_summary", "llm_cache", "checks")
+UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "similarity", "similarity_summary", "llm_cache")
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)
 STAGING_MARKER = "_staging_fingerprint"  # in a staging folder: the settings its files were made with
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
@@ -118,30 +118,6 @@ class Lake:
 
     def files(self, table: str, layer: str | None = None, sae: str | None = None) -> list[Path]:
         return sorted(self.partition(table, layer, sae).glob("**/*.parquet"))
-
-    @property
-    def database(self) -> Path:
-        return self.root / DATABASE
-
-    def refresh_views(self) -> None:
-        """(Re)create one DuckDB view per table that has data, over absolute paths into the lake."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect(str(self.database)) as con:
-            for table in TABLES:
-                partitioned = table not in UNPARTITIONED
-                pattern = self.root / table / ("**/*.parquet" if partitioned else "*.parquet")
-                if self.files(table):
-                    con.execute(
-                        f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{pattern}', "
-                        f"hive_partitioning = {str(partitioned).lower()}, union_by_name = true)"
-                    )
-                else:
-                    con.execute(f"DROP VIEW IF EXISTS {table}")
-
-    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-        if not self.database.exists():
-            self.refresh_views()
-        return duckdb.connect(str(self.database), read_only=read_only)
 
 
 def lake_for(cfg: PipelineConfig) -> Lake:

@@ -13,7 +13,18 @@ EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summa
 def test_demo_definitions_load_with_every_asset_and_partition():
     defs = build_definitions(str(DEFAULT_CONFIG))
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == EXPECTED
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == EXPECTED | {f"settings/{name}" for name in EXPECTED}
+    for name in EXPECTED:
+        node = graph.get(dg.AssetKey(name))
+        assert dg.AssetKey(["settings", name]) in node.parent_keys and node.code_version, name
+        source = graph.get(dg.AssetKey(["settings", name]))
+        assert source.is_observable and source.partitions_def == node.partitions_def, name
+    checks = {key.name for key in graph.asset_check_keys}
+    assert checks == {"readable_parts", "bytes_per_non_zero", "test_train_disjoint", "silent_windows_silent",
+                      "parse_failure_rate", "controls_near_chance"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {
+        "corpus", "dense_activations", "layer_sae_partitions", "summaries_and_export"}
     cfg = load_config(DEFAULT_CONFIG)
     latents = graph.get(dg.AssetKey("latents"))
     assert len(latents.partitions_def.get_partition_keys()) == len(cfg.hookpoints) * len(cfg.saes)

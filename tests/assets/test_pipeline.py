@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from assets.cli import main
 from sae.config import load_config
 from sae.lake import Lake
+from sae.lake.access import open_readonly
 from sae.models import load_model
 
 from ..conftest import write_config
@@ -74,7 +75,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     records = instance.get_run_records()
     assert [r.dagster_run.status for r in records] == [dg.DagsterRunStatus.SUCCESS] * 4
     assert [r.dagster_run.job_name for r in reversed(records)] == [
-        "corpus", "activations", "layer_sae_partitions", "summaries_and_export"]
+        "corpus", "dense_activations", "layer_sae_partitions", "summaries_and_export"]
     contexts_meta = instance.get_latest_materialization_event(dg.AssetKey("contexts")).asset_materialization.metadata
     assert contexts_meta["contexts"].value == cfg.n_tokens // cfg.ctx_len and "ctx_id" in contexts_meta["preview"].value
     # Per-partition metadata describes its own partition, not the run's.
@@ -91,7 +92,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     lake = Lake(cfg.lake)
     n_contexts = cfg.n_tokens // cfg.ctx_len
 
-    with duckdb.connect(str(lake.database), read_only=True) as con:
+    with open_readonly(lake.root) as con:
         assert con.execute("SELECT count(*) FROM contexts").fetchone()[0] == n_contexts
         assert con.execute("SELECT min(len(tokens)), max(len(tokens)) FROM contexts").fetchone() == (cfg.ctx_len,) * 2
         per_layer = dict(con.execute("SELECT layer, count(*) FROM activations GROUP BY layer").fetchall())
@@ -212,7 +213,7 @@ def check_incremental_runs(config_path, cfg, lake, capsys):
 def check_llm_stages(cfg, lake, instance):
     """Explanations, scores, summary, embeddings and similarity, through the lake's views."""
     n_partitions = len(cfg.hookpoints) * len(cfg.saes)
-    with duckdb.connect(str(lake.database), read_only=True) as con:
+    with open_readonly(lake.root) as con:
         rows = con.execute(f"SELECT layer, sae, latent, parsed, {', '.join(EXPLANATION_COLUMNS)} "
                            "FROM explanations").fetchall()
         assert len(rows) == n_partitions * cfg.explain.n_latents
@@ -251,9 +252,7 @@ def check_llm_stages(cfg, lake, instance):
 
 
 def test_saelake_sql_is_read_only_and_prints_a_table(tmp_path, tiny_config, tiny_config_path, capsys):
-    lake = Lake(tiny_config.lake)
-    lake.root.mkdir(parents=True, exist_ok=True)
-    lake.refresh_views()
+    Lake(tiny_config.lake).root.mkdir(parents=True, exist_ok=True)
     assert main(["--config", str(tiny_config_path), "sql", "SELECT 41 + 1 AS answer"]) == 0
     assert "answer" in capsys.readouterr().out
     assert main(["--config", str(tiny_config_path), "sql", "CREATE TABLE t AS SELECT 1"]) == 1
@@ -267,7 +266,7 @@ def check_export(config_path, out_dir, cfg, lake, capsys):
     assert main(["--config", str(config_path), "export", str(out_dir)]) == 0
     assert "explanations" in capsys.readouterr().out
     n_partitions = len(cfg.hookpoints) * len(cfg.saes)
-    with duckdb.connect(str(lake.database), read_only=True) as con:
+    with open_readonly(lake.root) as con:
         expected = {table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                     for table in ("examples", "latent_stats", "scores", "score_summary", "similarity",
                                   "similarity_summary")}

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from sae.lake import Lake
+from sae.lake.access import open_readonly
 
 from ..conftest import write_config
 
@@ -60,7 +60,8 @@ def test_a_killed_run_resumes_past_a_reader_and_equals_a_clean_run(tmp_path, con
     first.wait()
     assert not lake.partition("latents", "layers.2", "topk-x2").exists()  # nothing half-written is visible
 
-    reader = duckdb.connect(str(lake.database), read_only=True)  # a notebook holding the lake open
+    reader = open_readonly(lake.root)  # a notebook holding the lake open, a result half read
+    reader.sql("SELECT * FROM activations").to_arrow_reader(64).read_next_batch()
     try:
         rerun = saelake(config_path, "run", home=home)
         out, _ = rerun.communicate(timeout=900)
