@@ -1,5 +1,6 @@
-"""Example selection in DuckDB: per latent, train windows for the explainer and disjoint test windows
-(activating, across quantile bins, and non-activating) for scoring. The queries live in sql/examples_*.sql."""
+"""Example selection in DuckDB: per latent, train windows for the explainer and test windows (activating,
+across quantile bins, and non-activating) for scoring that share no token with them. The queries live in
+sql/examples_*.sql; Polars shapes the tables in between, Arrow is what comes out."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from torch import Tensor
 
 from ..config import ExamplesConfig
@@ -26,7 +27,8 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
                     decoder: Tensor | None = None, memory_limit: str | None = None) -> pa.Table:
     """Every kind of example for every latent that fires, with token ids and per-token activations.
 
-    `decoder` ([L, d] decoder directions) enables the hard negatives (kind 'neighbour')."""
+    No test window of a latent shares a token with any of its train windows. `decoder` ([L, d] decoder
+    directions) enables the hard negatives (kind 'neighbour')."""
     if not latents:
         raise FileNotFoundError("no latents files: materialize `latents` first")
     tokens = ContextTokens(contexts)
@@ -42,51 +44,54 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
             con, "examples_activating", **common, peak_offset=peak_offset,
             n_top=cfg.n_top, n_quantiles=cfg.n_quantiles, n_train_quantile=cfg.n_train_quantile,
             n_test=cfg.n_test,
-        ).to_arrow_table()
-        random = _silent_windows(con, common, pc.unique(activating.column("latent")).to_pylist(), n_contexts,
+        ).pl()
+        con.register("activating", activating)
+        random = _silent_windows(con, common, activating.select(pl.col("latent").unique()), n_contexts,
                                  cfg.n_train_random, cfg.n_random)
-        parts = [activating, random.cast(activating.schema)]
+        parts = [activating, random]
         if decoder is not None and cfg.n_neighbour and cfg.neighbour_latents:
             con.register("neighbours", nearest_latents(decoder, cfg.neighbour_latents))
+            train = pl.concat(parts).filter(pl.col("split") == "train").select("latent", "ctx_id", "start")
+            con.register("train_windows", train)
             parts.append(run_query(con, "examples_neighbour", files=files, window=cfg.window, ctx_len=ctx_len,
                                    peak_offset=peak_offset, n_neighbour=cfg.n_neighbour,
-                                   per_neighbour=2 * cfg.n_neighbour)
-                         .to_arrow_table().cast(activating.schema))
-        windows = pa.concat_tables(parts).sort_by(
-            [(c, "ascending") for c in ("latent", "split", "kind", "bin", "ctx_id", "start")])
-        windows = windows.append_column("wid", pa.array(np.arange(windows.num_rows, dtype=np.int64)))
+                                   per_neighbour=2 * cfg.n_neighbour).pl())
+        windows = pl.concat(parts).sort("latent", "split", "kind", "bin", "ctx_id", "start").with_row_index("wid")
         con.register("windows", windows)
-        hits = run_query(con, "examples_hits", files=files, window=cfg.window).to_arrow_table()
-    acts = np.zeros((windows.num_rows, cfg.window), dtype=np.float32)
-    acts[hits.column("wid").to_numpy(), hits.column("i").to_numpy()] = hits.column("act").to_numpy()
-    ctx_ids = windows.column("ctx_id").to_numpy()
-    starts = windows.column("start").to_numpy().astype(np.int64)
+        hits = run_query(con, "examples_hits", files=files, window=cfg.window).pl()
+    acts = np.zeros((windows.height, cfg.window), dtype=np.float32)
+    acts[hits["wid"].to_numpy(), hits["i"].to_numpy()] = hits["act"].to_numpy()
+    ctx_ids = windows["ctx_id"].to_numpy()
+    starts = windows["start"].to_numpy().astype(np.int64)
     window_tokens = tokens[0:n_contexts][ctx_ids[:, None], starts[:, None] + np.arange(cfg.window)]
-    return windows.drop_columns(["wid"]).append_column(
+    return windows.drop("wid").to_arrow().cast(WINDOW_SCHEMA).append_column(
         "tokens", _lists(window_tokens.astype(np.int32))).append_column("acts", _lists(acts))
 
 
-def _silent_windows(con, common: dict, latents: list[int], n_contexts: int, n_train_random: int,
-                    n_random: int) -> pa.Table:
-    """Up to `n_train_random` + `n_random` silent windows per latent, asking for more candidates only where
-    too few were silent."""
+def _silent_windows(con, common: dict, latents: pl.DataFrame, n_contexts: int, n_train_random: int,
+                    n_random: int) -> pl.DataFrame:
+    """Up to `n_train_random` + `n_random` silent windows per latent (sql/examples_random_pick.sql), asking for
+    more candidates, and picking again, only for the latents still short of either split."""
     n_wanted = n_train_random + n_random
+    picked = pl.from_arrow(WINDOW_SCHEMA.empty_table())
     parts, short, first = [], latents, 0
     for per_window in RANDOM_ROUNDS:
-        if not short or n_wanted == 0:
+        if short.is_empty() or n_wanted == 0:
             break
         n_candidates = per_window * n_wanted
-        part = run_query(con, "examples_random", **common, latents=short, n_contexts=n_contexts,
-                         n_random=n_wanted, first=first, n_candidates=n_candidates).to_arrow_table()
-        parts.append(part)
+        con.register("wanted", short)
+        parts.append(run_query(con, "examples_random", **common, n_contexts=n_contexts, first=first,
+                               n_candidates=n_candidates).pl())
         first += n_candidates
-        found = pa.concat_tables(parts).group_by("latent").aggregate([("latent", "count")])
-        enough = set(found.filter(pc.field("latent_count") >= n_wanted).column("latent").to_pylist())
-        short = [latent for latent in short if latent not in enough]
-    if not parts:
-        return WINDOW_SCHEMA.empty_table()
-    con.register("random_parts", pa.concat_tables(parts))
-    return run_query(con, "examples_random_pick", n_train_random=n_train_random, n_random=n_random).to_arrow_table()
+        con.register("random_parts", pl.concat(parts))
+        again = run_query(con, "examples_random_pick", window=common["window"], n_train_random=n_train_random,
+                          n_random=n_random).pl()
+        picked = pl.concat([picked.join(short, on="latent", how="anti"), again])
+        enough = again.group_by("latent").agg(
+            n_train=(pl.col("split") == "train").sum(), n_test=(pl.col("split") == "test").sum()
+        ).filter((pl.col("n_train") >= n_train_random) & (pl.col("n_test") >= n_random))
+        short = short.join(enough, on="latent", how="anti")
+    return picked
 
 
 def _lists(matrix: np.ndarray) -> pa.ListArray:
@@ -99,5 +104,5 @@ def coverage(examples: pa.Table, cfg: ExamplesConfig) -> pa.Table:
     """One row per latent: how many examples of each split it got, and why it is short if it is."""
     with duckdb.connect() as con:
         con.register("examples", examples)
-        return run_query(con, "example_coverage", n_train=cfg.n_train, n_test=cfg.n_test,
-                         n_random=cfg.n_random).to_arrow_table()
+        return run_query(con, "example_coverage", n_train=cfg.n_train, n_test=cfg.n_test, n_random=cfg.n_random,
+                         n_train_random=cfg.n_train_random).to_arrow_table()
