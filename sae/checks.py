@@ -24,7 +24,7 @@ WARN = "warn"
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    name: str  # e.g. "test_train_disjoint": one name per check, the same for every partition
+    name: str  # e.g. "train_test_disjoint": one name per check, the same for every partition
     passed: bool
     severity: str  # ERROR or WARN: what a failure means
     description: str  # one sentence a researcher can act on, with the figures

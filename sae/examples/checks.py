@@ -13,9 +13,9 @@ from ..checks import ERROR, CheckOutcome
 from ..lake.sql import run_query
 
 
-def test_train_disjoint(examples_files: list[Path], n_shown: int = 5) -> CheckOutcome:
+def train_test_disjoint(examples_files: list[Path], n_shown: int = 5) -> CheckOutcome:
     """No test window of a latent shares a (ctx_id, token position) with any of its train windows."""
-    name = "test_train_disjoint"
+    name = "train_test_disjoint"
     if not examples_files:
         return CheckOutcome(name, True, ERROR, "no examples in this partition: nothing to check",
                             {"n_windows": 0, "n_latents": 0, "n_overlapping": 0})

@@ -47,15 +47,15 @@ def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, p
     return rows
 
 
-CHECKS = (("test_train_disjoint", "no test window of a latent shares a token with any of its train windows"),
+CHECKS = (("train_test_disjoint", "no test window of a latent shares a token with any of its train windows"),
           ("silent_windows_silent", "random and neighbour windows are silent at every token, per the latents table"))
 
 
 def check_examples(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:
     """The partition's data checks, recorded in the lake's `checks` table."""
-    from .checks import silent_windows_silent, test_train_disjoint
+    from .checks import silent_windows_silent, train_test_disjoint
 
     lake = lake_for(cfg)
     examples = lake.files("examples", *key)
-    outcomes = [test_train_disjoint(examples), silent_windows_silent(examples, fresh_files(cfg, "latents", key))]
+    outcomes = [train_test_disjoint(examples), silent_windows_silent(examples, fresh_files(cfg, "latents", key))]
     return record(lake, "examples", key, lineage_of(cfg).fingerprint("examples", key), outcomes)

@@ -166,7 +166,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
 def check_data_checks(cfg, lake, instance):
     """Every asset check ran and is recorded in the instance (the UI) and in the lake's `checks` table."""
     checks = {"latents": {"readable_parts", "bytes_per_non_zero"},
-              "examples": {"test_train_disjoint", "silent_windows_silent"},
+              "examples": {"train_test_disjoint", "silent_windows_silent"},
               "explanations": {"parse_failure_rate"}, "scores": {"controls_near_chance"}}
     for asset, names in checks.items():
         for name in names:
@@ -182,7 +182,7 @@ def check_data_checks(cfg, lake, instance):
     assert set(found) == {(a, n) for a, names in checks.items() for n in names}
     assert all(n == n_partitions for n, _ in found.values())
     # The error checks hold on data the pipeline made; the warnings may fire on a 135M explainer.
-    for key in [("latents", "readable_parts"), ("examples", "test_train_disjoint"),
+    for key in [("latents", "readable_parts"), ("examples", "train_test_disjoint"),
                 ("examples", "silent_windows_silent")]:
         assert found[key][1], key
 

@@ -144,9 +144,9 @@ def test_a_failed_error_check_blocks_readers_and_a_warning_does_not(tmp_path):
     fingerprint = Lineage(cfg).fingerprint("examples", key)
     record(lake, "examples", key, fingerprint, [CheckOutcome("bytes", False, WARN, "large")])
     require_fresh(cfg, "examples", key)
-    record(lake, "examples", key, fingerprint, [CheckOutcome("test_train_disjoint", False, ERROR, "3 overlaps")])
-    with pytest.raises(StaleDataError, match=r"failed its data check test_train_disjoint \(3 overlaps\)"):
+    record(lake, "examples", key, fingerprint, [CheckOutcome("train_test_disjoint", False, ERROR, "3 overlaps")])
+    with pytest.raises(StaleDataError, match=r"failed its data check train_test_disjoint \(3 overlaps\)"):
         require_fresh(cfg, "examples", key)
     # A rebuilt partition has another fingerprint: the old outcome no longer applies to it.
-    record(lake, "examples", key, "0" * 16, [CheckOutcome("test_train_disjoint", False, ERROR, "old")])
+    record(lake, "examples", key, "0" * 16, [CheckOutcome("train_test_disjoint", False, ERROR, "old")])
     require_fresh(cfg, "examples", key)

@@ -98,7 +98,7 @@ def test_same_seed_same_disjoint_examples(lake):
 
 def test_both_checks_pass_on_the_selection(lake):
     table = lake["table"]
-    disjoint = checks.test_train_disjoint([lake["examples"]])
+    disjoint = checks.train_test_disjoint([lake["examples"]])
     assert disjoint.passed and disjoint.severity == "error"
     assert disjoint.metadata["n_windows"] == table.num_rows and disjoint.metadata["n_overlapping"] == 0
     assert f"{table.num_rows} windows" in disjoint.description
@@ -129,7 +129,7 @@ def test_disjoint_check_fails_on_an_overlap(tmp_path):
         window(0, "test", "random", 1, 9),  # another context: no overlap
         window(1, "test", "random", 0, 9),  # another latent: no overlap
     ])
-    outcome = checks.test_train_disjoint([path])
+    outcome = checks.train_test_disjoint([path])
     assert not outcome.passed and outcome.severity == "error"
     assert outcome.metadata["n_overlapping"] == 1
     assert outcome.metadata["shown"] == [{"latent": 0, "ctx_id": 0, "train_kind": "top", "train_start": 9,
@@ -155,7 +155,7 @@ def test_checks_pass_on_an_empty_partition(tmp_path):
     latents, _ = write_lake(tmp_path, FIRES, n_contexts=4)
     empty = hand_made(tmp_path, [])
     for files in ([], [empty]):
-        disjoint = checks.test_train_disjoint(files)
+        disjoint = checks.train_test_disjoint(files)
         silent = checks.silent_windows_silent(files, latents)
         assert disjoint.passed and disjoint.metadata["n_windows"] == 0
         assert silent.passed and silent.metadata["n_windows"] == 0
