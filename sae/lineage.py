@@ -61,9 +61,7 @@ def sae_reads_activations(cfg: PipelineConfig, hookpoint: str, name: str) -> boo
 
 
 def _sae_inputs(cfg: PipelineConfig, key) -> Inputs:
-    if sae_reads_activations(cfg, *key):
-        return [("activations", key[0]), ("contexts", None)]
-    return [("contexts", None)]
+    return [("activations", key[0]), ("contexts", None)] if sae_reads_activations(cfg, *key) else []
 
 
 def _sae_settings(cfg: PipelineConfig, key) -> dict:
@@ -79,8 +77,8 @@ def _sae_settings(cfg: PipelineConfig, key) -> dict:
     return settings
 
 
-def _per_partition(*assets: str) -> Callable[[PipelineConfig, PartitionKey], Inputs]:
-    return lambda cfg, key: [(a, key) for a in assets]
+def _per_partition(asset: str) -> Callable[[PipelineConfig, PartitionKey], Inputs]:
+    return lambda cfg, key: [(asset, key)]
 
 
 def _every_partition(*assets: str) -> Callable[[PipelineConfig, PartitionKey], Inputs]:
@@ -118,8 +116,9 @@ ASSETS: tuple[AssetLineage, ...] = (
     AssetLineage("sae_quality", "layer_sae", "1",
                  lambda cfg, key: {"eval_contexts": cfg.eval_contexts, "min_holdout": _min_holdout(cfg),
                                    "batch_size": cfg.batch_size, "dtype": cfg.model.dtype},
-                 _per_partition("saes", "contexts")),
-    AssetLineage("latents", "layer_sae", "1", lambda cfg, key: _model_run(cfg), _per_partition("saes")),
+                 lambda cfg, key: [("saes", key), ("contexts", None)]),
+    AssetLineage("latents", "layer_sae", "1", lambda cfg, key: _model_run(cfg),
+                 lambda cfg, key: [("saes", key), ("contexts", None)]),
     AssetLineage("latent_stats", "layer_sae", "1", lambda cfg, key: {}, _per_partition("latents")),
     AssetLineage("examples", "layer_sae", "1",
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},

@@ -77,7 +77,6 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     device = resolve_device(cfg.model.device)
     hidden = width_at(cfg, hookpoint)
     activation_files = fresh_files(cfg, "activations", hookpoint) if sae_reads_activations(cfg, *key) else []
-    n_contexts = count_contexts(cfg)
     folder = None
     holdout = spec.train.holdout_fraction if spec.train else PRETRAINED_HOLDOUT_FRACTION
     if spec.neurons is not None:
@@ -91,7 +90,7 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
         check_d_in(sae, hidden, f"SAE {name!r} at {folder}")
     metrics = None
     if activation_files and not sae.cfg.transcode:
-        held_from = holdout_start(n_contexts, holdout)
+        held_from = holdout_start(count_contexts(cfg), holdout)
         metrics = evaluate(sae, iter_activations(activation_files, 4096, held_from, heldout=True), device)
         everything = evaluate(sae, iter_activations(activation_files, 4096, None, heldout=False), device)
         metrics.dead_fraction = everything.dead_fraction

@@ -11,6 +11,7 @@ from sae.config import ExamplesConfig, ExplainConfig, LLMConfig
 from sae.examples.selection import coverage
 from sae.explanations.explainer import SCHEMA, choose_latents, explain_partition
 from sae.lake import Lake
+from sae.lineage import Provenance
 from sae.llm import make_client
 from sae.llm.response_cache import CachedClient
 
@@ -65,11 +66,16 @@ class CrashAfter:
         pass
 
 
+def made_by(fingerprint: str) -> Provenance:
+    """The provenance of a partition made with settings whose fingerprint is `fingerprint`."""
+    return Provenance("explanations", "layers.1|x", fingerprint, "1", {}, {})
+
+
 def test_a_crash_loses_at_most_one_batch_and_a_rerun_asks_only_for_the_rest(tmp_path, examples, client):
     lake = Lake(tmp_path / "lake")
     covered = coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3))
     run = {"lake": lake, "hookpoint": "layers.1", "sae": "x", "examples": examples, "coverage": covered,
-           "cfg": CFG, "decode": decode, "seed": 0, "fingerprint": "fp-1"}
+           "cfg": CFG, "decode": decode, "seed": 0, "provenance": made_by("fp-1")}
     cache_dir = tmp_path / "lake" / "llm_cache"
     with pytest.raises(RuntimeError, match="killed"):
         explain_partition(client=CachedClient(CrashAfter(client, calls=2), cache_dir), **run)
@@ -91,7 +97,7 @@ def test_a_crash_loses_at_most_one_batch_and_a_rerun_asks_only_for_the_rest(tmp_
     again = CachedClient(client, cache_dir)
     assert explain_partition(client=again, **run).equals(table) and again.sent == 0
     fresh = CachedClient(client, cache_dir)
-    rerun = explain_partition(client=fresh, **{**run, "fingerprint": "fp-2"})
+    rerun = explain_partition(client=fresh, **{**run, "provenance": made_by("fp-2")})
     assert fresh.sent == 1 and sum(rerun.column("cached").to_pylist()) == 4  # the first four came from the cache
     assert rerun.column("completion").to_pylist()[:4] == table.column("completion").to_pylist()[:4]
 

@@ -142,7 +142,7 @@ def test_explaining_over_the_server_survives_a_503_and_a_rerun_sends_nothing(ser
     from sae.explanations.explainer import explain_partition
     from sae.lake import Lake
 
-    from ..explanations.test_explainer import train_examples
+    from ..explanations.test_explainer import made_by, train_examples
     from ..scoring.test_scorers import decode
 
     examples = train_examples()
@@ -150,7 +150,7 @@ def test_explaining_over_the_server_survives_a_503_and_a_rerun_sends_nothing(ser
     lake = Lake(tmp_path / "lake")
     run = {"lake": lake, "hookpoint": "layers.1", "sae": "x", "examples": examples,
            "coverage": coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3)), "cfg": cfg,
-           "decode": decode, "seed": 0, "fingerprint": "fp"}
+           "decode": decode, "seed": 0, "provenance": made_by("fp")}
     with FaultyProxy(server.base_url, [(503, {})]) as proxy:
         first = explain_partition(client=client_for(proxy.base_url), **run)
         assert (proxy.failed, proxy.forwarded) == (1, 3)
