@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import yaml
 
 from ..config import SCORERS, PipelineConfig, SaeSpec
 from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake
+from ..lake.sql import run_query
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ DEFAULT_LICENSE = "cc-by-sa-4.0"  # the default corpus is Wikipedia, whose text 
 TAGS = ["interpretability", "sparse-autoencoders", "mechanistic-interpretability", "saelake"]
 BATCH_ROWS = 65_536  # rows per Arrow batch from DuckDB and per Parquet row group: bounded writer memory
 KNOWN_SCORERS = SCORERS
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Columns of the explanations configuration, in order, before the pivoted scores.
 EXPLANATION_COLUMNS = {
@@ -199,14 +198,13 @@ def _write_configs(lake: Lake, files: Callable[[str], list[Path]], build: Path,
             if not files(config):
                 continue
             if config == "explanations":
-                query, params = _explanations_query(con, lake, files)
+                relation = _explanations(con, lake, files)
             else:
-                query, params = f"SELECT * FROM {_source(lake, config, 'files')}", {"files": _names(files(config))}
+                relation = _table(con, lake, config, files(config))
             transform = _with_text(decode) if config == "examples" and decode is not None else None
             folder = build / "data" / config
             folder.mkdir(parents=True)
-            reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
-            rows = _write_parquet(reader, folder / DATA_FILE, transform)
+            rows = _write_parquet(relation.to_arrow_reader(BATCH_ROWS), folder / DATA_FILE, transform)
             if rows:
                 counts[config] = rows
             else:
@@ -224,16 +222,16 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _source(lake: Lake, table: str, param: str) -> str:
-    """A subquery over every file of `table` (a list parameter `$param`), with `layer` and `sae` first for the
-    partitioned tables."""
-    if table in UNPARTITIONED:
-        return f"(SELECT * FROM read_parquet(${param}, hive_partitioning = false, union_by_name = true))"
+def _table(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, paths: list[Path]) -> duckdb.DuckDBPyRelation:
+    """Every file of `table`, with `layer` and `sae` first for the partitioned tables."""
+    partitioned = table not in UNPARTITIONED
+    relation = run_query(con, "export_table", files=_names(paths), partitioned=partitioned)
+    if not partitioned:
+        return relation
     # DuckDB reads key=value folders anywhere in the path as columns; keep only the lake's own two.
-    ancestors = [part.split("=", 1)[0] for part in lake.root.parts if "=" in part]
-    hidden = ", ".join(_quote(c) for c in dict.fromkeys(["layer", "sae", *ancestors]))
-    return (f"(SELECT layer, sae, * EXCLUDE ({hidden}) FROM read_parquet(${param}, hive_partitioning = true, "
-            "hive_types_autocast = false, union_by_name = true))")
+    ancestors = {part.split("=", 1)[0] for part in lake.root.parts if "=" in part}
+    rest = [c for c in relation.columns if c not in {"layer", "sae", *ancestors}]
+    return relation.project(", ".join(_quote(c) for c in ["layer", "sae", *rest]))
 
 
 def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
@@ -244,39 +242,20 @@ def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
             f"{scorer}_control_auc": ("control", "auc")}
 
 
-def _scorers(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[str]:
-    found = con.sql("SELECT DISTINCT scorer FROM read_parquet($files, union_by_name = true) WHERE scorer IS NOT NULL",
-                    params={"files": files}).pl()["scorer"].to_list()
-    for name in found:
-        # Scorer names become column names in the generated SQL: only plain identifiers are accepted.
-        if not _IDENTIFIER.fullmatch(name):
-            raise ValueError(f"scorer name {name!r} in the scores table is not a plain identifier "
-                             "(letters, digits, '_'); cannot name a column after it")
-    return sorted(found, key=lambda s: (KNOWN_SCORERS.index(s) if s in KNOWN_SCORERS else len(KNOWN_SCORERS), s))
-
-
-def _explanations_query(con: duckdb.DuckDBPyConnection, lake: Lake,
-                        files: Callable[[str], list[Path]]) -> tuple[str, dict]:
-    """One row per explained latent, its scores pivoted into columns with FILTER aggregates."""
-    params: dict = {"explanation_files": _names(files("explanations"))}
-    base = ", ".join(f"e.{c}" for c in EXPLANATION_COLUMNS)
-    query = f"SELECT {base} FROM {_source(lake, 'explanations', 'explanation_files')} AS e"
-    if files("scores"):
-        params["score_files"] = _names(files("scores"))
-        aggregates, picked = [], []
-        for i, scorer in enumerate(_scorers(con, params["score_files"])):
-            params[f"scorer_{i}"] = scorer
-            for column, (source, metric) in score_columns(scorer).items():
-                aggregates.append(f"max({metric}) FILTER (WHERE scorer = $scorer_{i} AND source = '{source}') "
-                                  f"AS {column}")
-                picked.append(f"p.{column}")
-        if aggregates:
-            query = (f"WITH pivoted AS (SELECT layer, sae, latent, {', '.join(aggregates)} "
-                     f"FROM {_source(lake, 'scores', 'score_files')} GROUP BY layer, sae, latent) "
-                     f"SELECT {base}, {', '.join(picked)} "
-                     f"FROM {_source(lake, 'explanations', 'explanation_files')} AS e "
-                     "LEFT JOIN pivoted AS p ON p.layer = e.layer AND p.sae = e.sae AND p.latent = e.latent")
-    return query + " ORDER BY e.layer, e.sae, e.latent", params
+def _explanations(con: duckdb.DuckDBPyConnection, lake: Lake,
+                  files: Callable[[str], list[Path]]) -> duckdb.DuckDBPyRelation:
+    """One row per explained latent, its scores pivoted into columns (sql/export_explanations.sql), the columns
+    in the card's order: the explanation's, then per scorer (known ones first) real and control."""
+    _table(con, lake, "explanations", files("explanations")).project(
+        ", ".join(_quote(c) for c in EXPLANATION_COLUMNS)).create("explanation_rows")
+    if not files("scores"):
+        return con.table("explanation_rows").order("layer, sae, latent")
+    run_query(con, "export_score_values", files=_names(files("scores")))
+    relation = run_query(con, "export_explanations")
+    scorers = {c.rsplit("_control_", 1)[0] for c in relation.columns if "_control_" in c}
+    order = sorted(scorers, key=lambda s: (KNOWN_SCORERS.index(s) if s in KNOWN_SCORERS else len(KNOWN_SCORERS), s))
+    pivoted = [c for scorer in order for c in score_columns(scorer) if c in relation.columns]
+    return relation.project(", ".join(_quote(c) for c in [*EXPLANATION_COLUMNS, *pivoted]))
 
 
 def _with_text(decode: Callable[[list[list[int]]], list[str]]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
