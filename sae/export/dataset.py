@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from ..config import SCORERS, PipelineConfig, SaeSpec
-from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake
+from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake, replace_folder
 from ..lake.sql import run_query
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
         (build / "README.md").write_text(dataset_card(card, counts, _summary_rows(build), scored,
                                                       text=decode is not None))
         (build / MARKER).write_text(json.dumps({"configs": counts}, indent=1) + "\n")
-        _replace(build, out_dir)
+        replace_folder(build, out_dir, out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
     finally:
         shutil.rmtree(build, ignore_errors=True)
     log.info("exported %s to %s", ", ".join(f"{c} ({n} rows)" for c, n in counts.items()), out_dir)
@@ -173,20 +173,6 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         return
     raise FileExistsError(f"{out_dir} is not empty and is not an earlier saelake export (it has no {MARKER} "
                           "file): export to another folder, or pass overwrite=True to replace it")
-
-
-def _replace(build: Path, out_dir: Path) -> None:
-    """Move the finished export into place; the previous one is moved aside first and deleted after."""
-    trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    if out_dir.exists():
-        os.replace(out_dir, trash)
-    try:
-        os.replace(build, out_dir)
-    except OSError:
-        if trash.exists():
-            os.replace(trash, out_dir)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_configs(lake: Lake, files: Callable[[str], list[Path]], build: Path,

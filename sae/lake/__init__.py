@@ -88,13 +88,7 @@ class Lake:
         (staging / STAGING_MARKER).unlink(missing_ok=True)
         if provenance is not None:
             (staging / PROVENANCE_FILE).write_text(provenance.to_json())
-        final.parent.mkdir(parents=True, exist_ok=True)
-        trash = self.root / ".trash" / uuid.uuid4().hex
-        if final.exists():
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(final, trash)
-        os.replace(staging, final)
-        shutil.rmtree(trash, ignore_errors=True)
+        replace_folder(staging, final, self.root / ".trash" / uuid.uuid4().hex)
         return final
 
     def write_partition(self, table: pa.Table, name: str, layer: str | None = None, sae: str | None = None,
@@ -123,6 +117,22 @@ class Lake:
 def lake_for(cfg: PipelineConfig) -> Lake:
     """The lake a pipeline config writes to."""
     return Lake(cfg.lake)
+
+
+def replace_folder(new: Path, target: Path, trash: Path) -> None:
+    """Make the complete folder `new` be `target`: the old one is moved to `trash` first (put back if the
+    second rename fails) and deleted after, so a reader sees the old folder or the new one, never a mix."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(target, trash)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if trash.exists():
+            os.replace(trash, target)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_parquet(table: pa.Table, path: Path, **options) -> None:
