@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from importlib.resources import files
 from pathlib import Path
 

@@ -14,7 +14,8 @@ from .resources import PipelineConfigResource
 def build_explanation_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @lake_asset(cfg, "explanations", group_name="explanations", pool=GPU_POOL, deps=["examples"],
                 checks=explanations_stage.CHECKS, kinds={"parquet"})
-    def explanations(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+    def explanations(context: dg.AssetExecutionContext,
+                     pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """One short explanation per chosen latent, written by the configured LLM (local, openai or vllm)
         from the latent's train windows. Resumable batch by batch; every answer is also kept in the
         lake's response cache (`llm_cache`), so a rerun of the same prompts costs no model call."""

@@ -60,7 +60,8 @@ def build_latent_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
             check_results=check_results(outcomes))
 
     @lake_asset(cfg, "latent_stats", group_name="latents", deps=["latents"], kinds={"duckdb", "parquet"})
-    def latent_stats(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+    def latent_stats(context: dg.AssetExecutionContext,
+                     pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """Per latent: n_fired, n_contexts, frequency, max / mean activation, quantile edges, dead."""
         cfg = pipeline_config.config
         for partition, key in partitions_of(context):

@@ -26,6 +26,7 @@ from .definitions import JOBS, build_definitions
 from .lineage import GPU_POOL, dagster_partition, record_settings
 
 PID_TAG = "saelake/pid"
+INTERRUPTED = "DagsterExecutionInterruptedError"  # how Dagster reports a step stopped by Ctrl-C
 HOST_TAG = "saelake/host"
 LIVE_STATUSES = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                  dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.NOT_STARTED)
@@ -213,8 +214,11 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
                 print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: "
                       f"{evaluation.severity.value.lower()}: {evaluation.description}", flush=True)
             if not result.success:
-                print(f"saelake run: {failure_message(result, step)}\n  (the full log is in the UI: `saelake ui`, "
-                      f"run {result.run_id})", file=sys.stderr)
+                message = failure_message(result, step)
+                if INTERRUPTED in message:
+                    raise KeyboardInterrupt
+                print(f"saelake run: {message}\n  (the full log is in the UI: `saelake ui`, run {result.run_id})",
+                      file=sys.stderr)
                 return 1
     except KeyboardInterrupt:
         print("saelake run: interrupted; the lake keeps every partition committed so far, and a rerun resumes",
@@ -232,4 +236,5 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    # SIGTERM as Ctrl-C: Dagster then stops the step at its next safe point and records the run as failed.
+    os.kill(os.getpid(), signal.SIGINT)

@@ -30,13 +30,13 @@ def worker(args) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from sae.latents.engine import LatentSink, chunk_contexts_for, run_cache
-    from sae.saes.codecs import Sae, SaeConfig
     from sae.config import CorpusConfig, ModelConfig
     from sae.corpus.documents import iter_documents, tokenize_contexts
-    from sae.latents.hookpoints import capture
     from sae.lake import Lake
+    from sae.latents.engine import LatentSink, chunk_contexts_for, run_cache
+    from sae.latents.hookpoints import capture
     from sae.models import load_model, load_tokenizer
+    from sae.saes.codecs import Sae, SaeConfig
 
     torch.manual_seed(0)
     model_cfg = ModelConfig(device=args.device)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
+    from .config import PipelineConfig
     from .lake import Lake
 
 ERROR = "error"
@@ -37,7 +38,7 @@ class CheckOutcome:
 
 CHECKS_TABLE = "checks"
 CHECKS_SCHEMA = pa.schema([
-    ("layer", pa.string()), ("sae", pa.string()), ("check", pa.string()), ("passed", pa.bool_()),
+    ("layer", pa.string()), ("sae", pa.string()), ("check_name", pa.string()), ("passed", pa.bool_()),
     ("severity", pa.string()), ("description", pa.string()),
     ("metadata", pa.string()),  # JSON
     ("fingerprint", pa.string()),  # of the partition checked: a rebuilt partition's old outcomes no longer apply
@@ -60,7 +61,7 @@ def record(lake: Lake, asset: str, key, fingerprint: str, outcomes: list[CheckOu
     layer, sae = split_key(key)
     now = datetime.now(timezone.utc)
     table = pa.Table.from_pydict({
-        "layer": [layer] * len(outcomes), "sae": [sae] * len(outcomes), "check": [o.name for o in outcomes],
+        "layer": [layer] * len(outcomes), "sae": [sae] * len(outcomes), "check_name": [o.name for o in outcomes],
         "passed": [o.passed for o in outcomes], "severity": [o.severity for o in outcomes],
         "description": [o.description for o in outcomes],
         "metadata": [json.dumps(o.metadata, default=str) for o in outcomes],
@@ -71,11 +72,19 @@ def record(lake: Lake, asset: str, key, fingerprint: str, outcomes: list[CheckOu
     return outcomes
 
 
+def record_checks(cfg: PipelineConfig, asset: str, key, outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
+    """`record` for the partition as the config makes it (its fingerprint from the lineage)."""
+    from .lake import lake_for
+    from .lineage import lineage_of
+
+    return record(lake_for(cfg), asset, key, lineage_of(cfg).fingerprint(asset, key), outcomes)
+
+
 def failed_blocking_checks(lake: Lake, asset: str, key, fingerprint: str) -> list[str]:
     """The error-severity checks that failed on the partition as it is now (its fingerprint), as text."""
     path = _checks_file(lake, asset, key)
     if not path.exists():
         return []
-    rows = pq.read_table(path, columns=["check", "passed", "severity", "description", "fingerprint"]).to_pylist()
-    return [f"{r['check']} ({r['description']})" for r in rows
+    rows = pq.read_table(path, columns=["check_name", "passed", "severity", "description", "fingerprint"]).to_pylist()
+    return [f"{r['check_name']} ({r['description']})" for r in rows
             if r["fingerprint"] == fingerprint and r["severity"] == ERROR and not r["passed"]]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import os
 import re
 import types
@@ -290,12 +288,6 @@ class PipelineConfig:
     def writes_activations(self, hookpoint: str) -> bool:
         flag = self.layer(hookpoint).activations
         return any(s.train for s in self.saes) if flag is None else flag
-
-    def fingerprint(self, *parts: str) -> str:
-        """A short hash of the settings named by `parts`, used to tell stale lake data from current."""
-        data = dataclasses.asdict(self)
-        chosen = {p: data[p] for p in parts}
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:

@@ -32,8 +32,8 @@ def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str,
     `similarity_summary`, with a heatmap and a similarity-vs-layer-distance plot (markdown; PNGs in lake/plots)."""
     import numpy as np
 
-    from .variants import Side, compare_all, heatmap_matrix
     from ..plots import markdown_image, similarity_heatmap, similarity_vs_distance
+    from .variants import Side, compare_all, heatmap_matrix
 
     lake = lake_for(cfg)
     sides = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..checks import CheckOutcome, record
+from ..checks import CheckOutcome, record_checks
 from ..config import PipelineConfig
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
@@ -55,7 +55,6 @@ def check_examples(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutco
     """The partition's data checks, recorded in the lake's `checks` table."""
     from .checks import silent_windows_silent, train_test_disjoint
 
-    lake = lake_for(cfg)
-    examples = lake.files("examples", *key)
+    examples = lake_for(cfg).files("examples", *key)
     outcomes = [train_test_disjoint(examples), silent_windows_silent(examples, fresh_files(cfg, "latents", key))]
-    return record(lake, "examples", key, lineage_of(cfg).fingerprint("examples", key), outcomes)
+    return record_checks(cfg, "examples", key, outcomes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks import CheckOutcome, record
+from ..checks import CheckOutcome, record_checks
 from ..config import LLMConfig, PipelineConfig
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
@@ -67,6 +67,5 @@ def check_explanations(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckO
     """The partition's data checks, recorded in the lake's `checks` table."""
     from .checks import parse_failure_rate
 
-    lake = lake_for(cfg)
-    outcomes = [parse_failure_rate(lake.files("explanations", *key))]
-    return record(lake, "explanations", key, lineage_of(cfg).fingerprint("explanations", key), outcomes)
+    outcomes = [parse_failure_rate(lake_for(cfg).files("explanations", *key))]
+    return record_checks(cfg, "explanations", key, outcomes)

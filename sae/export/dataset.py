@@ -437,7 +437,8 @@ def push_dataset(out_dir: Path, repo_id: str, token: str | None = None, private:
     try:
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private, token=token)
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="dataset",
-                          commit_message="Upload saelake explanations dataset", ignore_patterns=[MARKER, PROVENANCE_FILE],
+                          commit_message="Upload saelake explanations dataset",
+                          ignore_patterns=[MARKER, PROVENANCE_FILE],
                           token=token)
     except Exception as err:
         if _mentions(err, token):

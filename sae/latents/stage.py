@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..checks import WARN, CheckOutcome, record
+from ..checks import WARN, CheckOutcome, record_checks
 from ..config import PipelineConfig
 from ..corpus.stage import count_contexts, load_context_tokens
 from ..lake import Lake, lake_for
@@ -110,4 +110,4 @@ def check_latents(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcom
         size = bytes_per_non_zero(lake.partition("latents", *key), count_rows(files))
     else:
         size = CheckOutcome("bytes_per_non_zero", False, WARN, "not measured: some parts cannot be read")
-    return record(lake, "latents", key, lineage_of(cfg).fingerprint("latents", key), [readable, size])
+    return record_checks(cfg, "latents", key, [readable, size])

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import PRETRAINED_HOLDOUT_FRACTION, PipelineConfig, SaeSpec
 from ..corpus.stage import count_contexts, load_context_tokens
 from ..lake import lake_for
 from ..lake.sql import run_query
-from ..lineage import connect_fresh, fresh_files, lineage_of, require_fresh, sae_reads_activations
 from ..latents.hookpoints import hookpoint_width, source_hookpoint
+from ..lineage import connect_fresh, fresh_files, lineage_of, require_fresh, sae_reads_activations
 from ..models import load_model, model_source, resolve_device
 from .codecs import Sae, detect_format, load_sae, save_sae
 from .neurons import neuron_codec

@@ -7,7 +7,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks import CheckOutcome, record
+from ..checks import CheckOutcome, record_checks
 from ..config import PipelineConfig
 from ..explanations.stage import token_decoder
 from ..lake import lake_for
@@ -114,6 +114,5 @@ def check_scores(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome
     """The partition's data checks, recorded in the lake's `checks` table."""
     from .checks import controls_near_chance
 
-    lake = lake_for(cfg)
-    outcomes = [controls_near_chance(lake.files("scores", *key), seed=cfg.seed)]
-    return record(lake, "scores", key, lineage_of(cfg).fingerprint("scores", key), outcomes)
+    outcomes = [controls_near_chance(lake_for(cfg).files("scores", *key), seed=cfg.seed)]
+    return record_checks(cfg, "scores", key, outcomes)

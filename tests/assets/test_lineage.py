@@ -9,8 +9,14 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from assets.lineage import check_results, dagster_partition, lake_asset, record_settings, settings_key
-from assets.lineage import build_settings_assets
+from assets.lineage import (
+    build_settings_assets,
+    check_results,
+    dagster_partition,
+    lake_asset,
+    record_settings,
+    settings_key,
+)
 from sae.checks import ERROR, WARN, CheckOutcome
 from sae.config import parse_config
 

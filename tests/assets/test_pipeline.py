@@ -82,8 +82,9 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     for hookpoint in cfg.hookpoints:
         for name in (*SIZES, *NEURONS):
             partition = dg.MultiPartitionKey({"layer": hookpoint, "sae": name})
-            meta = instance.get_latest_materialization_event(
-                dg.AssetKey("latents"), partition=partition).asset_materialization.metadata
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("latents"), asset_partitions=[str(partition)]), limit=1)
+            meta = records.records[0].asset_materialization.metadata
             nnz = sum(pq.read_metadata(f).num_rows for f in Lake(cfg.lake).files("latents", hookpoint, name))
             assert meta["non_zeros"].value == nnz
             assert 0 < meta["bytes_per_non_zero"].value < 16
@@ -175,7 +176,7 @@ def check_data_checks(cfg, lake, instance):
             assert record is not None, (asset, name)
     n_partitions = len(cfg.hookpoints) * len(cfg.saes)
     with duckdb.connect() as con:
-        rows = con.execute(f"SELECT asset, check, count(*), bool_and(passed) FROM "
+        rows = con.execute(f"SELECT asset, check_name, count(*), bool_and(passed) FROM "
                            f"read_parquet('{lake.root}/checks/**/*.parquet', hive_partitioning = true) "
                            "GROUP BY ALL").fetchall()
     found = {(asset, check): (n, passed) for asset, check, n, passed in rows}

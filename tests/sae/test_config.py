@@ -205,13 +205,6 @@ def test_load_config_invalid_yaml_raises(tmp_path):
     assert str(path) in str(info.value)
 
 
-def test_fingerprint_changes_with_the_named_settings():
-    a = parse_config(_raw())
-    b = parse_config(_raw(seed=4))
-    assert a.fingerprint("model", "corpus") == b.fingerprint("model", "corpus")
-    assert a.fingerprint("seed") != b.fingerprint("seed")
-
-
 # ------------------------------------------------------------------------------------------ enumerated choices
 
 DEVICE_VALUES = "valid: auto, cpu, cuda, cuda:N"

@@ -92,7 +92,8 @@ def test_the_prompt_invalidates_explanations_and_downstream_only(tmp_path):
     lake = finish(config(tmp_path))
     changed = config(tmp_path, **{"explain.prompt.show_activations": True})
     downstream = ("explanations", "scores", "explanation_embeddings")
-    expected = {(a, k) for a in downstream for k in layer_sae_keys(changed)} | SUMMARIES - {("sae_quality_summary", None)}
+    summaries = SUMMARIES - {("sae_quality_summary", None)}
+    expected = {(a, k) for a in downstream for k in layer_sae_keys(changed)} | summaries
     assert to_build(changed, lake) == expected
 
 
@@ -124,7 +125,7 @@ def test_select_partition_and_force(tmp_path):
 
 
 def test_reading_a_stale_upstream_names_it_the_cause_and_the_command(tmp_path):
-    lake = finish(config(tmp_path))
+    finish(config(tmp_path))
     changed = config(tmp_path, **{"saes.1.train.k": 16})
     require_fresh(changed, "latents", ("layers.1", "topk-x2"))  # another variant: still fresh
     with pytest.raises(StaleDataError) as err:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sae.config import ExamplesConfig
-from sae.examples.selection import coverage, select_examples
 from sae.examples.neighbours import nearest_latents
+from sae.examples.selection import coverage, select_examples
 
 N_CONTEXTS, CTX_LEN, N_LATENTS = 300, 64, 40
 CFG = ExamplesConfig(window=16, peak_position=0.5, n_top=5, n_quantiles=4, n_train_quantile=4, n_test=8,

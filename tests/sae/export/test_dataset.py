@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sae.export import dataset as export
 from sae.comparison.variants import PAIRS_SCHEMA
 from sae.config import parse_config
 from sae.examples.selection import WINDOW_SCHEMA
 from sae.explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
+from sae.export import dataset as export
 from sae.export.dataset import CardInfo, MissingTokenError, export_dataset, push_dataset, resolve_token
 from sae.lake import Lake, write_parquet
 from sae.scoring.scorers import SCHEMA as SCORES_SCHEMA

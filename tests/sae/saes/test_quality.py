@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sae.saes.codecs import Sae, SaeConfig
 from sae.latents.hookpoints import capture
+from sae.saes.codecs import Sae, SaeConfig
 from sae.saes.quality import layer_baseline, spliced_loss
 
 
