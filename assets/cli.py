@@ -62,6 +62,22 @@ def run(args) -> int:
                         verbose=args.verbose)
 
 
+def status(args) -> int:
+    """Print what `saelake run` would build and skip, and why, without running anything."""
+    from sae.config import load_config
+    from sae.lake import lake_for
+    from sae.lineage import plan
+
+    from .runner import describe_plan
+
+    cfg = load_config(_config_path(args))
+    states = plan(cfg, lake_for(cfg), args.select, args.partition)
+    print("\n".join(describe_plan(states)))
+    todo = sum(s.status != "fresh" for s in states)
+    print(f"{todo} of {len(states)} partitions to build" if todo else f"all {len(states)} partitions are fresh")
+    return 0
+
+
 def validate(args) -> int:
     """Check the config in full (its file, this machine, the model) and print it resolved, defaults filled in."""
     import warnings
@@ -170,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_argument("--force", action="store_true", help="rebuild the selection even where it is fresh")
     steps.add_argument("--verbose", action="store_true", help="print Dagster's event log as the run goes")
     steps.set_defaults(func=run)
+    state = commands.add_parser("status", help="what `saelake run` would build or skip, and why (runs nothing)")
+    state.add_argument("--select", nargs="+", default=[], metavar="ASSET", help="as for `run`")
+    state.add_argument("--partition", nargs="+", default=[], metavar="KEY", help="as for `run`")
+    state.set_defaults(func=status)
     check = commands.add_parser("validate", help="check the config in full and print it with every default")
     check.add_argument("path", nargs="?", metavar="CONFIG", help="pipeline YAML (default: as --config)")
     check.set_defaults(func=validate)

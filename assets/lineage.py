@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 import dagster as dg
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-from sae.checks import ERROR, CheckOutcome
+from sae.checks import ERROR, WARN, CheckOutcome, CheckSpec
 from sae.config import PipelineConfig, load_config
 from sae.lineage import BY_NAME, Lineage, PartitionKey, partition_keys, partition_label
 
 from .partitions import LAYER, SAE, layer_partitions, layer_sae_partitions
 
 SETTINGS = "settings"
+SEVERITY_WORDS = {ERROR: "an error: it blocks what is downstream", WARN: "a warning: it blocks nothing"}
 GPU_POOL = "gpu"
 
 
@@ -87,7 +88,7 @@ def record_settings(instance: dg.DagsterInstance, cfg: PipelineConfig) -> int:
     return reported
 
 
-def lake_asset(cfg: PipelineConfig, name: str, deps: Sequence = (), checks: Sequence[tuple[str, str]] = (),
+def lake_asset(cfg: PipelineConfig, name: str, deps: Sequence = (), checks: Sequence[CheckSpec] = (),
                **kwargs) -> Callable:
     """@dg.asset for a lineage asset: its partitions, its code version, its settings source among its deps, and
     its data checks as check specs (error checks block what is downstream)."""
@@ -96,8 +97,8 @@ def lake_asset(cfg: PipelineConfig, name: str, deps: Sequence = (), checks: Sequ
     if spec.partitioning != "none":
         # A run over many partitions is one step: the model runs once for all of them.
         options["backfill_policy"] = dg.BackfillPolicy.single_run()
-    check_specs = [dg.AssetCheckSpec(check, asset=name, description=about, blocking=True)
-                   for check, about in checks]
+    check_specs = [dg.AssetCheckSpec(c.name, asset=name, description=f"{c.about} ({SEVERITY_WORDS[c.severity]})",
+                                     blocking=c.severity == ERROR) for c in checks]
     return dg.asset(name=name, code_version=spec.code_version, deps=[*deps, settings_key(name)],
                     check_specs=check_specs or None, **options, **kwargs)
 
@@ -118,10 +119,8 @@ def check_results(outcomes: dict[PartitionKey, list[CheckOutcome]]) -> list[dg.A
     for name, found in by_check.items():
         failed = [(k, o) for k, o in found if not o.passed]
         severity = dg.AssetCheckSeverity.ERROR if found[0][1].severity == ERROR else dg.AssetCheckSeverity.WARN
-        shown = failed or found
-        description = "; ".join(f"{partition_label(k) if k else 'all'}: {o.description}" for k, o in shown[:3])
-        if len(shown) > 3:
-            description += f"; and {len(shown) - 3} more"
+        shown = failed or found[:1]  # every failing partition by name; else one example of a pass
+        description = "; ".join(f"{partition_label(k) if k else 'all'}: {o.description}" for k, o in shown)
         verdict = f"{len(failed)} of {len(found)} partitions fail" if failed else f"{len(found)} partitions pass"
         results.append(dg.AssetCheckResult(
             check_name=name, passed=not failed, severity=severity, description=f"{verdict}. {description}",

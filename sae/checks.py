@@ -24,6 +24,15 @@ WARN = "warn"
 
 
 @dataclass(frozen=True)
+class CheckSpec:
+    """A stage's check as the UI lists it before it runs: an error-severity check blocks what is downstream."""
+
+    name: str
+    severity: str
+    about: str
+
+
+@dataclass(frozen=True)
 class CheckOutcome:
     name: str  # e.g. "train_test_disjoint": one name per check, the same for every partition
     passed: bool

@@ -40,7 +40,7 @@ def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str,
     for hookpoint in cfg.hookpoints:
         for name in cfg.sae_names:
             table = pq.read_table(fresh_files(cfg, "explanation_embeddings", (hookpoint, name))[0])
-            latents = table.column("latent").to_numpy()
+            latents = table.column("latent").to_numpy(zero_copy_only=False).copy()  # writable, for torch indexing
             embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if len(latents) else \
                 np.zeros((0, 1), np.float32)
             decoder = None

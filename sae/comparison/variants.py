@@ -27,6 +27,13 @@ PAIRS_SCHEMA = pa.schema([
     ("method", pa.string()),  # explanation_best | explanation_optimal | decoder_best | decoder_optimal
     ("latent_a", pa.int32()), ("latent_b", pa.int32()), ("similarity", pa.float32()),
 ])
+FIGURES = [f"{space}_{figure}" for space in ("explanation", "decoder") for figure in ("mean_best", "frac_above",
+                                                                                        "mean_optimal")]
+# One row per pair of partitions; the decoder figures are null where the two share no hidden space.
+SUMMARY_SCHEMA = pa.schema([("layer_a", pa.string()), ("sae_a", pa.string()), ("layer_b", pa.string()),
+                            ("sae_b", pa.string()), ("relation", pa.string()), ("layer_distance", pa.int64()),
+                            ("n_a", pa.int64()), ("n_b", pa.int64()),
+                            *((name, pa.float64()) for name in FIGURES), ("agreement", pa.float64())])
 
 
 @dataclass
@@ -111,9 +118,7 @@ def compare_all(sides: list[Side], cfg: SimilarityConfig, layer_order: list[str]
         pairs, summary = compare_pair(a, b, cfg, layer_order)
         tables.append(pairs)
         summaries.append(summary)
-    # Pairs without a shared hidden space lack the decoder figures: every row gets every column.
-    columns = list(dict.fromkeys(key for summary in summaries for key in summary))
-    return pa.concat_tables(tables), pa.Table.from_pylist([{c: s.get(c) for c in columns} for s in summaries])
+    return pa.concat_tables(tables), pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
 
 
 def heatmap_matrix(sides: list[Side], summary: pa.Table, key: str = "explanation_mean_best") -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..checks import CheckOutcome, record_checks
+from ..checks import ERROR, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
@@ -47,8 +47,10 @@ def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, p
     return rows
 
 
-CHECKS = (("train_test_disjoint", "no test window of a latent shares a token with any of its train windows"),
-          ("silent_windows_silent", "random and neighbour windows are silent at every token, per the latents table"))
+CHECKS = (CheckSpec("train_test_disjoint", ERROR,
+                     "no test window of a latent shares a token with any of its train windows"),
+          CheckSpec("silent_windows_silent", ERROR,
+                    "random and neighbour windows are silent at every token, per the latents table"))
 
 
 def check_examples(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:

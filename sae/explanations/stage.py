@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks import CheckOutcome, record_checks
+from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import LLMConfig, PipelineConfig
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
@@ -60,7 +60,7 @@ def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: 
             for row in table.slice(0, n).to_pylist()]
 
 
-CHECKS = (("parse_failure_rate", "at most 20% of the answers lack an `Explanation:` line (a warning)"),)
+CHECKS = (CheckSpec("parse_failure_rate", WARN, "at most 20% of the answers lack an `Explanation:` line"),)
 
 
 def check_explanations(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:

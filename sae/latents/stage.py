@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..checks import WARN, CheckOutcome, record_checks
+from ..checks import ERROR, WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..corpus.stage import count_contexts, load_context_tokens
 from ..lake import Lake, lake_for
@@ -95,8 +95,8 @@ def preview_latents(cfg: PipelineConfig, hookpoint: str, name: str, n: int = 5, 
     return rows
 
 
-CHECKS = (("readable_parts", "every Parquet part of the partition can be read (names any that cannot)"),
-          ("bytes_per_non_zero", "at most 5 bytes on disk per non-zero activation (a warning)"))
+CHECKS = (CheckSpec("readable_parts", ERROR, "every Parquet part of the partition can be read (names any that cannot)"),
+          CheckSpec("bytes_per_non_zero", WARN, "at most 5 bytes on disk per non-zero activation"))
 
 
 def check_latents(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:

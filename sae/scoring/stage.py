@@ -7,7 +7,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks import CheckOutcome, record_checks
+from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..explanations.stage import token_decoder
 from ..lake import lake_for
@@ -106,8 +106,9 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     return plots
 
 
-CHECKS = (("controls_near_chance", "each scorer's control scores (another latent's explanation) sit near 0.5 "
-                                   "(a warning: a scorer off chance on controls is broken)"),)
+CHECKS = (CheckSpec("controls_near_chance", WARN,
+                     "each scorer's control scores (another latent's explanation) sit near 0.5; a scorer off "
+                     "chance on controls is broken"),)
 
 
 def check_scores(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:

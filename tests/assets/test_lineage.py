@@ -17,7 +17,7 @@ from assets.lineage import (
     record_settings,
     settings_key,
 )
-from sae.checks import ERROR, WARN, CheckOutcome
+from sae.checks import ERROR, WARN, CheckOutcome, CheckSpec
 from sae.config import parse_config
 
 RAW = {"n_tokens": 4096, "ctx_len": 64, "layers": [{"hookpoint": "layers.1"}, {"hookpoint": "layers.3"}],
@@ -32,7 +32,7 @@ def make_config(tmp_path, k_of_b: int = 8):
 
 
 def stand_in_assets(cfg, severity: str, ran: list[str]):
-    @lake_asset(cfg, "examples", checks=[("disjoint", "test and train windows share no token")])
+    @lake_asset(cfg, "examples", checks=[CheckSpec("disjoint", severity, "test and train windows share no token")])
     def examples(context: dg.AssetExecutionContext):
         ran.append("examples")
         return dg.MaterializeResult(check_results=check_results(
