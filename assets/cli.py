@@ -52,10 +52,10 @@ def run(args) -> int:
     from .runner import run_pipeline
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    prepare_instance()
     path = _config_path(args)
     cfg = load_config(path)
     check_against_model(cfg)  # a value the model cannot serve fails before any stage runs
+    prepare_instance()
     instance = dg.DagsterInstance.get()
     instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
     return run_pipeline(cfg, path, instance, select=args.select, partitions=args.partition, force=args.force,

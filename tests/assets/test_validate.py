@@ -53,3 +53,13 @@ def test_validate_never_prints_the_api_key_and_shows_warnings(tmp_path, converte
     assert "sk-very-secret" not in out.out + out.err
     assert yaml.safe_load(out.out)["score"]["llm"]["api_key"] == "<set>"
     assert out.err.startswith("saelake validate: warning: ") and "score.n_activating (12)" in out.err
+
+
+def test_run_with_a_misspelled_choice_fails_before_any_stage(tmp_path, converted_model, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    path = write_config(tmp_path, converted_model, explain={"llm": {"runtime": "llamcpp"}})
+    assert main(["--config", str(path), "run"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "explain.llm.runtime 'llamcpp' is unknown; did you mean 'llamacpp'?" in err
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["models"]  # no stage wrote anything
+    assert not (tmp_path / "home").exists()  # not even the Dagster instance was created
