@@ -289,21 +289,31 @@ def partition_state(lake: Lake, lineage: Lineage, asset: str, key: PartitionKey)
     return PartitionState(asset, key, "stale", tuple(stale_reasons(lake, lineage, stored, expected)))
 
 
-def stale_reasons(lake: Lake, lineage: Lineage, stored: Provenance, expected: Provenance) -> list[str]:
-    """Why a partition is stale, followed up its inputs to the setting that changed."""
-    own = differences(stored, expected)
-    reasons = [r for r in own if not r.startswith("input ")]
+def stale_reasons(lake: Lake, lineage: Lineage, stored: Provenance, expected: Provenance,
+                  limit: int = 4) -> list[str]:
+    """Why a partition is stale, as its root causes: a setting of its own that changed, or the setting of the
+    upstream partition where the change happened (`saes[layers.3|topk-x4]: sae.train.k: 32 -> 16`)."""
+    causes = list(dict.fromkeys(_root_causes(lake, lineage, stored, expected)))
+    return causes[:limit] + ([f"and {len(causes) - limit} more"] if len(causes) > limit else [])
+
+
+def _root_causes(lake: Lake, lineage: Lineage, stored: Provenance, expected: Provenance,
+                 where: str = "") -> Iterator[str]:
+    prefix = f"{where}: " if where else ""
+    for reason in differences(stored, expected, limit=len(expected.settings) + 8):
+        if not reason.startswith("input "):
+            yield prefix + reason
     for name, fingerprint in expected.inputs.items():
         if stored.inputs.get(name) == fingerprint:
             continue
         asset, key = parse_label(name)
         upstream = lake.stored_provenance(asset, *split_key(key))
-        if upstream is not None and upstream.fingerprint != fingerprint:
-            deeper = stale_reasons(lake, lineage, upstream, lineage.provenance(asset, key))
-            reasons.append(f"{name} is stale ({'; '.join(deeper)})" if deeper else f"{name} is stale")
+        if upstream is None:
+            yield f"{name} is missing"
+        elif upstream.fingerprint == fingerprint:
+            yield f"{name} was rebuilt since"
         else:
-            reasons.append(f"{name} was rebuilt since" if upstream is not None else f"{name} is missing")
-    return reasons or own
+            yield from _root_causes(lake, lineage, upstream, lineage.provenance(asset, key), name)
 
 
 def parse_label(text: str) -> tuple[str, PartitionKey]:

@@ -85,7 +85,9 @@ def test_one_sae_k_invalidates_that_variant_and_the_summaries(tmp_path):
     assert to_build(changed, lake) == expected
     stale = {s.label: s.reasons for s in plan(changed, lake) if s.status == "stale"}
     assert stale["saes[layers.1|topk-x4]"] == ("sae.train.k: 8 -> 16",)
-    assert "saes[layers.1|topk-x4] is stale (sae.train.k: 8 -> 16)" in stale["latents[layers.1|topk-x4]"][0]
+    assert stale["latents[layers.1|topk-x4]"] == ("saes[layers.1|topk-x4]: sae.train.k: 8 -> 16",)
+    assert stale["hf_export"] == ("saes[layers.1|topk-x4]: sae.train.k: 8 -> 16",
+                                  "saes[layers.3|topk-x4]: sae.train.k: 8 -> 16")
 
 
 def test_the_prompt_invalidates_explanations_and_downstream_only(tmp_path):
@@ -131,7 +133,7 @@ def test_reading_a_stale_upstream_names_it_the_cause_and_the_command(tmp_path):
     with pytest.raises(StaleDataError) as err:
         require_fresh(changed, "latents", ("layers.1", "topk-x4"))
     assert str(err.value) == (
-        "`latents` for layers.1|topk-x4 is stale (saes[layers.1|topk-x4] is stale (sae.train.k: 8 -> 16)): "
+        "`latents` for layers.1|topk-x4 is stale (saes[layers.1|topk-x4]: sae.train.k: 8 -> 16): "
         "refresh it with `saelake run` (which redoes only what is missing or stale) or "
         "`saelake run --select latents --partition 'layers.1|topk-x4'`")
     missing = dataclasses.replace(changed, lake=str(tmp_path / "elsewhere"))
