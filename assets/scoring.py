@@ -5,11 +5,10 @@ import contextlib
 
 import dagster as dg
 
-from sae.config import PipelineConfig
+from sae.config import LLM_SCORERS, PipelineConfig
 from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 from sae.scoring import stage as scoring_stage
-from sae.scoring.scorers import LLM_SCORERS
 
 from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
 from .metadata import markdown_table, publish_views

@@ -38,6 +38,7 @@ CORPUS_SOURCES = (BUILTIN_CORPUS, "huggingface", "files")
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
 LATENT_CHOICES = ("all", "first", "sample", "list")
 SCORERS = ("detection", "fuzzing", "embedding")
+LLM_SCORERS = ("detection", "fuzzing")  # the scorers that ask an LLM (embedding asks the embedder)
 _GPU_INDEX = re.compile(r"cuda:\d+")
 
 
@@ -47,6 +48,16 @@ class ConfigError(ValueError):
 
 class ConfigWarning(UserWarning):
     """A setting that works but does less than it says (e.g. more scoring windows than are drawn)."""
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A config is loaded several times per run (the CLI, the code location, each step): say it once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(ConfigWarning(message), stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -494,9 +505,9 @@ def _check_score(score: ScoreConfig, examples: ExamplesConfig, where: str) -> No
     for name, wanted, have, source in (("n_activating", score.n_activating, examples.n_test, "examples.n_test"),
                                        ("n_silent", score.n_silent, n_silent,
                                         "examples.n_random + examples.n_neighbour")):
-        if wanted > have:
-            warnings.warn(ConfigWarning(f"{where}.{name} ({wanted}) exceeds the test windows drawn per latent "
-                                        f"({source} = {have}): the LLM scorers will use at most {have}"))
+        if wanted > have and set(LLM_SCORERS) & set(score.scorers):
+            _warn_once(f"{where}.{name} ({wanted}) exceeds the test windows drawn per latent "
+                       f"({source} = {have}): the LLM scorers will use at most {have}")
 
 
 def _check_machine(config: PipelineConfig, where: str) -> None:

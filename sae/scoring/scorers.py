@@ -25,14 +25,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ..config import ScoreConfig
+from ..config import LLM_SCORERS, ScoreConfig
 from ..explanations.explainer import Decode
 from ..frames import frame
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
 from ..prompts import Window, clean_piece, marked_text, parse_answers, scorer_messages, scorer_version
 from .metrics import classification_metrics, roc_auc
 
-LLM_SCORERS = ("detection", "fuzzing")
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
     ("scorer", pa.string()),  # detection | fuzzing | embedding
