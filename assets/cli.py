@@ -78,6 +78,15 @@ def status(args) -> int:
     return 0
 
 
+def check(args) -> int:
+    """Run the data checks again on the lake as it is (a file damaged since the run shows here)."""
+    from sae.config import load_config
+
+    from .runner import recheck
+
+    return recheck(load_config(_config_path(args)), args.select, args.partition)
+
+
 def validate(args) -> int:
     """Check the config in full (its file, this machine, the model) and print it resolved, defaults filled in."""
     import warnings
@@ -190,9 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     state.add_argument("--select", nargs="+", default=[], metavar="ASSET", help="as for `run`")
     state.add_argument("--partition", nargs="+", default=[], metavar="KEY", help="as for `run`")
     state.set_defaults(func=status)
-    check = commands.add_parser("validate", help="check the config in full and print it with every default")
-    check.add_argument("path", nargs="?", metavar="CONFIG", help="pipeline YAML (default: as --config)")
-    check.set_defaults(func=validate)
+    again = commands.add_parser("check", help="run the data checks again on the fresh partitions of the lake")
+    again.add_argument("--select", nargs="+", default=[], metavar="ASSET", help="as for `run`")
+    again.add_argument("--partition", nargs="+", default=[], metavar="KEY", help="as for `run`")
+    again.set_defaults(func=check)
+    validation = commands.add_parser("validate", help="check the config in full and print it with every default")
+    validation.add_argument("path", nargs="?", metavar="CONFIG", help="pipeline YAML (default: as --config)")
+    validation.set_defaults(func=validate)
     query = commands.add_parser("sql", help="run one read-only SQL query over the lake and print the result")
     query.add_argument("query", help='e.g. "SELECT layer, sae, count(*) FROM latents GROUP BY ALL"')
     query.add_argument("--max-rows", type=int, default=40)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from sae.checks import ERROR
 from sae.config import PipelineConfig
 from sae.lake import lake_for
 from sae.lineage import PartitionKey, PartitionState, partition_label, plan
@@ -164,9 +165,9 @@ def failure_message(result: dg.ExecuteInProcessResult, step: Step) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause  # the user's exception, inside Dagster's wrappers
-            message = error.message.strip()
-            if not message.startswith(error.cls_name):
-                message = f"{error.cls_name}: {message}"
+            # Dagster's message may start with the exception's qualified name: name it once.
+            message = error.message.strip().split(f"{error.cls_name}: ", 1)[-1]
+            message = f"{error.cls_name}: {message}"
             return f"step `{event.step_key}` failed (partitions {', '.join(map(_label, step.keys))}): {message}"
     for evaluation in _check_evaluations(result):
         if not evaluation.passed:
@@ -233,6 +234,29 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
           f"  plots:      {lake / 'plots'}\n"
           f"  dataset:    {lake / 'hf_export'}  (publish: saelake export DIR --push ORG/NAME)")
     return 0
+
+
+def recheck(cfg: PipelineConfig, select: Sequence[str] = (), partitions: Sequence[str] = ()) -> int:
+    """The data checks of every fresh partition, run again and recorded; 1 if an error check fails."""
+    from sae.examples.stage import check_examples
+    from sae.explanations.stage import check_explanations
+    from sae.latents.stage import check_latents
+    from sae.scoring.stage import check_scores
+
+    checkers = {"latents": check_latents, "examples": check_examples, "explanations": check_explanations,
+                "scores": check_scores}
+    failed_errors = 0
+    for state in plan(cfg, lake_for(cfg), select or list(checkers), partitions):
+        if state.asset not in checkers:
+            continue
+        if state.status != "fresh":
+            print(f"  skip  {state.label}: {state.status} (rebuild it with `saelake run`)")
+            continue
+        for outcome in checkers[state.asset](cfg, state.key):
+            verdict = "ok  " if outcome.passed else ("FAIL" if outcome.severity == ERROR else "warn")
+            print(f"  {verdict}  {state.label} {outcome.name}: {outcome.description}")
+            failed_errors += not outcome.passed and outcome.severity == ERROR
+    return 1 if failed_errors else 0
 
 
 def _interrupt(signum, frame):

@@ -338,8 +338,9 @@ def require_fresh(cfg: PipelineConfig, asset: str, key: PartitionKey = None) -> 
     provenance = lineage.provenance(asset, key)
     failed = failed_blocking_checks(lake, asset, key, provenance.fingerprint)
     if failed:
+        where = "" if key is None else f" --partition '{partition_label(key)}'"
         raise StaleDataError(f"{name} failed its data check {failed[0]}: fix the cause and rebuild it "
-                             f"(`saelake run --force --select {asset}`)")
+                             f"(`saelake run --force --select {asset}{where}`)")
     return provenance
 
 

@@ -81,7 +81,12 @@ def open_readonly(lake_root: Path, allow: Sequence[Path] = ()) -> duckdb.DuckDBP
     folders = [f"{p}/" for p in allowed if p.is_dir()]
     paths = [str(p) for p in allowed if not p.is_dir()]
     con = duckdb.connect()
-    con.execute(views_sql(root, absolute=True))
+    try:
+        con.execute(views_sql(root, absolute=True))
+    except duckdb.Error as err:  # a view reads every file's schema: one damaged part stops them all
+        con.close()
+        raise LakeAccessError(f"the lake's views cannot be built: {err}. `saelake check` names every damaged "
+                              "part; delete it and rebuild its partition with `saelake run`") from err
     con.execute(f"SET allowed_directories = [{', '.join(map(_quote, folders))}]")
     if paths:
         con.execute(f"SET allowed_paths = [{', '.join(map(_quote, paths))}]")

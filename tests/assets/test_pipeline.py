@@ -15,6 +15,7 @@ from assets.cli import main
 from sae.config import load_config
 from sae.lake import Lake
 from sae.lake.access import open_readonly
+from sae.lineage import StaleDataError, require_fresh
 from sae.models import load_model
 
 from ..conftest import write_config
@@ -159,6 +160,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
         assert np.all(np.diff(latents) >= 0)
     check_llm_stages(cfg, lake, instance)
     check_data_checks(cfg, lake, instance)
+    check_a_damaged_part(config_path, lake, capsys)
     assert "done in" in capsys.readouterr().out
     check_export(config_path, tmp_path / "export", cfg, lake, capsys)
     check_incremental_runs(config_path, cfg, lake, capsys)
@@ -186,6 +188,29 @@ def check_data_checks(cfg, lake, instance):
     for key in [("latents", "readable_parts"), ("examples", "train_test_disjoint"),
                 ("examples", "silent_windows_silent")]:
         assert found[key][1], key
+
+
+def check_a_damaged_part(config_path, lake, capsys):
+    """A part damaged after the run: `saelake sql` says so in one message, `saelake check` names the file, and
+    until it is repaired the stages refuse to read that partition (its error check blocks them)."""
+    part = lake.files("latents", "layers.1", "topk-x4")[0]
+    intact = part.read_bytes()
+    capsys.readouterr()
+    try:
+        part.write_bytes(intact[: len(intact) // 2])
+        assert main(["--config", str(config_path), "sql", "SELECT count(*) FROM latents"]) == 1
+        assert "saelake check` names every damaged part" in capsys.readouterr().err
+        assert main(["--config", str(config_path), "check", "--select", "latents"]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL  latents[layers.1|topk-x4] readable_parts: 1 of" in out and str(part) in out
+        assert out.count("FAIL") == 1
+        with pytest.raises(StaleDataError, match=r"failed its data check readable_parts"):
+            require_fresh(load_config(config_path), "latents", ("layers.1", "topk-x4"))
+    finally:
+        part.write_bytes(intact)
+    assert main(["--config", str(config_path), "check", "--select", "latents"]) == 0
+    require_fresh(load_config(config_path), "latents", ("layers.1", "topk-x4"))
+    capsys.readouterr()
 
 
 def check_incremental_runs(config_path, cfg, lake, capsys):
