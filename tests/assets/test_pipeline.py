@@ -69,6 +69,7 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))
     (tmp_path / "dagster-home").mkdir()
     assert main(["--config", str(config_path), "run"]) == 0
+    assert "done in" in capsys.readouterr().out
     cfg = load_config(config_path)
 
     # The runs are recorded in the instance, with metadata a researcher can read in the UI.
@@ -161,7 +162,6 @@ def test_saelake_run_materializes_every_table(tmp_path, converted_model, monkeyp
     check_llm_stages(cfg, lake, instance)
     check_data_checks(cfg, lake, instance)
     check_a_damaged_part(config_path, lake, capsys)
-    assert "done in" in capsys.readouterr().out
     check_export(config_path, tmp_path / "export", cfg, lake, capsys)
     check_incremental_runs(config_path, cfg, lake, capsys)
 
