@@ -266,11 +266,10 @@ def vllm_worker(size: str) -> dict:
     import pyarrow as pa
     import vllm
 
-    from sae.config import BUILTIN_MODEL, ExplainConfig, LLMConfig
+    from sae.config import BUILTIN_MODEL, ExplainConfig, LLMConfig, ModelConfig
     from sae.explanations.explainer import build_prompts
     from sae.llm.vllm import VLLMClient, build_sampling_params, engine_kwargs
     from sae.models import builtin_model_folder, load_tokenizer
-    from sae.config import ModelConfig
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="saelake-vllm-") as scratch:
