@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test test-fast ui bench clean-lake
+.PHONY: demo test test-fast ui bench bench-gpu clean-lake
 
 $(VENV)/.installed-%: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ ui: $(VENV)/.installed-base
 
 bench: $(VENV)/.installed-base
 	$(PY) benchmarks/cache.py
+
+# The GPU check needs no venv (the GPU machine's own python3 has what it imports); see benchmarks/gpu.py.
+bench-gpu:
+	$(PYTHON) benchmarks/gpu.py --size full --out bench-gpu.json
 
 clean-lake:
 	rm -rf lake .dagster

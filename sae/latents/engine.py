@@ -4,12 +4,17 @@ The contexts are cut into chunks of `chunk_contexts`; each sink writes one Parqu
 its partition's staging folder. Memory is bounded by one chunk per sink plus the writer queue, whatever
 `n_tokens` is. A chunk file is written atomically, so after a crash the rerun skips the chunks already
 on disk (when the staging fingerprint matches) and recomputes the rest with the same batches, giving the
-same rows. Compression and writing run in a background thread while the model computes the next batch.
+same rows. Compression and writing run in background threads while the model computes the next batch.
+
+On a GPU the main loop never waits for the device: each batch's outputs go to pinned host buffers by
+non-blocking copies, one CUDA event per chunk marks them done, and the writer waits on that event before it
+turns them into NumPy arrays, sorts and compresses them. On CPU the copies are the tensors themselves.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,13 +39,35 @@ log = logging.getLogger(__name__)
 LATENTS_SCHEMA = pa.schema(
     [("latent", pa.int32()), ("ctx_id", pa.int32()), ("pos", pa.int16()), ("act", pa.float16())]
 )
-MAX_PENDING_WRITES = 1  # chunks queued per sink for the writer thread while the next is computed; bounds memory
+# Sorting and compressing a chunk costs about as much CPU time as a GPU needs to compute several chunks of a
+# small model, so chunks are written by several threads (NumPy, torch's sort and Parquet release the GIL).
+WRITER_THREADS = min(4, os.cpu_count() or 1)
+MAX_PENDING_WRITES = WRITER_THREADS  # chunks queued per sink while the next is computed; bounds memory
 
 
-def to_float16(values: Tensor) -> np.ndarray:
+def to_float16(values: Tensor) -> Tensor:
     """float16 for storage, saturating at its largest finite value instead of overflowing to inf."""
     limit = torch.finfo(torch.float16).max
-    return values.clamp(-limit, limit).to(torch.float16).cpu().numpy()
+    return values.clamp(-limit, limit).to(torch.float16)
+
+
+def to_host(values: Tensor) -> Tensor:
+    """A host copy that does not wait for the device: on CUDA a non-blocking copy into pinned memory, valid
+    once an event recorded after it has completed (see `copies_done`); on CPU the tensor itself."""
+    if values.device.type == "cpu":
+        return values
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    return host
+
+
+def copies_done(device: torch.device) -> torch.cuda.Event | None:
+    """An event that completes when every copy issued so far on `device`'s current stream has landed."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
 
 
 class Sink:
@@ -58,7 +85,7 @@ class Sink:
         # Chunks already staged with the same settings are kept: a rerun after a crash resumes from them.
         self.staging = lake.open_staging(self.table, hookpoint, sae_name,
                                          resume=provenance.fingerprint if provenance else "")
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.parts: list = []  # this chunk's batches, as host tensors (see `to_host`)
 
     @property
     def label(self) -> str:
@@ -73,13 +100,20 @@ class Sink:
     def add(self, ctx_ids: Tensor, acts: Tensor) -> None:
         raise NotImplementedError
 
-    def take_chunk(self, chunk: int) -> Callable[[], None]:
-        """Hand the chunk's rows over; the returned function builds and writes its file (in a thread)."""
+    def take_chunk(self, chunk: int, copied: torch.cuda.Event | None = None) -> Callable[[], None]:
+        """Hand the chunk's rows over; the returned function waits for `copied` (the event after the chunk's
+        host copies, None on CPU), then builds and writes its file (in a writer thread)."""
         parts, self.parts = self.parts, []
         path = self.chunk_path(chunk)
-        return lambda: write_parquet(self.build_table(parts), path)
 
-    def build_table(self, parts: list[dict[str, np.ndarray]]) -> pa.Table:
+        def write() -> None:
+            if copied is not None:
+                copied.synchronize()
+            write_parquet(self.build_table(parts), path)
+
+        return write
+
+    def build_table(self, parts: list) -> pa.Table:
         raise NotImplementedError
 
     def commit(self) -> Path:
@@ -92,22 +126,16 @@ class ActivationSink(Sink):
     table = "activations"
 
     def add(self, ctx_ids: Tensor, acts: Tensor) -> None:
-        b, t, d = acts.shape
-        self.parts.append(
-            {
-                "ctx_id": np.repeat(ctx_ids.numpy(), t),
-                "pos": np.tile(np.arange(t, dtype=np.int16), b),
-                "act": to_float16(acts.reshape(b * t, d)),
-            }
-        )
+        self.parts.append((ctx_ids, to_host(to_float16(acts))))
 
     def build_table(self, parts):
-        d = parts[0]["act"].shape[1]
-        act = np.concatenate([p["act"] for p in parts]).reshape(-1)
+        t, d = parts[0][1].shape[1:]
+        ctx_ids = np.concatenate([ids.numpy() for ids, _ in parts])
+        act = np.concatenate([acts.numpy().reshape(-1) for _, acts in parts])
         return pa.table(
             {
-                "ctx_id": np.concatenate([p["ctx_id"] for p in parts]),
-                "pos": np.concatenate([p["pos"] for p in parts]),
+                "ctx_id": np.repeat(ctx_ids, t),
+                "pos": np.tile(np.arange(t, dtype=np.int16), len(ctx_ids)),
                 "act": pa.FixedSizeListArray.from_arrays(pa.array(act), d),
             }
         )
@@ -126,24 +154,54 @@ class LatentSink(Sink):
     @torch.no_grad()
     def add(self, ctx_ids: Tensor, acts: Tensor) -> None:
         b, t, d = acts.shape
-        codes = self.sae.encode(acts.reshape(b * t, d))
-        rows = codes.rows.cpu().numpy()
-        self.parts.append(
-            {
-                "latent": codes.latents.to(torch.int32).cpu().numpy(),
-                "ctx_id": ctx_ids.numpy()[rows // t],
-                "pos": (rows % t).astype(np.int16),
-                "act": to_float16(codes.values),
-            }
-        )
+        x = acts.reshape(b * t, d)
+        if self.sae.cfg.architecture == "topk":
+            # A fixed k codes per token: they go to the host as they are, without waiting for the device;
+            # the writer drops the zeros (the ReLU before the top-k makes some).
+            values, latents = self.sae.encode_topk(x)
+            rows = None
+        else:
+            # Codes of varying width: finding the non-zeros waits for the device whatever is done here.
+            codes = self.sae.encode(x)
+            rows, latents, values = to_host(codes.rows), codes.latents, codes.values
+        self.parts.append(BatchCodes(ctx_ids, t, to_host(latents.to(torch.int32)), to_host(values.float()), rows))
 
     def build_table(self, parts):
-        columns = {name: np.concatenate([p[name] for p in parts]) for name in LATENTS_SCHEMA.names}
+        batches = [p.columns() for p in parts]
+        columns = {name: np.concatenate([b[name] for b in batches]) for name in LATENTS_SCHEMA.names}
         # Sorting by (latent, ctx_id, pos) groups each latent's rows, which is what makes per-latent SQL
-        # cheap and ZSTD effective (< 5 bytes per non-zero).
-        key = (columns["latent"].astype(np.int64) << 40) | (columns["ctx_id"].astype(np.int64) << 16) | columns["pos"]
-        order = np.argsort(key)
+        # cheap and ZSTD effective (< 5 bytes per non-zero). The rows arrive in (ctx_id, pos) order and a
+        # latent fires at most once per token, so a stable sort by latent alone gives that order, and a radix
+        # sort of one 32-bit column is several times cheaper than an argsort of a 64-bit key.
+        order = torch.sort(torch.from_numpy(columns["latent"]), stable=True).indices.numpy()
         return pa.table({name: columns[name][order] for name in LATENTS_SCHEMA.names}, schema=LATENTS_SCHEMA)
+
+
+@dataclass
+class BatchCodes:
+    """One batch's codes on the host (once its copies have landed), turned into columns by the writer.
+
+    TopK: `latents` and `values` are [tokens, k], token i's codes in row i, zeros included (`rows` None).
+    Otherwise they are [nnz] with `rows` [nnz], each non-zero's token index in the batch.
+    """
+
+    ctx_ids: Tensor  # int32 [contexts]
+    ctx_len: int
+    latents: Tensor  # int32
+    values: Tensor  # float32
+    rows: Tensor | None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The batch's rows in the latents schema, in (ctx_id, pos) order."""
+        latents, values = self.latents.numpy().reshape(-1), self.values.numpy().reshape(-1)
+        if self.rows is None:
+            keep = values > 0
+            rows = np.repeat(np.arange(self.latents.shape[0]), self.latents.shape[1])[keep]
+            latents, values = latents[keep], values[keep]
+        else:
+            rows = self.rows.numpy()
+        return {"latent": latents, "ctx_id": self.ctx_ids.numpy()[rows // self.ctx_len],
+                "pos": (rows % self.ctx_len).astype(np.int16), "act": to_float16(torch.from_numpy(values)).numpy()}
 
 
 @dataclass
@@ -184,7 +242,7 @@ def run_cache(
     todo_tokens = sum(min(chunk_contexts, n_contexts - c * chunk_contexts) for c in todo) * ctx_len
     bar = tqdm(total=todo_tokens, unit="tok", unit_scale=True, disable=not progress,
                desc="caching " + ", ".join(s.label for s in sinks))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer, \
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="lake-writer") as writer, \
             capture(model, sorted({s.reads for s in sinks})) as forward:
         for chunk in todo:
             active = [s for s in sinks if not s.done(chunk)]
@@ -198,8 +256,9 @@ def run_cache(
                     sink.add(ctx_ids, outputs[sink.reads])
                 report.tokens += (b1 - b0) * ctx_len
                 bar.update((b1 - b0) * ctx_len)
+            copied = copies_done(device)
             for sink in active:
-                pending.append(writer.submit(sink.take_chunk(chunk)))
+                pending.append(writer.submit(sink.take_chunk(chunk, copied)))
             while len(pending) > MAX_PENDING_WRITES * len(active):
                 pending.popleft().result()
             report.chunks_computed += 1
