@@ -103,8 +103,45 @@ class NeuronsConfig:
 
 
 @dataclass(frozen=True)
+class PlantedFamily:
+    """One planted latent: it fires at every token whose text, stripped and lower-cased, is one of `words`."""
+
+    name: str
+    words: tuple[str, ...]
+    explanation: str  # the ground truth, as an explainer should word it
+    strength: float = 1.0  # the largest activation; each firing is graded below it (see sae/saes/planted.py)
+
+
+# Families a reader can name that fire in at least ~70 of the demo's 512 contexts of the Wikipedia sample (so
+# every one gets its train, quantile and test windows), each word a whole token of SmolLM2's vocabulary.
+# "May" is left out of the months: it is mostly the verb.
+DEFAULT_PLANTED_FAMILIES = (
+    PlantedFamily("relative_pronouns", ("who", "whom", "whose", "which"),
+                  "the relative pronouns who, whom, whose and which"),
+    PlantedFamily("digits", tuple("0123456789"), "digits (0-9), as in years, dates and other numbers"),
+    PlantedFamily("months", ("january", "february", "march", "april", "june", "july", "august", "september",
+                             "october", "november", "december"), "names of months such as January or October"),
+    PlantedFamily("number_words", ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"),
+                  "number words such as one, two, three or ten"),
+    PlantedFamily("parentheses", ("(", ")"), "opening and closing parentheses"),
+    PlantedFamily("masculine_pronouns", ("he", "him", "his"), "the masculine pronouns he, him and his"),
+    PlantedFamily("lincoln", ("lincoln",), "the name Lincoln (Abraham Lincoln)"),
+    PlantedFamily("alabama", ("alabama",), "the name Alabama (the U.S. state)"),
+)
+
+
+@dataclass(frozen=True)
+class PlantedConfig:
+    """Known-answer latents for calibrating the scorers: one latent per family, defined from the corpus's own
+    tokens (no SAE, no forward pass), each carrying its ground-truth explanation."""
+
+    families: tuple[PlantedFamily, ...] = DEFAULT_PLANTED_FAMILIES
+
+
+@dataclass(frozen=True)
 class SaeSpec:
-    """One SAE variant: trained (`train`), or pretrained from a local `path` or a Hub repo (`hub`)."""
+    """One SAE variant: trained (`train`), pretrained from a local `path` or a Hub repo (`hub`), the MLP's
+    `neurons`, or `planted` known-answer latents."""
 
     name: str
     train: TrainConfig | None = None
@@ -118,6 +155,9 @@ class SaeSpec:
     revision: str | None = None
     # Not an SAE: the neurons of the layer's MLP (block i of hookpoint layers.i), see NeuronsConfig.
     neurons: NeuronsConfig | None = None
+    # Not an SAE: known-answer latents on word families of the corpus (see PlantedConfig); `planted: {}` takes
+    # the default families. Neither trained nor loaded; every one is explained and scored, to calibrate the scorers.
+    planted: PlantedConfig | None = None
 
     def path_for(self, hookpoint: str) -> Path:
         assert self.path is not None
@@ -409,9 +449,12 @@ def _check(config: PipelineConfig, where: str) -> None:
     if len(set(config.sae_names)) != len(config.sae_names):
         raise ConfigError(f"{where}: an SAE name is used twice in `saes`: {config.sae_names}")
     for spec in config.saes:
-        sources = [spec.train, spec.path, spec.hub, spec.neurons]
+        sources = [spec.train, spec.path, spec.hub, spec.neurons, spec.planted]
         if sum(source is not None for source in sources) != 1:
-            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path`, `hub` or `neurons`")
+            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path`, `hub`, `neurons` "
+                              "or `planted`")
+        if spec.planted is not None:
+            _check_planted(spec.planted, f"{where}: SAE {spec.name!r}: planted")
         if spec.neurons and spec.neurons.k is not None and spec.neurons.k < 1:
             raise ConfigError(f"{where}: SAE {spec.name!r}: neurons.k must be positive")
         if not spec.name.replace("-", "").replace("_", "").isalnum():
@@ -438,6 +481,28 @@ def _check(config: PipelineConfig, where: str) -> None:
     _check_corpus(config.corpus, where)
     _check_explain(config.explain, config.examples, where)
     _check_score(config.score, config.examples, where)
+
+
+def _check_planted(planted: PlantedConfig, where: str) -> None:
+    if not planted.families:
+        raise ConfigError(f"{where}.families is empty; list at least one, or write `planted: {{}}` for the defaults")
+    names = [family.name for family in planted.families]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: a family name is used twice: {names}")
+    owner: dict[str, str] = {}
+    for family in planted.families:
+        if not family.words or not family.explanation.strip():
+            raise ConfigError(f"{where}: family {family.name!r} needs `words` and an `explanation`")
+        if family.strength <= 0:
+            raise ConfigError(f"{where}: family {family.name!r}: strength must be positive, got {family.strength}")
+        for word in family.words:
+            key = word.strip().lower()
+            if not key:
+                raise ConfigError(f"{where}: family {family.name!r} lists an empty word")
+            if key in owner and owner[key] != family.name:
+                raise ConfigError(f"{where}: the word {word!r} is in families {owner[key]!r} and {family.name!r}; "
+                                  "a token fires one planted latent, so keep it in one")
+            owner[key] = family.name
 
 
 def _check_corpus(corpus: CorpusConfig, where: str) -> None:

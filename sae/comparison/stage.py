@@ -38,7 +38,8 @@ def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str,
     lake = lake_for(cfg)
     sides = []
     for hookpoint in cfg.hookpoints:
-        for name in cfg.sae_names:
+        # Planted latents are the scorers' calibration, not a dictionary to compare.
+        for name in [spec.name for spec in cfg.saes if spec.planted is None]:
             table = pq.read_table(fresh_files(cfg, "explanation_embeddings", (hookpoint, name))[0])
             latents = table.column("latent").to_numpy(zero_copy_only=False).copy()  # writable, for torch indexing
             embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if len(latents) else \

@@ -138,12 +138,57 @@ class LatentSink(Sink):
         )
 
     def build_table(self, parts):
-        columns = {name: np.concatenate([p[name] for p in parts]) for name in LATENTS_SCHEMA.names}
-        # Sorting by (latent, ctx_id, pos) groups each latent's rows, which is what makes per-latent SQL
-        # cheap and ZSTD effective (< 5 bytes per non-zero).
-        key = (columns["latent"].astype(np.int64) << 40) | (columns["ctx_id"].astype(np.int64) << 16) | columns["pos"]
-        order = np.argsort(key)
-        return pa.table({name: columns[name][order] for name in LATENTS_SCHEMA.names}, schema=LATENTS_SCHEMA)
+        return sorted_latents(parts)
+
+
+def sorted_latents(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+    """One chunk's rows as a latents table, sorted by (latent, ctx_id, pos): that groups each latent's rows,
+    which is what makes per-latent SQL cheap and ZSTD effective (< 5 bytes per non-zero)."""
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in LATENTS_SCHEMA.names}
+    key = (columns["latent"].astype(np.int64) << 40) | (columns["ctx_id"].astype(np.int64) << 16) | columns["pos"]
+    order = np.argsort(key)
+    return pa.table({name: columns[name][order] for name in LATENTS_SCHEMA.names}, schema=LATENTS_SCHEMA)
+
+
+class PlantedSink(Sink):
+    """Planted latents (sae/saes/planted.py), fed the contexts' token ids instead of activations: the same
+    rows, order, files and commit as a LatentSink."""
+
+    table = "latents"
+
+    def __init__(self, lake: Lake, hookpoint: str, provenance: Provenance | None, sae_name: str, planted):
+        super().__init__(lake, hookpoint, provenance, sae_name)
+        self.planted = planted
+        self.lookup = planted.lookup()
+
+    def add(self, ctx_ids: np.ndarray, tokens: np.ndarray) -> None:
+        self.parts.append(self.planted.encode(ctx_ids, tokens, self.lookup))
+
+    def build_table(self, parts):
+        return sorted_latents(parts)
+
+
+def run_planted(tokens: np.ndarray | ContextTokens, sinks: list[PlantedSink], chunk_contexts: int) -> CacheReport:
+    """Planted latents of every sink, chunk by chunk (resuming from the chunks already staged); then commit."""
+    n_contexts, ctx_len = tokens.shape
+    report = CacheReport()
+    start = time.perf_counter()
+    for chunk in range(-(-n_contexts // chunk_contexts)):
+        active = [s for s in sinks if not s.done(chunk)]
+        if not active:
+            report.chunks_skipped += 1
+            continue
+        lo, hi = chunk * chunk_contexts, min((chunk + 1) * chunk_contexts, n_contexts)
+        ids = np.asarray(tokens[lo:hi], dtype=np.int64)
+        for sink in active:
+            sink.add(np.arange(lo, hi, dtype=np.int32), ids)
+            sink.take_chunk(chunk)()
+        report.tokens += (hi - lo) * ctx_len
+        report.chunks_computed += 1
+    report.seconds = time.perf_counter() - start
+    for sink in sinks:
+        sink.commit()
+    return report
 
 
 @dataclass

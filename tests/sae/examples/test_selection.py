@@ -48,7 +48,7 @@ def small_lake(tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples(small_lake):
     files, contexts, _, _ = small_lake
-    return select_examples(files, contexts, "sae-a", CFG, seed=1, decoder=DECODER).to_pylist()
+    return select_examples(files, contexts, "sae-a", CFG, seed=1, neighbours=nearest_latents(DECODER, CFG.neighbour_latents)).to_pylist()
 
 
 def test_windows_carry_the_right_tokens_and_activations(small_lake, examples):
@@ -116,9 +116,9 @@ def test_sizes_and_flags_for_latents_that_fire_rarely(examples):
 
 def test_same_seed_same_examples_other_seed_other_examples(small_lake, examples):
     files, contexts, _, _ = small_lake
-    again = select_examples(files, contexts, "sae-a", CFG, seed=1, decoder=DECODER).to_pylist()
+    again = select_examples(files, contexts, "sae-a", CFG, seed=1, neighbours=nearest_latents(DECODER, CFG.neighbour_latents)).to_pylist()
     assert again == examples
-    other = select_examples(files, contexts, "sae-a", CFG, seed=2, decoder=DECODER).to_pylist()
+    other = select_examples(files, contexts, "sae-a", CFG, seed=2, neighbours=nearest_latents(DECODER, CFG.neighbour_latents)).to_pylist()
     assert other != examples
     top = [e for e in examples if e["kind"] == "top"]
     assert top == [e for e in other if e["kind"] == "top"]  # the top does not depend on the seed
