@@ -272,6 +272,9 @@ class ScoreConfig:
     # ones from the random and hard-negative windows). The embedding scorer uses every test window.
     n_activating: int = 20
     n_silent: int = 20
+    # At most this many latents per partition are scored (None: every explained latent), those the LLM explained
+    # first; every explainer (LLM, token baseline, planted truth) is scored on the same ones.
+    n_latents: int | None = None
     batch_size: int = 5  # windows per LLM prompt
     max_tokens: int = 32  # generated tokens per answer
     # Fuzzing: besides silent windows marked at random, also activating windows marked at the wrong tokens.
@@ -557,6 +560,9 @@ def _check_score(score: ScoreConfig, examples: ExamplesConfig, where: str) -> No
         _check_llm(score.llm, f"{where}.llm")
     if min(score.n_activating, score.n_silent, score.batch_size, score.max_tokens, score.bootstrap) < 1:
         raise ConfigError(f"{where}: n_activating, n_silent, batch_size, max_tokens and bootstrap must be positive")
+    if score.n_latents is not None and score.n_latents < 1:
+        raise ConfigError(f"{where}.n_latents caps the latents scored per partition: a positive number, or null "
+                          "for every explained latent")
     if not score.scorers:
         return
     # Every metric compares activating with silent test windows: without either class none is defined.

@@ -8,16 +8,19 @@ import pyarrow.parquet as pq
 import torch
 
 from ..config import PipelineConfig
+from ..explanations.explainer import main_explainer
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
 from ..saes.stage import load_stored_sae
 
 
 def embed_explanations(cfg: PipelineConfig, hookpoint: str, name: str, embedder) -> pa.Table:
-    """The parsed explanations of one partition embedded with the configured sentence-transformer."""
+    """The parsed explanations of the partition's main explainer embedded with the configured
+    sentence-transformer."""
     key = (hookpoint, name)
     explained = fresh_files(cfg, "explanations", key)
-    table = pq.read_table(explained[0], columns=["latent", "explanation", "parsed"]).filter(pc.field("parsed"))
+    table = pq.read_table(explained[0], columns=["latent", "explainer", "explanation", "parsed"]).filter(
+        pc.field("parsed") & (pc.field("explainer") == main_explainer(cfg.explain)))
     vectors = embedder.embed(table.column("explanation").to_pylist())
     flat = pa.array(vectors.reshape(-1), pa.float32())
     out = pa.table({"latent": table.column("latent"), "embedder": [embedder.name] * table.num_rows,

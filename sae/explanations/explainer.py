@@ -29,9 +29,12 @@ from ..prompts import Window, explainer_messages, explainer_version, marked_text
 
 log = logging.getLogger(__name__)
 
+# Which explainer wrote a row: the configured LLM, the LLM-free token baseline, or a planted latent's truth.
+LLM, TOKENS, TRUTH = "llm", "tokens", "truth"
 EXAMPLE_ID = pa.struct([("ctx_id", pa.int32()), ("start", pa.int16())])
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
+    ("explainer", pa.string()),  # llm | tokens | truth; a partition has one row per (latent, explainer)
     ("explanation", pa.string()),  # null where the answer had no "Explanation:" line (see `completion`)
     ("parsed", pa.bool_()),
     ("completion", pa.string()),  # the raw answer, always kept
@@ -40,6 +43,8 @@ SCHEMA = pa.schema([
     ("prompt_version", pa.string()),
     ("sampling", pa.string()),  # the sampling parameters as JSON
     ("examples_used", pa.list_(EXAMPLE_ID)),  # the train windows shown, by (ctx_id, start)
+    ("copied_example", pa.string()),  # the worked example's answer the explanation copies; null when none
+    ("attempts", pa.int16()),  # answers asked for (more than one where a copy was retried)
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
     ("latency_s", pa.float32()),
@@ -55,6 +60,11 @@ class LatentPrompt:
     latent: int
     request: ChatRequest
     example_ids: list[dict]
+
+
+def main_explainer(cfg: ExplainConfig) -> str:
+    """The explainer whose explanations stand for a latent where only one is shown (previews, comparisons)."""
+    return LLM
 
 
 def choose_latents(coverage: pa.Table, cfg: ExplainConfig, seed: int) -> list[int]:
@@ -122,15 +132,29 @@ def rows_for(prompts: list[LatentPrompt], completions: list[Completion], client:
     n = len(prompts)
     explanations = [parse_explanation(done.text) for done in completions]
     return pa.table({
-        "latent": [p.latent for p in prompts], "explanation": explanations,
+        "latent": [p.latent for p in prompts], "explainer": [LLM] * n, "explanation": explanations,
         "parsed": [e is not None for e in explanations], "completion": [done.text for done in completions],
         "explainer_model": [client.model] * n, "backend": [client.backend] * n, "prompt_version": [prompt_version] * n,
         "sampling": [json.dumps(p.request.sampling.as_dict()) for p in prompts],
-        "examples_used": [p.example_ids for p in prompts],
+        "examples_used": [p.example_ids for p in prompts], "copied_example": [None] * n, "attempts": [1] * n,
         "prompt_tokens": [done.prompt_tokens for done in completions],
         "completion_tokens": [done.completion_tokens for done in completions],
         "latency_s": [done.latency_s for done in completions], "cached": [done.cached for done in completions],
         "created_at": [datetime.now(timezone.utc)] * n,
+    }, schema=SCHEMA)
+
+
+def fixed_rows(latents: Sequence[int], texts: Sequence[str], explainer: str, backend: str,
+               prompt_version: str) -> pa.Table:
+    """Rows of an explainer that asks no model (the token baseline, a planted latent's truth): the text is
+    both the explanation and the completion, `backend` names the explainer's model too, no tokens or time."""
+    n = len(latents)
+    return pa.table({
+        "latent": list(latents), "explainer": [explainer] * n, "explanation": list(texts), "parsed": [True] * n,
+        "completion": list(texts), "explainer_model": [backend] * n, "backend": [backend] * n,
+        "prompt_version": [prompt_version] * n, "sampling": [json.dumps({})] * n, "examples_used": [[]] * n,
+        "copied_example": [None] * n, "attempts": [1] * n, "prompt_tokens": [0] * n, "completion_tokens": [0] * n,
+        "latency_s": [0.0] * n, "cached": [False] * n, "created_at": [datetime.now(timezone.utc)] * n,
     }, schema=SCHEMA)
 
 
@@ -142,7 +166,7 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
     version = explainer_version(cfg.prompt)
     staging = lake.open_staging("explanations", hookpoint, sae, resume=provenance.fingerprint)
     done = _reusable_rows(lake, hookpoint, sae, staging, provenance.fingerprint)
-    done = done.filter(pl.col("latent").is_in(latents))
+    done = done.filter((pl.col("explainer") == LLM) & pl.col("latent").is_in(latents))
     finished = set(done["latent"])
     todo = [latent for latent in latents if latent not in finished]
     log.info("%s|%s: %d latents chosen, %d already explained, %d to go", hookpoint, sae, len(latents),
@@ -154,7 +178,7 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
         part = rows_for(prompts, completions, client, version)
         write_parquet(part, staging / f"part-{len(list(staging.glob('part-*.parquet'))):05d}.parquet")
         parts.append(frame(part))
-    table = to_arrow(pl.concat(parts).sort("latent"), SCHEMA)
+    table = to_arrow(pl.concat(parts).sort("latent", "explainer"), SCHEMA)
     # The batches' staging folder becomes the one-file partition (the response cache keeps every answer).
     lake.write_partition(table, "explanations", hookpoint, sae, provenance=provenance)
     return table
@@ -170,7 +194,7 @@ def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerpr
     tables.extend(pq.read_table(p, schema=SCHEMA) for p in sorted(staging.glob("part-*.parquet")))
     # A latent may be both committed and staged (an interrupted rerun); keep its first row.
     return pl.concat([frame(t) for t in tables or [SCHEMA.empty_table()]]).unique(
-        "latent", keep="first", maintain_order=True)
+        ["latent", "explainer"], keep="first", maintain_order=True)
 
 
 def top_window_text(examples: pa.Table, latent: int, decode: Decode, threshold: float = 0.0) -> str:

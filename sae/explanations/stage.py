@@ -49,15 +49,17 @@ def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, prog
 
 
 def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: pa.Table, n: int = 8) -> list[dict]:
-    """The first explained latents with their explanation and strongest example, active tokens <<marked>>."""
-    from .explainer import top_window_text
+    """The first explained latents with their main explainer's explanation and strongest example, active
+    tokens <<marked>>."""
+    from .explainer import main_explainer, top_window_text
 
     examples = pq.read_table(fresh_files(cfg, "examples", (hookpoint, name))[0])
     decode = token_decoder(cfg)
+    main = [row for row in table.to_pylist() if row["explainer"] == main_explainer(cfg.explain)]
     return [{"layer": hookpoint, "sae": name, "latent": row["latent"],
              "explanation": row["explanation"] if row["parsed"] else f"(unparsed) {row['completion'][:80]}",
              "top_example": top_window_text(examples, row["latent"], decode)}
-            for row in table.slice(0, n).to_pylist()]
+            for row in main[:n]]
 
 
 CHECKS = (CheckSpec("parse_failure_rate", WARN, "at most 20% of the answers lack an `Explanation:` line"),)

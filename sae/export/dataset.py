@@ -50,21 +50,25 @@ EXPLANATION_COLUMNS = {
     "layer": "hookpoint the SAE reads (e.g. `layers.3`)",
     "sae": "name of the SAE variant (see *SAEs* above)",
     "latent": "latent index within the SAE",
-    "explanation": "the explanation the LLM wrote; null where its answer had no `Explanation:` line",
+    "explainer": "who wrote the explanation: `llm` (the explainer model), `tokens` (the LLM-free token baseline) "
+                 "or `truth` (a planted latent's ground truth)",
+    "explanation": "the explanation; null where the LLM's answer had no `Explanation:` line",
     "parsed": "whether an explanation could be read from the answer",
     "completion": "the LLM's raw answer, always kept",
-    "explainer_model": "the LLM that wrote the explanation",
-    "backend": "how the LLM was run (local, openai or vllm)",
+    "explainer_model": "the LLM that wrote the explanation (`tokens` / `planted` for the other explainers)",
+    "backend": "how the LLM was run (local, openai or vllm; `tokens` / `planted` for the other explainers)",
+    "copied_example": "the worked example's answer the LLM copied (null when none)",
+    "attempts": "answers asked of the LLM for this latent (more than one where a copy was retried)",
     "prompt_version": "hash of the explainer prompt (its text and options)",
     "prompt_tokens": "tokens in the explainer prompt",
     "completion_tokens": "tokens the LLM generated",
 }
 DESCRIPTIONS = {
-    "explanations": "one row per explained latent: the explanation and its scores (real and control)",
+    "explanations": "one row per explained latent and explainer: the explanation and its scores (real and control)",
     "examples": "the example windows per latent: train (shown to the explainer) and test (for scoring)",
     "latent_stats": "per latent: firing count and frequency, activation maximum, mean and deciles, dead flag",
-    "scores": "one row per latent, scorer and source (real or control) with every metric",
-    "score_summary": "per layer, SAE, scorer and source: mean scores with bootstrap 95% intervals",
+    "scores": "one row per latent, explainer, scorer and source (real or control) with every metric",
+    "score_summary": "per layer, SAE, explainer, scorer and source: mean scores with bootstrap 95% intervals",
     "similarity": "matched latent pairs between every two (layer, SAE) partitions",
     "similarity_summary": "per pair of partitions: mean best cosine, one-to-one matching, agreement",
 }
@@ -230,12 +234,12 @@ def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
 
 def _explanations(con: duckdb.DuckDBPyConnection, lake: Lake,
                   files: Callable[[str], list[Path]]) -> duckdb.DuckDBPyRelation:
-    """One row per explained latent, its scores pivoted into columns (sql/export_explanations.sql), the columns
-    in the card's order: the explanation's, then per scorer (known ones first) real and control."""
+    """One row per explained latent and explainer, its scores pivoted into columns (sql/export_explanations.sql),
+    the columns in the card's order: the explanation's, then per scorer (known ones first) real and control."""
     _table(con, lake, "explanations", files("explanations")).project(
         ", ".join(_quote(c) for c in EXPLANATION_COLUMNS)).create("explanation_rows")
     if not files("scores"):
-        return con.table("explanation_rows").order("layer, sae, latent")
+        return con.table("explanation_rows").order("layer, sae, latent, explainer")
     run_query(con, "export_score_values", files=_names(files("scores")))
     relation = run_query(con, "export_explanations")
     scorers = {c.rsplit("_control_", 1)[0] for c in relation.columns if "_control_" in c}
@@ -325,19 +329,22 @@ def _rank(column: str, order: list[str]) -> pl.Expr:
 
 
 def summary_table(summary: pl.DataFrame, card: CardInfo) -> list[str]:
-    """Markdown lines: per layer, SAE and scorer, the real mean beside the control mean (95% intervals), in the
-    card's order of layers and SAEs."""
+    """Markdown lines: per layer, SAE, scorer and explainer, the real mean beside the control mean (95%
+    intervals), in the card's order of layers and SAEs."""
     layers, saes = list(card.layers), [name for name, _ in card.saes]
-    ordered = summary.sort([_rank("layer", layers), "layer", _rank("sae", saes), "sae", "scorer"], maintain_order=True)
-    lines = ["| layer | sae | scorer | metric | latents | real | control |", "|---|---|---|---|---:|---|---|"]
-    for (layer, sae, scorer), group in ordered.partition_by(["layer", "sae", "scorer"], as_dict=True).items():
+    ordered = summary.sort([_rank("layer", layers), "layer", _rank("sae", saes), "sae", "scorer", "explainer"],
+                           maintain_order=True)
+    lines = ["| layer | sae | scorer | explainer | metric | latents | real | control |",
+             "|---|---|---|---|---|---:|---|---|"]
+    for (layer, sae, scorer, explainer), group in ordered.partition_by(
+            ["layer", "sae", "scorer", "explainer"], as_dict=True).items():
         by_source = {row["source"]: row for row in group.to_dicts()}
         # The embedding scorer ranks windows by cosine: its AUC is the meaningful figure, not hard predictions.
         metric = "auc" if scorer == "embedding" else "balanced_accuracy"
         real, control = by_source.get("real"), by_source.get("control")
         latents = (real or control or {}).get("n_latents", "")
-        lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {metric} | {latents} | "
-                     f"{_interval(real, metric)} | {_interval(control, metric)} |")
+        lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {_cell(explainer)} | {metric} | "
+                     f"{latents} | {_interval(real, metric)} | {_interval(control, metric)} |")
     return lines
 
 
@@ -351,8 +358,8 @@ INTRO = (
 )
 SUMMARY_NOTE = (
     "Mean per-latent score with a bootstrap 95% interval, for the latent's own explanation (real) and for another "
-    "latent's (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding scorer; chance is 0.5 "
-    "for both."
+    "latent's by the same explainer (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding "
+    "scorer; chance is 0.5 for both."
 )
 SPLIT_NOTE = "Each configuration has one split, `train`; the partitioned tables carry `layer` and `sae` columns."
 NULL_NOTE = "Score columns are null where a latent was not scored (e.g. its explanation could not be parsed)."

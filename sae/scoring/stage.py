@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
+from ..explanations.explainer import LLM
 from ..explanations.stage import token_decoder
 from ..lake import lake_for
 from ..lake.sql import run_query
@@ -37,14 +38,15 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
 
 
 def score_summary(cfg: PipelineConfig) -> pa.Table:
-    """Per layer, SAE variant, scorer and source: means of the per-latent scores with bootstrap intervals."""
+    """Per layer, SAE variant, explainer, scorer and source: means of the per-latent scores with bootstrap intervals."""
     from .metrics import bootstrap_mean_ci
 
     with connect_fresh(cfg, "scores") as con:
         groups = run_query(con, "score_values").to_arrow_table().to_pylist()
     rows = []
     for g in groups:
-        row = {k: g[k] for k in ("layer", "sae", "scorer", "source", "n_latents", "n_examples", "n_failures")}
+        row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "source", "n_latents", "n_examples",
+                                 "n_failures")}
         for metric in ("balanced_accuracy", "f1", "auc"):
             values = [math.nan if v is None else v for v in g[metric]]
             mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
@@ -58,7 +60,7 @@ def score_summary(cfg: PipelineConfig) -> pa.Table:
 
 
 def mean_scores(table: pa.Table) -> list[dict]:
-    """Mean balanced accuracy and AUC per scorer and source of one partition, for its run's metadata."""
+    """Mean balanced accuracy and AUC per explainer, scorer and source of one partition, for its run's metadata."""
     import duckdb
 
     with duckdb.connect() as con:
@@ -74,7 +76,8 @@ def summary_rows(table: pa.Table) -> list[dict]:
             return "–"
         return f"{row[metric]:.3f} [{row[f'{metric}_lo']:.3f}, {row[f'{metric}_hi']:.3f}]"
 
-    return [{"layer": r["layer"], "sae": r["sae"], "scorer": r["scorer"], "source": r["source"],
+    return [{"layer": r["layer"], "sae": r["sae"], "explainer": r["explainer"], "scorer": r["scorer"],
+             "source": r["source"],
              "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
              "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}"} for r in table.to_pylist()]
 
@@ -92,13 +95,15 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
         label = "AUC" if p["scorer"] == "embedding" else "balanced accuracy"
-        panels[f"{p['scorer']} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
+        by = "" if p["explainer"] == LLM else f", {p['explainer']}"  # the LLM's panels keep their plain names
+        panels[f"{p['scorer']}{by} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
     plots = {"score_histograms": markdown_image(
         score_histograms(panels, metric="score", path=lake.root / "plots" / "score_histograms.png"), "scores")}
     by_scorer = defaultdict(dict)
     for row in summary.to_pylist():
         if row["source"] == "real" and row["bin_accuracy"]:
-            by_scorer[row["scorer"]][f"{row['layer']}/{row['sae']}"] = [
+            by = "" if row["explainer"] == LLM else f" ({row['explainer']})"
+            by_scorer[row["scorer"]][f"{row['layer']}/{row['sae']}{by}"] = [
                 math.nan if v is None else v for v in row["bin_accuracy"]]
     for scorer, per_variant in sorted(by_scorer.items()):
         png = accuracy_by_quantile(per_variant, path=lake.root / "plots" / f"accuracy_by_quantile_{scorer}.png")

@@ -88,7 +88,7 @@ def test_a_crash_loses_at_most_one_batch_and_a_rerun_asks_only_for_the_rest(tmp_
     assert resumed.sent == 1  # only the fifth latent was asked for
     assert table.schema.remove_metadata() == SCHEMA and table.column("latent").to_pylist() == [0, 1, 2, 3, 4]
     row = table.to_pylist()[0]
-    assert row["completion"] and row["backend"] == "local" and row["prompt_version"]
+    assert row["completion"] and row["backend"] == "local" and row["prompt_version"] and row["explainer"] == "llm"
     assert len(row["examples_used"]) == CFG.n_examples and row["prompt_tokens"] > 100
     assert row["completion_tokens"] > 0 and row["latency_s"] > 0 and row["created_at"] is not None
     assert row["parsed"] == (row["explanation"] is not None)

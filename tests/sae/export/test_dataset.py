@@ -28,6 +28,8 @@ from sae.scoring.scorers import SCHEMA as SCORES_SCHEMA
 LAYERS = ("layers.1", "layers.3")
 SAES = ("topk-x2", "neurons")
 LATENTS = (0, 1, 2)  # latent 2's answer could not be parsed: it has no scores
+# Which explainers wrote which latents: the LLM every one, the token baseline latent 0 only.
+EXPLAINED = [(latent, "llm") for latent in LATENTS] + [(0, "tokens")]
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 TOKEN = "hf_secretTEST123"
 EXAMPLE_SCHEMA = WINDOW_SCHEMA.append(pa.field("tokens", pa.list_(pa.int32()))).append(
@@ -38,10 +40,10 @@ CARD = CardInfo(model="smollm2-135m-instruct", corpus="wikipedia-sample", n_toke
                 scorers=["detection", "embedding"])
 
 
-def score(layer: str, sae: str, latent: int, scorer: str, source: str) -> float:
+def score(layer: str, sae: str, latent: int, scorer: str, source: str, explainer: str = "llm") -> float:
     """A distinct, exactly representable score per cell, so pivoted values can be checked exactly."""
     return (LAYERS.index(layer) * 8 + SAES.index(sae) * 4 + latent * 2 + (source == "control")) / 32 + (
-        0.5 if scorer == "embedding" else 0.0)
+        0.5 if scorer == "embedding" else 0.0) + (1 / 64 if explainer == "tokens" else 0.0)
 
 
 def partitioned(lake: Lake, table: str, layer: str, sae: str, rows: list[dict], schema: pa.Schema) -> None:
@@ -61,23 +63,28 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
     for layer in LAYERS:
         for sae in SAES:
             explanations = [{
-                "latent": latent, "explanation": None if latent == 2 else f"{layer}/{sae}/{latent}",
+                "latent": latent, "explainer": explainer,
+                "explanation": None if latent == 2 else f"{layer}/{sae}/{latent}",
                 "parsed": latent != 2, "completion": f"Explanation: {layer}/{sae}/{latent}",
                 "explainer_model": "smollm2", "backend": "local", "prompt_version": "abc123", "sampling": "{}",
-                "examples_used": [{"ctx_id": 0, "start": 3}], "prompt_tokens": 100 + latent,
-                "completion_tokens": 10, "latency_s": 0.5, "cached": False, "created_at": NOW,
-            } for latent in LATENTS]
+                "examples_used": [{"ctx_id": 0, "start": 3}], "copied_example": None, "attempts": 1,
+                "prompt_tokens": 100 + latent, "completion_tokens": 10, "latency_s": 0.5, "cached": False,
+                "created_at": NOW,
+            } for latent, explainer in EXPLAINED]
             partitioned(lake, "explanations", layer, sae, explanations, EXPLANATIONS_SCHEMA)
             if "scores" in tables:
                 scores = [{
-                    "latent": latent, "scorer": scorer, "source": source, "explanation_latent": latent,
-                    "balanced_accuracy": score(layer, sae, latent, scorer, source), "f1": 0.25, "precision": 0.5,
-                    "recall": 0.5, "accuracy": 0.5,
-                    "auc": None if scorer == "detection" else score(layer, sae, latent, scorer, source) - 0.25,
+                    "latent": latent, "explainer": explainer, "scorer": scorer, "source": source,
+                    "explanation_latent": latent, "balanced_accuracy": score(layer, sae, latent, scorer, source,
+                                                                             explainer),
+                    "f1": 0.25, "precision": 0.5, "recall": 0.5, "accuracy": 0.5,
+                    "auc": None if scorer == "detection" else score(layer, sae, latent, scorer, source,
+                                                                    explainer) - 0.25,
                     "bin_accuracy": [1.0, math.nan], "silent_accuracy": 0.5, "n_examples": 10, "n_activating": 5,
                     "n_failures": 1, "failed_answers": ["??"], "scorer_model": "smollm2",
                     "prompt_version": "v1", "created_at": NOW,
-                } for latent in (0, 1) for scorer in scorers for source in ("real", "control")]
+                } for latent, explainer in EXPLAINED if latent != 2 for scorer in scorers
+                  for source in ("real", "control")]
                 partitioned(lake, "scores", layer, sae, scores, SCORES_SCHEMA)
             if "examples" in tables:
                 examples = [{"latent": latent, "split": split, "kind": "top", "bin": 0, "ctx_id": latent,
@@ -95,7 +102,8 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
                 partitioned(lake, "latent_stats", layer, sae, stats.to_pylist(), stats.schema)
     if "score_summary" in tables:
         single(lake, "score_summary", [
-            {"layer": layer, "sae": sae, "scorer": scorer, "source": source, "n_latents": 2, "n_examples": 20,
+            {"layer": layer, "sae": sae, "explainer": "llm", "scorer": scorer, "source": source, "n_latents": 2,
+             "n_examples": 20,
              "n_failures": 2, "balanced_accuracy": 0.8 if source == "real" else 0.5, "balanced_accuracy_lo": 0.7,
              "balanced_accuracy_hi": 0.9, "f1": 0.25, "f1_lo": 0.25, "f1_hi": 0.25,
              "auc": None if scorer == "detection" else 0.9, "auc_lo": None, "auc_hi": None,
@@ -140,7 +148,7 @@ def card_header(out: Path) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-EXPECTED_ROWS = {"explanations": 12, "examples": 16, "latent_stats": 12, "scores": 32, "score_summary": 16,
+EXPECTED_ROWS = {"explanations": 16, "examples": 16, "latent_stats": 12, "scores": 48, "score_summary": 16,
                  "similarity": 2, "similarity_summary": 1}
 
 
@@ -157,9 +165,9 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     pivoted = [f"{s}_{m}" for s in ("detection", "embedding") for m in
                ("balanced_accuracy", "f1", "auc", "control_balanced_accuracy", "control_auc")]
     assert explanations.column_names == list(export.EXPLANATION_COLUMNS) + pivoted
-    rows = {(r["layer"], r["sae"], r["latent"]): r for r in explanations}
-    assert set(rows) == {(layer, sae, latent) for layer in LAYERS for sae in SAES for latent in LATENTS}
-    known = rows[("layers.3", "neurons", 1)]
+    rows = {(r["layer"], r["sae"], r["latent"], r["explainer"]): r for r in explanations}
+    assert set(rows) == {(layer, sae, *explained) for layer in LAYERS for sae in SAES for explained in EXPLAINED}
+    known = rows[("layers.3", "neurons", 1, "llm")]
     assert known["explanation"] == "layers.3/neurons/1" and known["parsed"] and known["prompt_tokens"] == 101
     assert known["detection_balanced_accuracy"] == score("layers.3", "neurons", 1, "detection", "real")
     assert known["detection_control_balanced_accuracy"] == score("layers.3", "neurons", 1, "detection", "control")
@@ -167,7 +175,11 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     assert known["embedding_auc"] == score("layers.3", "neurons", 1, "embedding", "real") - 0.25
     assert known["embedding_control_auc"] == score("layers.3", "neurons", 1, "embedding", "control") - 0.25
     assert known["detection_f1"] == 0.25
-    unscored = rows[("layers.1", "topk-x2", 2)]
+    # Each explainer's row holds its own scores: the token baseline's beside the LLM's.
+    baseline, llm = rows[("layers.3", "neurons", 0, "tokens")], rows[("layers.3", "neurons", 0, "llm")]
+    assert baseline["detection_balanced_accuracy"] == score("layers.3", "neurons", 0, "detection", "real", "tokens")
+    assert llm["detection_balanced_accuracy"] == score("layers.3", "neurons", 0, "detection", "real")
+    unscored = rows[("layers.1", "topk-x2", 2, "llm")]
     assert unscored["explanation"] is None and not unscored["parsed"]
     assert all(unscored[column] is None for column in pivoted)
 
@@ -202,16 +214,16 @@ def test_the_card_header_parses_and_lists_every_configuration(tmp_path):
                  'load_dataset("path/to/this/folder", "explanations"', "`detection_control_auc`"):
         assert fact in body, fact
     # The summary table: real beside control with intervals; the embedding scorer shows its AUC.
-    assert "| layers.1 | topk-x2 | detection | balanced_accuracy | 2 | 0.800 [0.700, 0.900] | " \
+    assert "| layers.1 | topk-x2 | detection | llm | balanced_accuracy | 2 | 0.800 [0.700, 0.900] | " \
            "0.500 [0.700, 0.900] |" in body
-    assert "| layers.3 | neurons | embedding | auc | 2 | 0.900 | 0.900 |" in body
-    assert "| `examples` | 16 |" in body and "| `explanations` (default) | 12 |" in body
+    assert "| layers.3 | neurons | embedding | llm | auc | 2 | 0.900 | 0.900 |" in body
+    assert "| `examples` | 16 |" in body and "| `explanations` (default) | 16 |" in body
 
 
 def test_only_tables_in_the_lake_are_exported_and_explanations_are_required(tmp_path, offline):
     lake = build_lake(tmp_path / "lake", tables=())
     out = tmp_path / "export"
-    assert export_dataset(lake.root, out, CARD) == {"explanations": 12}
+    assert export_dataset(lake.root, out, CARD) == {"explanations": 16}
     assert [c["config_name"] for c in card_header(out)["configs"]] == ["explanations"]
     assert load(out, "explanations", offline).column_names == list(export.EXPLANATION_COLUMNS)
     assert "no score summary" in (out / "README.md").read_text()
@@ -223,8 +235,8 @@ def test_only_tables_in_the_lake_are_exported_and_explanations_are_required(tmp_
 def test_an_empty_table_is_left_out_and_empty_explanations_are_refused(tmp_path, offline):
     lake = build_lake(tmp_path / "lake", tables=())
     single(lake, "similarity", [], PAIRS_SCHEMA)
-    assert export_dataset(lake.root, tmp_path / "export", CARD) == {"explanations": 12}
-    assert load(tmp_path / "export", "explanations", offline).num_rows == 12
+    assert export_dataset(lake.root, tmp_path / "export", CARD) == {"explanations": 16}
+    assert load(tmp_path / "export", "explanations", offline).num_rows == 16
     empty = Lake(tmp_path / "empty")
     partitioned(empty, "explanations", "layers.1", "neurons", [], EXPLANATIONS_SCHEMA)
     with pytest.raises(ValueError, match="no rows"):
