@@ -333,6 +333,12 @@ class PipelineConfig:
                 return spec
         raise ConfigError(f"no SAE named {name!r} in the config; configured: {self.sae_names}")
 
+    def explain_for(self, name: str) -> ExplainConfig:
+        """The explain settings of one variant: every planted latent is explained, whatever `latents` says."""
+        if self.sae(name).planted is not None:
+            return dataclasses.replace(self.explain, latents="all")
+        return self.explain
+
     def layer(self, hookpoint: str) -> LayerConfig:
         for layer in self.layers:
             if layer.hookpoint == hookpoint:

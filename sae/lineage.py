@@ -86,7 +86,7 @@ def _every_partition(*assets: str) -> Callable[[PipelineConfig, PartitionKey], I
 
 
 def _explain_settings(cfg: PipelineConfig, key) -> dict:
-    explain = cfg.explain
+    explain = cfg.explain_for(key[1])
     return {"llm": explain.llm.identity(), "prompt": _asdict(explain.prompt),
             "prompt_version": explainer_version(explain.prompt), "latents": explain.latents,
             "n_latents": explain.n_latents, "latent_ids": list(explain.latent_ids),
@@ -428,7 +428,8 @@ def _matches(key: PartitionKey, wanted: Sequence[str]) -> bool:
 
 
 # Tables written by an asset of another name, beside its own.
-TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity"}
+TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity",
+                "scorer_calibration": "score_summary"}
 
 
 def fresh_table_files(cfg: PipelineConfig, table: str) -> list[Path]:

@@ -1,5 +1,6 @@
 -- Per layer, SAE variant, explainer, scorer and source (real / control): the per-latent scores as lists, for the
--- summary's bootstrap intervals, and the mean accuracy per quantile bin. Reads the `scores` view.
+-- summary's bootstrap intervals, and the mean accuracy per quantile bin; with the scorer's model, by which
+-- the calibration is joined. Reads the `scores` view.
 WITH bins AS (
     SELECT layer, sae, explainer, scorer, source, b.i AS bin, avg(b.acc) FILTER (NOT isnan(b.acc)) AS accuracy
     FROM scores, unnest(bin_accuracy) WITH ORDINALITY AS b(acc, i)
@@ -9,7 +10,7 @@ per_bin AS (
     SELECT layer, sae, explainer, scorer, source, list(accuracy ORDER BY bin) AS bin_accuracy FROM bins GROUP BY ALL
 )
 SELECT
-    layer, sae, explainer, scorer, source,
+    layer, sae, explainer, scorer, scorer_model, source,
     count(*) AS n_latents,
     list(balanced_accuracy ORDER BY latent) AS balanced_accuracy,
     list(f1 ORDER BY latent) AS f1,

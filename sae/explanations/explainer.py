@@ -160,8 +160,9 @@ def fixed_rows(latents: Sequence[int], texts: Sequence[str], explainer: str, bac
 
 def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table,
                       cfg: ExplainConfig, client: LLMClient, decode: Decode, seed: int, provenance: Provenance,
-                      progress: bool = False) -> pa.Table:
-    """Explain the chosen latents of one partition, resuming from earlier rows made with the same settings."""
+                      progress: bool = False, fixed: pa.Table | None = None) -> pa.Table:
+    """Explain the chosen latents of one partition, resuming from earlier rows made with the same settings;
+    `fixed` rows (explainers that ask no model, see `fixed_rows`) are stored beside the LLM's."""
     latents = choose_latents(coverage, cfg, seed)
     version = explainer_version(cfg.prompt)
     staging = lake.open_staging("explanations", hookpoint, sae, resume=provenance.fingerprint)
@@ -171,7 +172,7 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
     todo = [latent for latent in latents if latent not in finished]
     log.info("%s|%s: %d latents chosen, %d already explained, %d to go", hookpoint, sae, len(latents),
              len(finished), len(todo))
-    parts = [done]
+    parts = [done] + ([frame(fixed)] if fixed is not None else [])
     for first in range(0, len(todo), cfg.batch_latents):
         prompts = build_prompts(examples, todo[first : first + cfg.batch_latents], cfg, decode)
         completions = client.complete([p.request for p in prompts], progress=progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
@@ -38,14 +39,28 @@ def open_llm(cfg: PipelineConfig, llm: LLMConfig) -> CachedClient:
 
 
 def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True) -> pa.Table:
+    """The partition's explanations; a planted variant's latents each also get their ground truth (explainer
+    `truth`)."""
     from .explainer import explain_partition
 
     key = (hookpoint, name)
     examples = pq.read_table(fresh_files(cfg, "examples", key)[0])
     covered = pq.read_table(fresh_files(cfg, "examples", key, table="example_coverage")[0])
-    return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain, client,
+    fixed = truth_rows(cfg, hookpoint, name, covered) if cfg.sae(name).planted is not None else None
+    return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain_for(name), client,
                              token_decoder(cfg), cfg.seed, lineage_of(cfg).provenance("explanations", key),
-                             progress=progress)
+                             progress=progress, fixed=fixed)
+
+
+def truth_rows(cfg: PipelineConfig, hookpoint: str, name: str, covered: pa.Table) -> pa.Table:
+    """The ground-truth explanation of every planted latent that fired (has train windows to explain from)."""
+    from ..saes.planted import ARCHITECTURE
+    from ..saes.stage import load_planted
+    from .explainer import TRUTH, fixed_rows
+
+    truth = load_planted(cfg, hookpoint, name).explanations
+    fired = sorted(set(covered.filter(pc.field("n_train") > 0).column("latent").to_pylist()) & set(truth))
+    return fixed_rows(fired, [truth[latent] for latent in fired], TRUTH, ARCHITECTURE, ARCHITECTURE)
 
 
 def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: pa.Table, n: int = 8) -> list[dict]:

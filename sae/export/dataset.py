@@ -34,7 +34,7 @@ from ..lake.sql import run_query
 
 log = logging.getLogger(__name__)
 
-CONFIGS = ("explanations", "examples", "latent_stats", "scores", "score_summary", "similarity",
+CONFIGS = ("explanations", "examples", "latent_stats", "scores", "score_summary", "scorer_calibration", "similarity",
            "similarity_summary")
 DEFAULT_CONFIG = "explanations"
 SPLIT = "train"
@@ -67,8 +67,12 @@ DESCRIPTIONS = {
     "explanations": "one row per explained latent and explainer: the explanation and its scores (real and control)",
     "examples": "the example windows per latent: train (shown to the explainer) and test (for scoring)",
     "latent_stats": "per latent: firing count and frequency, activation maximum, mean and deciles, dead flag",
-    "scores": "one row per latent, explainer, scorer and source (real or control) with every metric",
-    "score_summary": "per layer, SAE, explainer, scorer and source: mean scores with bootstrap 95% intervals",
+    "scores": "one row per latent, explainer, scorer and source (real or control) with every metric, and whether "
+              "the scorer is `calibrated`",
+    "score_summary": "per layer, SAE, explainer, scorer and source: mean scores with bootstrap 95% intervals, "
+                     "`planted` variants marked, and whether the scorer is `calibrated`",
+    "scorer_calibration": "per scorer and scorer model: its score with the true, the explainer's, the baseline's "
+                          "and a wrong explanation on the planted latents (95% intervals), and the verdict",
     "similarity": "matched latent pairs between every two (layer, SAE) partitions",
     "similarity_summary": "per pair of partitions: mean best cosine, one-to-one matching, agreement",
 }
@@ -94,6 +98,10 @@ class CardInfo:
 
 
 def describe_sae(spec: SaeSpec) -> str:
+    if spec.planted is not None:
+        names = ", ".join(f.name for f in spec.planted.families)
+        return (f"planted: known-answer latents, one per word family ({names}), firing where the corpus has those "
+                "words, each with its ground-truth explanation; they calibrate the scorers and are no SAE")
     if spec.neurons is not None:
         top = f", kept to the top {spec.neurons.k} per token" if spec.neurons.k is not None else ""
         return f"baseline: the MLP's own neurons (input of the down projection), positive values{top}"
@@ -159,7 +167,8 @@ def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
             raise ValueError(f"the explanations in the lake at {lake.root} have no rows: nothing to export")
         scored = _scored(build)
         (build / "README.md").write_text(dataset_card(card, counts, _summary_rows(build), scored,
-                                                      text=decode is not None))
+                                                      text=decode is not None,
+                                                      calibration=_exported(build, "scorer_calibration")))
         (build / MARKER).write_text(json.dumps({"configs": counts}, indent=1) + "\n")
         replace_folder(build, out_dir, out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
     finally:
@@ -189,6 +198,8 @@ def _write_configs(lake: Lake, files: Callable[[str], list[Path]], build: Path,
                 continue
             if config == "explanations":
                 relation = _explanations(con, lake, files)
+            elif config == "scores":
+                relation = _scores(con, lake, files)
             else:
                 relation = _table(con, lake, config, files(config))
             transform = _with_text(decode) if config == "examples" and decode is not None else None
@@ -248,6 +259,16 @@ def _explanations(con: duckdb.DuckDBPyConnection, lake: Lake,
     return relation.project(", ".join(_quote(c) for c in [*EXPLANATION_COLUMNS, *pivoted]))
 
 
+def _scores(con: duckdb.DuckDBPyConnection, lake: Lake, files: Callable[[str], list[Path]]) -> duckdb.DuckDBPyRelation:
+    """Every score row with its scorer's calibration verdict (null where there is none; sql/export_scores.sql)."""
+    from ..scoring.calibration import SCHEMA as CALIBRATION_SCHEMA
+
+    _table(con, lake, "scores", files("scores")).create_view("score_rows")
+    calibration = files("scorer_calibration")
+    con.register("calibration", pq.read_table(_names(calibration)[0]) if calibration else CALIBRATION_SCHEMA.empty_table())
+    return run_query(con, "export_scores")
+
+
 def _with_text(decode: Callable[[list[list[int]]], list[str]]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
     def add(batch: pa.RecordBatch) -> pa.RecordBatch:
         windows = batch.column("tokens").to_pylist()
@@ -282,7 +303,11 @@ def _scored(build: Path) -> list[str]:
 
 
 def _summary_rows(build: Path) -> pl.DataFrame | None:
-    path = build / "data" / "score_summary" / DATA_FILE
+    return _exported(build, "score_summary")
+
+
+def _exported(build: Path, config: str) -> pl.DataFrame | None:
+    path = build / "data" / config / DATA_FILE
     return pl.read_parquet(path) if path.exists() else None
 
 
@@ -361,12 +386,37 @@ SUMMARY_NOTE = (
     "latent's by the same explainer (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding "
     "scorer; chance is 0.5 for both."
 )
+CALIBRATION_NOTE = (
+    "Each scorer was also run on planted latents, whose true explanation is known: a scorer is *calibrated* only "
+    "where its score with the true explanation lies wholly above its score with a wrong one (another planted "
+    "latent's), 95% intervals apart. Read the scores of an UNCALIBRATED or unchecked scorer as not meaningful."
+)
 SPLIT_NOTE = "Each configuration has one split, `train`; the partitioned tables carry `layer` and `sae` columns."
 NULL_NOTE = "Score columns are null where a latent was not scored (e.g. its explanation could not be parsed)."
 
 
+def calibration_section(calibration: pl.DataFrame | None) -> list[str]:
+    """Markdown lines: per scorer, whether it was calibrated on the planted latents, and the figures."""
+    from ..scoring.calibration import CATEGORIES, calibration_line, calibration_rows
+
+    lines = ["## Scorer calibration", "", CALIBRATION_NOTE, ""]
+    if calibration is None or calibration.is_empty():
+        return lines + ["No scorer was calibrated: the lake had no scores on planted latents when this dataset was "
+                        "exported, so no score here is shown to mean anything.", ""]
+    rows = calibration.to_arrow()
+    names = [name for name, _, _ in CATEGORIES]
+    lines += [f"- {_cell(line)}" for line in map(calibration_line, rows.to_pylist())]
+    lines += ["", "| scorer | scorer model | metric | planted latents | " + " | ".join(names) + " | verdict |",
+              "|---|---|---|---:|" + "---|" * len(names) + "---|"]
+    for row in calibration_rows(rows):
+        cells = [row["scorer"], row["scorer_model"], row["metric"], row["planted_latents"],
+                 *(row[name] for name in names), row["verdict"]]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
 def dataset_card(card: CardInfo, counts: dict[str, int], summary: pl.DataFrame | None, scored: list[str],
-                 text: bool = False) -> str:
+                 text: bool = False, calibration: pl.DataFrame | None = None) -> str:
     """The README: YAML header (license, tags, configurations), then what the data is and how it was made."""
     header = yaml.safe_dump(card_header(card, counts), sort_keys=False, allow_unicode=True).rstrip("\n")
     repo = card.repo_id or "path/to/this/folder"
@@ -381,7 +431,7 @@ def dataset_card(card: CardInfo, counts: dict[str, int], summary: pl.DataFrame |
              f"- **Scorers:** {', '.join(card.scorers) or '–'}", "",
              "### SAEs", ""]
     lines += [f"- `{name}`: {description}" for name, description in card.saes]
-    lines += ["", "## Scores", ""]
+    lines += ["", *calibration_section(calibration), "## Scores", ""]
     if summary is not None and not summary.is_empty():
         lines += [SUMMARY_NOTE, "", *summary_table(summary, card), ""]
     else:

@@ -37,26 +37,56 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
     return table
 
 
-def score_summary(cfg: PipelineConfig) -> pa.Table:
-    """Per layer, SAE variant, explainer, scorer and source: means of the per-latent scores with bootstrap intervals."""
+def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
+    """Per layer, SAE variant, explainer, scorer and source: means of the per-latent scores with bootstrap intervals,
+    whether the variant is planted, and whether its scorer is calibrated (see `scorer_calibration`). Returns the
+    summary and the calibration."""
     from .metrics import bootstrap_mean_ci
 
+    calibration = scorer_calibration(cfg)
+    calibrated = {(r["scorer"], r["scorer_model"]): r["calibrated"] for r in calibration.to_pylist()}
     with connect_fresh(cfg, "scores") as con:
         groups = run_query(con, "score_values").to_arrow_table().to_pylist()
     rows = []
     for g in groups:
-        row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "source", "n_latents", "n_examples",
-                                 "n_failures")}
+        row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "scorer_model", "source", "n_latents",
+                                 "n_examples", "n_failures")}
+        row["planted"] = cfg.sae(g["sae"]).planted is not None
         for metric in ("balanced_accuracy", "f1", "auc"):
             values = [math.nan if v is None else v for v in g[metric]]
             mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
             row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
         row["bin_accuracy"] = g["bin_accuracy"]
+        row["calibrated"] = calibrated.get((g["scorer"], g["scorer_model"]))
         rows.append(row)
     table = pa.Table.from_pylist(rows)
     if rows:
         lake_for(cfg).write_partition(table, "score_summary", provenance=lineage_of(cfg).provenance("score_summary"))
+    return table, calibration
+
+
+def scorer_calibration(cfg: PipelineConfig) -> pa.Table:
+    """Each scorer's calibration on the planted latents (sae/scoring/calibration.py), stored as
+    `scorer_calibration` beside the summary, which it is made with."""
+    from .calibration import calibrate
+
+    planted = [spec.name for spec in cfg.saes if spec.planted is not None]
+    with connect_fresh(cfg, "scores") as con:
+        groups = run_query(con, "calibration_values", planted=planted).to_arrow_table().to_pylist()
+    table = calibrate(groups, cfg.score.bootstrap, cfg.seed)
+    lake_for(cfg).write_partition(table, "scorer_calibration", provenance=lineage_of(cfg).provenance("score_summary"))
     return table
+
+
+def stored_calibration(cfg: PipelineConfig) -> pa.Table | None:
+    """The lake's calibration if it is what the config makes (fresh), else None."""
+    from ..lineage import StaleDataError
+
+    try:
+        files = fresh_files(cfg, "score_summary", table="scorer_calibration")
+    except StaleDataError:
+        return None
+    return pq.read_table(files[0]) if files else None
 
 
 def mean_scores(table: pa.Table) -> list[dict]:
@@ -70,7 +100,10 @@ def mean_scores(table: pa.Table) -> list[dict]:
 
 
 def summary_rows(table: pa.Table) -> list[dict]:
-    """The summary for display: each mean with its interval, real and control of a scorer side by side."""
+    """The summary for display: each mean with its interval, real and control of a scorer side by side, and
+    whether the scorer is calibrated."""
+    from .calibration import verdict
+
     def cell(row: dict, metric: str) -> str:
         if row[metric] is None or math.isnan(row[metric]):
             return "–"
@@ -79,7 +112,8 @@ def summary_rows(table: pa.Table) -> list[dict]:
     return [{"layer": r["layer"], "sae": r["sae"], "explainer": r["explainer"], "scorer": r["scorer"],
              "source": r["source"],
              "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
-             "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}"} for r in table.to_pylist()]
+             "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}",
+             "scorer_calibration": verdict(r["calibrated"])} for r in table.to_pylist()]
 
 
 def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
@@ -109,6 +143,29 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
         png = accuracy_by_quantile(per_variant, path=lake.root / "plots" / f"accuracy_by_quantile_{scorer}.png")
         plots[f"accuracy_by_quantile_{scorer}"] = markdown_image(png, f"{scorer} accuracy by quantile")
     return plots
+
+
+SUMMARY_CHECKS = (CheckSpec("scorers_calibrated", WARN,
+                            "every scorer scores the planted latents' true explanations above wrong ones (95% "
+                            "intervals apart); the numbers of a scorer that does not are not meaningful"),)
+
+
+def check_summary(cfg: PipelineConfig, key=None) -> list[CheckOutcome]:
+    """The summary's data check (every scorer calibrated), recorded in the lake's `checks` table."""
+    from .calibration import calibration_line
+
+    calibration = stored_calibration(cfg)
+    rows = [] if calibration is None else calibration.to_pylist()
+    failing = [r for r in rows if not r["calibrated"]]
+    if not rows:
+        outcome = CheckOutcome("scorers_calibrated", False, WARN, "no scores to calibrate: run `saelake run`")
+    else:
+        lines = [calibration_line(r) for r in (failing or rows)]
+        verdict = f"{len(failing)} of {len(rows)} scorers are not shown to work" if failing else \
+            f"all {len(rows)} scorers are calibrated"
+        outcome = CheckOutcome("scorers_calibrated", not failing, WARN, f"{verdict}: " + "; ".join(lines),
+                               {r["scorer"] + "/" + r["scorer_model"]: r["calibrated"] for r in rows})
+    return record_checks(cfg, "score_summary", None, [outcome])
 
 
 CHECKS = (CheckSpec("controls_near_chance", WARN,

@@ -23,6 +23,8 @@ from sae.explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from sae.export import dataset as export
 from sae.export.dataset import CardInfo, MissingTokenError, export_dataset, push_dataset, resolve_token
 from sae.lake import Lake, write_parquet
+from sae.scoring.calibration import SCHEMA as CALIBRATION_SCHEMA
+from sae.scoring.metrics import PRIMARY_METRIC
 from sae.scoring.scorers import SCHEMA as SCORES_SCHEMA
 
 LAYERS = ("layers.1", "layers.3")
@@ -109,6 +111,16 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
              "auc": None if scorer == "detection" else 0.9, "auc_lo": None, "auc_hi": None,
              "bin_accuracy": [1.0, None]}
             for layer in LAYERS for sae in SAES for scorer in scorers for source in ("real", "control")])
+    if "scorer_calibration" in tables:
+        # detection does not tell the true explanation from a wrong one; embedding does.
+        single(lake, "scorer_calibration", [
+            {"scorer": scorer, "scorer_model": "smollm2", "metric": PRIMARY_METRIC[scorer], "n_latents": 8,
+             **{f"{name}{suffix}": value + {"": 0, "_lo": -0.05, "_hi": 0.05}[suffix]
+                for name, value in (("true", true), ("explainer", 0.6), ("baseline", 0.7), ("wrong", 0.5))
+                for suffix in ("", "_lo", "_hi")},
+             "calibrated": calibrated}
+            for scorer, true, calibrated in (("detection", 0.52, False), ("embedding", 0.9, True))],
+            CALIBRATION_SCHEMA)
     if "similarity" in tables:
         single(lake, "similarity", [{"layer_a": "layers.1", "sae_a": "topk-x2", "layer_b": "layers.3",
                                      "sae_b": "topk-x2", "method": "explanation_best", "latent_a": a,
@@ -149,7 +161,7 @@ def card_header(out: Path) -> dict:
 
 
 EXPECTED_ROWS = {"explanations": 16, "examples": 16, "latent_stats": 12, "scores": 48, "score_summary": 16,
-                 "similarity": 2, "similarity_summary": 1}
+                 "scorer_calibration": 2, "similarity": 2, "similarity_summary": 1}
 
 
 def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_path, offline):
@@ -188,8 +200,10 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     assert all(r["text"] == decode(r["tokens"]) for r in examples)
     assert examples[0]["tokens"] == [0, 7, 9] and examples[0]["acts"] == [0.0, 2.0, 0.5]
     assert loaded["latent_stats"].column_names[:3] == ["layer", "sae", "latent"]
-    assert loaded["scores"].column_names == ["layer", "sae", *SCORES_SCHEMA.names]
+    # The exported scores carry their scorer's calibration.
+    assert loaded["scores"].column_names == ["layer", "sae", *SCORES_SCHEMA.names, "calibrated"]
     assert loaded["scores"][0]["failed_answers"] == ["??"]
+    assert {(r["scorer"], r["calibrated"]) for r in loaded["scores"]} == {("detection", False), ("embedding", True)}
     assert loaded["similarity"].column_names == PAIRS_SCHEMA.names  # unpartitioned: stored as is
     assert "layer" in loaded["score_summary"].column_names and "relation" in loaded["similarity_summary"].column_names
     partitions = {(layer, sae) for layer in LAYERS for sae in SAES}
@@ -218,6 +232,12 @@ def test_the_card_header_parses_and_lists_every_configuration(tmp_path):
            "0.500 [0.700, 0.900] |" in body
     assert "| layers.3 | neurons | embedding | llm | auc | 2 | 0.900 | 0.900 |" in body
     assert "| `examples` | 16 |" in body and "| `explanations` (default) | 16 |" in body
+    # The card says per scorer whether it was calibrated, before the scores.
+    assert body.index("## Scorer calibration") < body.index("## Scores")
+    assert "- detection (smollm2): UNCALIBRATED — its scores with the true explanation do not beat a wrong one" in body
+    assert "- embedding (smollm2): calibrated — auc with the true explanation 0.900 [0.850, 0.950]" in body
+    assert "| detection | smollm2 | balanced_accuracy | 8 | 0.520 [0.470, 0.570] | 0.600 [0.550, 0.650] | " \
+           "0.700 [0.650, 0.750] | 0.500 [0.450, 0.550] | UNCALIBRATED |" in body
 
 
 def test_only_tables_in_the_lake_are_exported_and_explanations_are_required(tmp_path, offline):
@@ -227,6 +247,7 @@ def test_only_tables_in_the_lake_are_exported_and_explanations_are_required(tmp_
     assert [c["config_name"] for c in card_header(out)["configs"]] == ["explanations"]
     assert load(out, "explanations", offline).column_names == list(export.EXPLANATION_COLUMNS)
     assert "no score summary" in (out / "README.md").read_text()
+    assert "No scorer was calibrated" in (out / "README.md").read_text()
     with pytest.raises(FileNotFoundError, match="run the pipeline"):
         export_dataset(tmp_path / "empty-lake", tmp_path / "other", CARD)
     assert not (tmp_path / "other").exists()
@@ -252,7 +273,8 @@ def test_card_info_describes_each_sae_variant_from_the_config():
         "saes": [{"name": "topk-x4", "train": {"expansion_factor": 4, "k": 16}},
                  {"name": "hub", "hub": "org/saes", "revision": "main"},
                  {"name": "local", "path": "/data/saes/{hookpoint}"},
-                 {"name": "neurons", "neurons": {}}, {"name": "neurons-topk", "neurons": {"k": 32}}],
+                 {"name": "neurons", "neurons": {}}, {"name": "neurons-topk", "neurons": {"k": 32}},
+                 {"name": "planted", "planted": {}}],
         "explain": {"llm": {"backend": "openai", "model": "gpt-x"}},
         "score": {"scorers": ["detection", "embedding"]},
     })
@@ -262,7 +284,8 @@ def test_card_info_describes_each_sae_variant_from_the_config():
     assert card.prompt_versions == ["p1"] and card.scorers == ["detection", "embedding"]
     assert "org/corpus" in card.corpus and card.license == "cc-by-sa-4.0" and card.repo_id is None
     saes = dict(card.saes)
-    assert list(saes) == ["topk-x4", "hub", "local", "neurons", "neurons-topk"]
+    assert list(saes) == ["topk-x4", "hub", "local", "neurons", "neurons-topk", "planted"]
+    assert saes["planted"].startswith("planted: known-answer latents") and "relative_pronouns" in saes["planted"]
     assert "TopK" in saes["topk-x4"] and "expansion factor 4" in saes["topk-x4"] and "k = 16" in saes["topk-x4"]
     assert "org/saes" in saes["hub"] and "main" in saes["hub"]
     assert "/data/saes/{hookpoint}" in saes["local"]
