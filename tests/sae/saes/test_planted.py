@@ -6,15 +6,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sae.config import ConfigError, PlantedConfig, PlantedFamily, load_config, parse_config
-from sae.corpus.stage import build_contexts, load_context_tokens
+from sae.config import ConfigError, PlantedConfig, PlantedFamily, parse_config
+from sae.corpus.stage import load_context_tokens
 from sae.examples.stage import build_examples
 from sae.lake import Lake
 from sae.latents.stage import cache_latents, compute_latent_stats
 from sae.models import load_tokenizer
 from sae.saes.planted import MIN_FACTOR, define_planted
-from sae.saes.stage import build_sae, load_planted, measure_quality
-from tests.conftest import write_config
+from sae.saes.stage import load_planted, measure_quality
+from tests.conftest import build_planted_lake
 
 FAMILIES = [{"name": "digits", "words": list("0123456789"), "explanation": "digits"},
             {"name": "articles", "words": ["a", "an"], "explanation": "the articles a and an", "strength": 4.0},
@@ -23,18 +23,8 @@ FAMILIES = [{"name": "digits", "words": list("0123456789"), "explanation": "digi
 
 @pytest.fixture(scope="module")
 def planted_lake(tmp_path_factory, converted_model):
-    """A tiny lake whose only variant is planted (no SAE trained, no activations, no forward pass)."""
-    root = tmp_path_factory.mktemp("planted")
-    cfg = load_config(write_config(root, converted_model, layers=[{"hookpoint": "layers.1"}],
-                                   saes=[{"name": "planted", "planted": {"families": FAMILIES}}],
-                                   examples={"window": 16, "n_top": 4, "n_train_quantile": 4, "n_test": 4,
-                                             "n_random": 4, "n_neighbour": 2, "neighbour_latents": 2},
-                                   explain={"n_examples": 6, "n_latents": 3},
-                                   score={"n_activating": 4, "n_silent": 4}))
-    build_contexts(cfg)
-    build_sae(cfg, "layers.1", "planted")
-    report = cache_latents(cfg, [("layers.1", "planted")], progress=False)
-    return cfg, report
+    cfg = build_planted_lake(tmp_path_factory.mktemp("planted"), converted_model, FAMILIES)
+    return cfg, cache_latents(cfg, [("layers.1", "planted")], progress=False)
 
 
 def reference_latents(cfg) -> pa.Table:
