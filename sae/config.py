@@ -339,6 +339,12 @@ class PipelineConfig:
             return dataclasses.replace(self.explain, latents="all")
         return self.explain
 
+    def score_for(self, name: str) -> ScoreConfig:
+        """The score settings of one variant: every planted latent is scored, whatever `n_latents` says."""
+        if self.sae(name).planted is not None:
+            return dataclasses.replace(self.score, n_latents=None)
+        return self.score
+
     def layer(self, hookpoint: str) -> LayerConfig:
         for layer in self.layers:
             if layer.hookpoint == hookpoint:

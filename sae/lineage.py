@@ -95,7 +95,7 @@ def _explain_settings(cfg: PipelineConfig, key) -> dict:
 
 
 def _score_settings(cfg: PipelineConfig, key) -> dict:
-    score = cfg.score
+    score = cfg.score_for(key[1])
     settings = {k: v for k, v in dataclasses.asdict(score).items() if k not in ("llm", "bootstrap")}
     settings["llm"] = (score.llm or cfg.explain.llm).identity()
     settings["prompt_versions"] = {s: scorer_version(s) for s in score.scorers if s in PROMPTED_SCORERS}

@@ -14,7 +14,8 @@ judges AS (
     SELECT DISTINCT scorer, scorer_model FROM scores
 )
 SELECT j.scorer, j.scorer_model, p.explainer, p.source,
-       coalesce(list(p.balanced_accuracy ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), []) AS balanced_accuracy,
+       coalesce(list(p.balanced_accuracy ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), [])
+           AS balanced_accuracy,
        coalesce(list(p.auc ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), []) AS auc
 FROM judges AS j LEFT JOIN per_latent AS p USING (scorer, scorer_model)
 GROUP BY ALL

@@ -265,7 +265,8 @@ def _scores(con: duckdb.DuckDBPyConnection, lake: Lake, files: Callable[[str], l
 
     _table(con, lake, "scores", files("scores")).create_view("score_rows")
     calibration = files("scorer_calibration")
-    con.register("calibration", pq.read_table(_names(calibration)[0]) if calibration else CALIBRATION_SCHEMA.empty_table())
+    con.register("calibration",
+                 pq.read_table(_names(calibration)[0]) if calibration else CALIBRATION_SCHEMA.empty_table())
     return run_query(con, "export_scores")
 
 

@@ -29,7 +29,8 @@ SCHEMA = pa.schema([
     *[(f"{name}{suffix}", pa.float64()) for name, _, _ in CATEGORIES for suffix in ("", "_lo", "_hi")],
     ("calibrated", pa.bool_()),
 ])
-UNCALIBRATED_ADVICE = "its scores with the true explanation do not beat a wrong one; do not read its numbers as meaningful"
+UNCALIBRATED_ADVICE = ("its scores with the true explanation do not beat a wrong one; do not read its numbers as "
+                       "meaningful")
 UNCHECKED_ADVICE = ("no planted latents were scored with true and wrong explanations, so nothing shows its numbers "
                     "mean anything; add a variant with `planted: {}` to the config's saes")
 

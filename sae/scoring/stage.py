@@ -29,9 +29,10 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
 
     key = (hookpoint, name)
     examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
-    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score, token_decoder(cfg),
-                            cfg.seed, cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold,
-                            client=client, embedder=embedder, progress=progress)
+    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score_for(name),
+                            token_decoder(cfg), cfg.seed, cfg.examples.n_quantiles,
+                            cfg.explain.prompt.highlight_threshold, client=client, embedder=embedder,
+                            progress=progress)
     lake_for(cfg).write_partition(table, "scores", hookpoint, name,
                                   provenance=lineage_of(cfg).provenance("scores", key))
     return table

@@ -234,7 +234,7 @@ def test_the_card_header_parses_and_lists_every_configuration(tmp_path):
     assert "| `examples` | 16 |" in body and "| `explanations` (default) | 16 |" in body
     # The card says per scorer whether it was calibrated, before the scores.
     assert body.index("## Scorer calibration") < body.index("## Scores")
-    assert "- detection (smollm2): UNCALIBRATED — its scores with the true explanation do not beat a wrong one" in body
+    assert "- detection (smollm2): UNCALIBRATED — its scores with the true explanation do not beat a wrong" in body
     assert "- embedding (smollm2): calibrated — auc with the true explanation 0.900 [0.850, 0.950]" in body
     assert "| detection | smollm2 | balanced_accuracy | 8 | 0.520 [0.470, 0.570] | 0.600 [0.550, 0.650] | " \
            "0.700 [0.650, 0.750] | 0.500 [0.450, 0.550] | UNCALIBRATED |" in body
