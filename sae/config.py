@@ -159,6 +159,13 @@ class SaeSpec:
     # the default families. Neither trained nor loaded; every one is explained and scored, to calibrate the scorers.
     planted: PlantedConfig | None = None
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the variant writes a direction into the model (so it has `latent_logits`): trained and
+        pretrained SAEs and transcoders, and the neuron baseline. A variant of any other kind (latents defined on
+        the corpus itself) has none."""
+        return any(source is not None for source in (self.train, self.path, self.hub, self.neurons))
+
     def path_for(self, hookpoint: str) -> Path:
         assert self.path is not None
         return Path(self.path.replace("{hookpoint}", hookpoint)).expanduser()
@@ -254,6 +261,9 @@ class ExplainConfig:
     n_latents: int = 100
     latent_ids: tuple[int, ...] = ()
     n_examples: int = 20  # train windows shown: the top half by activation, the rest from the quantile draws
+    # Tokens kept per latent in `latent_logits` on each side: the most promoted and the most suppressed by the
+    # latent's decoder direction read through the unembedding.
+    n_logit_tokens: int = 10
     max_tokens: int = 64  # generated tokens per explanation (raise it with chain_of_thought)
     temperature: float = 0.0
     # Latents per batch handed to the backend and written to the lake: a crash loses at most one batch.
@@ -552,8 +562,10 @@ def _check_explain(explain: ExplainConfig, examples: ExamplesConfig, where: str)
         raise ConfigError(f"{where}.latents is 'list' but latent_ids is empty; e.g. `latent_ids: [0, 5, 17]`")
     if any(latent < 0 for latent in explain.latent_ids):
         raise ConfigError(f"{where}.latent_ids are latent indices, 0 or more; got {list(explain.latent_ids)}")
-    if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents) < 1:
-        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens and batch_latents must be positive")
+    if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents,
+           explain.n_logit_tokens) < 1:
+        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens, batch_latents and n_logit_tokens must be "
+                          "positive")
     if explain.n_examples > examples.n_train:
         raise ConfigError(f"{where}.n_examples ({explain.n_examples}) exceeds the train windows per latent "
                           f"(examples.n_top + examples.n_train_quantile = {examples.n_train})")

@@ -120,6 +120,10 @@ ASSETS: tuple[AssetLineage, ...] = (
     AssetLineage("latents", "layer_sae", "1", lambda cfg, key: _model_run(cfg),
                  lambda cfg, key: [("saes", key), ("contexts", None)]),
     AssetLineage("latent_stats", "layer_sae", "1", lambda cfg, key: {}, _per_partition("latents")),
+    AssetLineage("latent_logits", "layer_sae", "1",
+                 lambda cfg, key: {"n_logit_tokens": cfg.explain.n_logit_tokens,
+                                   "model": {"name": cfg.model.name, "revision": cfg.model.revision}},
+                 lambda cfg, key: [("saes", key)] if cfg.sae(key[1]).has_decoder else []),
     AssetLineage("examples", "layer_sae", "1",
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},
                  _per_partition("latents")),
@@ -136,7 +140,7 @@ ASSETS: tuple[AssetLineage, ...] = (
                  _every_partition("explanation_embeddings")),
     AssetLineage("hf_export", "none", "2", lambda cfg, key: {},
                  lambda cfg, key: [("similarity", None), ("score_summary", None),
-                                   *_every_partition("examples", "latent_stats", "scores")(cfg, key)]),
+                                   *_every_partition("examples", "latent_stats", "latent_logits", "scores")(cfg, key)]),
 )
 BY_NAME = {asset.name: asset for asset in ASSETS}
 
@@ -211,8 +215,9 @@ class Lineage:
                 yield spec.name, key
 
 
-def differences(stored: Provenance, expected: Provenance, limit: int = 4) -> list[str]:
-    """Why a stored partition is not what the config asks for, in a few short phrases."""
+def differences(stored: Provenance, expected: Provenance, limit: int | None = 4) -> list[str]:
+    """Why a stored partition is not what the config asks for, in a few short phrases (every one if `limit` is
+    None)."""
     reasons = []
     if stored.code_version != expected.code_version:
         reasons.append(f"code version {stored.code_version} -> {expected.code_version}")
@@ -223,7 +228,7 @@ def differences(stored: Provenance, expected: Provenance, limit: int = 4) -> lis
     for name in sorted(set(stored.inputs) | set(expected.inputs)):
         if stored.inputs.get(name) != expected.inputs.get(name):
             reasons.append(f"input {name} changed")
-    if len(reasons) > limit:
+    if limit is not None and len(reasons) > limit:
         reasons = reasons[:limit] + [f"and {len(reasons) - limit} more"]
     return reasons
 
@@ -300,7 +305,7 @@ def stale_reasons(lake: Lake, lineage: Lineage, stored: Provenance, expected: Pr
 def _root_causes(lake: Lake, lineage: Lineage, stored: Provenance, expected: Provenance,
                  where: str = "") -> Iterator[str]:
     prefix = f"{where}: " if where else ""
-    for reason in differences(stored, expected, limit=len(expected.settings) + 8):
+    for reason in differences(stored, expected, limit=None):
         if not reason.startswith("input "):
             yield prefix + reason
     for name, fingerprint in expected.inputs.items():

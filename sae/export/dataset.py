@@ -5,9 +5,9 @@ Layout of the export:
   data/<config>/train-00000-of-00001.parquet   (one file per configuration, split "train")
   .saelake-export                              (marker: the folder may be replaced by a later export)
 
-Configurations: `explanations` (the default; one row per layer, sae and latent, with the scores pivoted in),
-`examples`, `latent_stats`, `scores`, `score_summary`, `similarity`, `similarity_summary`, each written only
-where the lake has that table. The partitioned tables get `layer` and `sae` as real columns.
+Configurations: `explanations` (the default; one row per layer, sae, latent and explainer, with the scores
+pivoted in), `examples`, `latent_stats`, `latent_logits`, `scores`, `score_summary`, `similarity`,
+`similarity_summary`, each written only where the lake has that table. The partitioned tables get `layer` and `sae` as real columns.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from ..lake.sql import run_query
 
 log = logging.getLogger(__name__)
 
-CONFIGS = ("explanations", "examples", "latent_stats", "scores", "score_summary", "scorer_calibration", "similarity",
-           "similarity_summary")
+CONFIGS = ("explanations", "examples", "latent_stats", "latent_logits", "scores", "score_summary",
+           "scorer_calibration", "similarity", "similarity_summary")
 DEFAULT_CONFIG = "explanations"
 SPLIT = "train"
 DATA_FILE = f"{SPLIT}-00000-of-00001.parquet"
@@ -67,6 +67,8 @@ DESCRIPTIONS = {
     "explanations": "one row per explained latent and explainer: the explanation and its scores (real and control)",
     "examples": "the example windows per latent: train (shown to the explainer) and test (for scoring)",
     "latent_stats": "per latent: firing count and frequency, activation maximum, mean and deciles, dead flag",
+    "latent_logits": "per latent: the tokens its decoder direction promotes and suppresses most (through the final "
+                     "norm's weight and the unembedding), with their logits",
     "scores": "one row per latent, explainer, scorer and source (real or control) with every metric, and whether "
               "the scorer is `calibrated`",
     "score_summary": "per layer, SAE, explainer, scorer and source: mean scores with bootstrap 95% intervals, "

@@ -9,6 +9,7 @@ Layout (`layer` and `sae` are hive partition columns):
   sae_quality_summary/part-00000.parquet         (every variant side by side)
   latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
   latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  latent_logits/layer=<hookpoint>/sae=<name>/part-00000.parquet     (each latent's promoted / suppressed tokens)
   examples/layer=<hookpoint>/sae=<name>/part-00000.parquet          (+ example_coverage/, one row per latent)
   explanations/layer=<hookpoint>/sae=<name>/part-00000.parquet
   scores/layer=<hookpoint>/sae=<name>/part-00000.parquet         (per latent, scorer and source)
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
     from ..lineage import Provenance
 
 TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
-          "examples", "example_coverage", "explanations", "scores", "score_summary", "scorer_calibration",
-          "explanation_embeddings", "similarity", "similarity_summary", "llm_cache", "checks")
+          "latent_logits", "examples", "example_coverage", "explanations", "scores", "score_summary",
+          "scorer_calibration", "explanation_embeddings", "similarity", "similarity_summary", "llm_cache", "checks")
 UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "scorer_calibration", "similarity",
                  "similarity_summary", "llm_cache")
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)

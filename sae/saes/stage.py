@@ -233,3 +233,34 @@ def quality_summary(cfg: PipelineConfig) -> pa.Table:
     lake_for(cfg).write_partition(table, "sae_quality_summary",
                                   provenance=lineage_of(cfg).provenance("sae_quality_summary"))
     return table
+
+
+def write_latent_logits(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> dict[tuple[str, str], pa.Table]:
+    """`latent_logits` of every (hookpoint, sae): each latent's most promoted and suppressed tokens (see
+    sae/saes/logits.py); a variant without a decoder gets an empty partition. The model is loaded once."""
+    from ..explanations.stage import token_decoder
+    from .logits import SCHEMA, latent_logits
+
+    lake = lake_for(cfg)
+    with_decoder = [key for key in partitions if cfg.sae(key[1]).has_decoder]
+    model = load_model(cfg.model, lake.root) if with_decoder else None
+    decode = token_decoder(cfg)
+    out = {}
+    for hookpoint, name in partitions:
+        table = SCHEMA.empty_table()
+        if (hookpoint, name) in with_decoder:
+            sae = load_stored_sae(cfg, hookpoint, name)
+            # A transcoder writes the MLP's output (its hookpoint); anything else writes where it reads.
+            space = hookpoint if sae.cfg.transcode else reads_from(cfg, hookpoint, name, sae)
+            table = latent_logits(model, sae, space, cfg.explain.n_logit_tokens, decode)
+        lake.write_partition(table, "latent_logits", hookpoint, name,
+                             provenance=lineage_of(cfg).provenance("latent_logits", (hookpoint, name)))
+        out[(hookpoint, name)] = table
+    return out
+
+
+def preview_logits(table: pa.Table, n: int = 5, k: int = 5) -> list[dict]:
+    """The first latents' most promoted and suppressed tokens, for the asset's metadata."""
+    return [{"latent": row["latent"], "promoted": " ".join(repr(t) for t in row["top_tokens"][:k]),
+             "suppressed": " ".join(repr(t) for t in row["bottom_tokens"][:k])}
+            for row in table.slice(0, n).to_pylist()]

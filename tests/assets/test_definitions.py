@@ -6,7 +6,7 @@ from assets.definitions import build_definitions
 from sae.config import DEFAULT_CONFIG, load_config
 
 EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
-            "examples", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
+            "latent_logits", "examples", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
             "hf_export"}
 
 

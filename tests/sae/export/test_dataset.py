@@ -23,6 +23,7 @@ from sae.explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from sae.export import dataset as export
 from sae.export.dataset import CardInfo, MissingTokenError, export_dataset, push_dataset, resolve_token
 from sae.lake import Lake, write_parquet
+from sae.saes.logits import SCHEMA as LOGITS_SCHEMA
 from sae.scoring.calibration import SCHEMA as CALIBRATION_SCHEMA
 from sae.scoring.metrics import PRIMARY_METRIC
 from sae.scoring.scorers import SCHEMA as SCORES_SCHEMA
@@ -102,6 +103,11 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
                     "quantile_edges": pa.array([[0.1] * 9, [0.2] * 9, None], pa.list_(pa.float32())),
                     "dead": [False, False, True]})
                 partitioned(lake, "latent_stats", layer, sae, stats.to_pylist(), stats.schema)
+            if "latent_logits" in tables:
+                logits = [{"latent": latent, "top_ids": [7, 9], "top_tokens": [" who", " which"],
+                           "top_values": [2.0, 1.5], "bottom_ids": [3], "bottom_tokens": [" the"],
+                           "bottom_values": [-1.0]} for latent in LATENTS]
+                partitioned(lake, "latent_logits", layer, sae, logits, LOGITS_SCHEMA)
     if "score_summary" in tables:
         single(lake, "score_summary", [
             {"layer": layer, "sae": sae, "explainer": "llm", "scorer": scorer, "source": source, "n_latents": 2,
@@ -160,8 +166,8 @@ def card_header(out: Path) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-EXPECTED_ROWS = {"explanations": 16, "examples": 16, "latent_stats": 12, "scores": 48, "score_summary": 16,
-                 "scorer_calibration": 2, "similarity": 2, "similarity_summary": 1}
+EXPECTED_ROWS = {"explanations": 16, "examples": 16, "latent_stats": 12, "latent_logits": 12, "scores": 48,
+                 "score_summary": 16, "scorer_calibration": 2, "similarity": 2, "similarity_summary": 1}
 
 
 def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_path, offline):
@@ -200,6 +206,8 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     assert all(r["text"] == decode(r["tokens"]) for r in examples)
     assert examples[0]["tokens"] == [0, 7, 9] and examples[0]["acts"] == [0.0, 2.0, 0.5]
     assert loaded["latent_stats"].column_names[:3] == ["layer", "sae", "latent"]
+    assert loaded["latent_logits"].column_names == ["layer", "sae", *LOGITS_SCHEMA.names]
+    assert loaded["latent_logits"][0]["top_tokens"] == [" who", " which"]
     # The exported scores carry their scorer's calibration.
     assert loaded["scores"].column_names == ["layer", "sae", *SCORES_SCHEMA.names, "calibrated"]
     assert loaded["scores"][0]["failed_answers"] == ["??"]
