@@ -30,8 +30,7 @@ def build_sae_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         for partition, key in keys.items():
             result = saes_stage.build_sae(cfg, *key, trained=trained.get(key))
             m = result.metrics
-            row = {**{c: result.row[c] for c in ("architecture", "num_latents", "k") if result.row[c] is not None},
-                   "format": result.written_format,
+            row = {**{c: result.row[c] for c in ("architecture", "num_latents", "k")}, "format": result.written_format,
                    **({"fvu": m.fvu, "l0": m.l0, "dead_fraction": m.dead_fraction} if m else {})}
             context.add_asset_metadata(row, partition_key=partition)
             context.log.info(f"{partition}: {row}")
