@@ -140,7 +140,7 @@ ASSETS: tuple[AssetLineage, ...] = (
                  lambda cfg, key: {"embedder": cfg.score.embedder}, _per_partition("explanations")),
     AssetLineage("sae_quality_summary", "none", "1", lambda cfg, key: {},
                  _every_partition("sae_quality", "latent_stats")),
-    AssetLineage("score_summary", "none", "1",
+    AssetLineage("score_summary", "none", "2",
                  lambda cfg, key: {"bootstrap": cfg.score.bootstrap, "seed": cfg.seed}, _every_partition("scores")),
     AssetLineage("similarity", "none", "1",
                  lambda cfg, key: {"similarity": _asdict(cfg.similarity), "hookpoints": cfg.hookpoints},
