@@ -33,6 +33,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N: any GPU index, e.g. cuda:1
 EMBEDDER_DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # sentence-transformers also runs on Apple GPUs
 LLM_BACKENDS = ("local", "openai", "vllm")
+TOKENS_BACKEND = "tokens"  # explain.llm only: the LLM-free token baseline as the only explainer
 LLM_RUNTIMES = ("auto", "transformers", "llamacpp")
 CORPUS_SOURCES = (BUILTIN_CORPUS, "huggingface", "files")
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -207,7 +208,9 @@ class ExamplesConfig:
 class LLMConfig:
     """The LLM that writes explanations (and scores them): one of three backends."""
 
-    backend: str = "local"  # local (in-process) | openai (any OpenAI-compatible server) | vllm (offline engine)
+    # local (in-process) | openai (any OpenAI-compatible server) | vllm (offline engine); explain.llm also
+    # tokens: no LLM, the token baseline explains alone (see ExplainConfig.token_baseline)
+    backend: str = "local"
     # local / vllm: `smollm2-135m-instruct` (offline), a Hub id or a local folder; openai: the served model name.
     model: str = BUILTIN_MODEL
     revision: str | None = None
@@ -247,6 +250,10 @@ class PromptConfig:
     show_activations: bool = False  # also list the marked tokens' activations, scaled 0-10 to the latent's max
     chain_of_thought: bool = False  # ask for observations before the final answer (more generated tokens)
     contrastive: bool = False  # also show silent windows; needs examples.n_train_random > 0
+    # After the excerpts, the evidence a small model can use (0 leaves a line out): the tokens the latent fires on
+    # most often over the whole corpus, with their firings, and the tokens it promotes most (`latent_logits`).
+    frequent_tokens: int = 5
+    promoted_tokens: int = 5
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,13 @@ class ExplainConfig:
     temperature: float = 0.0
     # Latents per batch handed to the backend and written to the lake: a crash loses at most one batch.
     batch_latents: int = 128
+    # Answers asked per latent: one that copies a worked example shown is asked again with other examples and
+    # another seed, up to this many times in all; the last answer is kept (`copied_example` says if it copies).
+    max_attempts: int = 3
+    # Also explain every latent that fired with the LLM-free token baseline (explainer `tokens`): its commonest
+    # activating tokens and what they promote. Scored beside the LLM on the scored latents. `llm.backend: tokens`
+    # makes it the only explainer (no model is loaded).
+    token_baseline: bool = True
 
 
 @dataclass(frozen=True)
@@ -282,8 +296,9 @@ class ScoreConfig:
     # ones from the random and hard-negative windows). The embedding scorer uses every test window.
     n_activating: int = 20
     n_silent: int = 20
-    # At most this many latents per partition are scored (None: every explained latent), those the LLM explained
-    # first; every explainer (LLM, token baseline, planted truth) is scored on the same ones.
+    # The latents scored per partition, every explainer (LLM, token baseline, planted truth) on the same ones.
+    # None: those the LLM explained (all explained ones where no LLM ran). A number: at most that many, those the
+    # LLM explained first, then others the token baseline explained.
     n_latents: int | None = None
     batch_size: int = 5  # windows per LLM prompt
     max_tokens: int = 32  # generated tokens per answer
@@ -505,7 +520,7 @@ def _check(config: PipelineConfig, where: str) -> None:
     check_choice(config.model.dtype, DTYPES, f"{where}: model.dtype")
     _check_corpus(config.corpus, where)
     _check_explain(config.explain, config.examples, where)
-    _check_score(config.score, config.examples, where)
+    _check_score(config.score, config.examples, config.explain.llm.backend, where)
 
 
 def _check_planted(planted: PlantedConfig, where: str) -> None:
@@ -542,8 +557,8 @@ def _check_corpus(corpus: CorpusConfig, where: str) -> None:
                               f"from {', '.join(CORPUS_SUFFIXES)} files")
 
 
-def _check_llm(llm: LLMConfig, where: str) -> None:
-    check_choice(llm.backend, LLM_BACKENDS, f"{where}.backend")
+def _check_llm(llm: LLMConfig, where: str, backends: tuple[str, ...] = LLM_BACKENDS) -> None:
+    check_choice(llm.backend, backends, f"{where}.backend")
     check_choice(llm.runtime, LLM_RUNTIMES, f"{where}.runtime")
     check_choice(llm.device, DEVICES, f"{where}.device")
     check_choice(llm.dtype, DTYPES, f"{where}.dtype")
@@ -556,32 +571,41 @@ def _check_llm(llm: LLMConfig, where: str) -> None:
 
 def _check_explain(explain: ExplainConfig, examples: ExamplesConfig, where: str) -> None:
     where = f"{where}: explain"
-    _check_llm(explain.llm, f"{where}.llm")
+    _check_llm(explain.llm, f"{where}.llm", (*LLM_BACKENDS, TOKENS_BACKEND))
     check_choice(explain.latents, LATENT_CHOICES, f"{where}.latents")
     if explain.latents == "list" and not explain.latent_ids:
         raise ConfigError(f"{where}.latents is 'list' but latent_ids is empty; e.g. `latent_ids: [0, 5, 17]`")
     if any(latent < 0 for latent in explain.latent_ids):
         raise ConfigError(f"{where}.latent_ids are latent indices, 0 or more; got {list(explain.latent_ids)}")
     if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents,
-           explain.n_logit_tokens) < 1:
-        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens, batch_latents and n_logit_tokens must be "
-                          "positive")
+           explain.n_logit_tokens, explain.max_attempts) < 1:
+        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens, batch_latents, n_logit_tokens and "
+                          "max_attempts must be positive")
     if explain.n_examples > examples.n_train:
         raise ConfigError(f"{where}.n_examples ({explain.n_examples}) exceeds the train windows per latent "
                           f"(examples.n_top + examples.n_train_quantile = {examples.n_train})")
+    if min(explain.prompt.frequent_tokens, explain.prompt.promoted_tokens) < 0:
+        raise ConfigError(f"{where}.prompt: frequent_tokens and promoted_tokens count tokens shown: 0 or more")
+    if explain.prompt.promoted_tokens > explain.n_logit_tokens:
+        raise ConfigError(f"{where}.prompt.promoted_tokens ({explain.prompt.promoted_tokens}) exceeds the tokens "
+                          f"kept per latent in latent_logits (explain.n_logit_tokens = {explain.n_logit_tokens})")
     if not 0 <= explain.prompt.highlight_threshold < 1:
         raise ConfigError(f"{where}.prompt.highlight_threshold is a fraction of the window's peak, in [0, 1)")
     if explain.prompt.contrastive and examples.n_train_random < 1:
         raise ConfigError(f"{where}.prompt.contrastive shows silent windows: set examples.n_train_random (e.g. 5)")
 
 
-def _check_score(score: ScoreConfig, examples: ExamplesConfig, where: str) -> None:
+def _check_score(score: ScoreConfig, examples: ExamplesConfig, explain_backend: str, where: str) -> None:
     where = f"{where}: score"
     for scorer in score.scorers:
         check_choice(scorer, SCORERS, f"{where}.scorers")
     check_choice(score.embedder_device, EMBEDDER_DEVICES, f"{where}.embedder_device")
     if score.llm is not None:
         _check_llm(score.llm, f"{where}.llm")
+    llm_scorers = sorted(set(LLM_SCORERS) & set(score.scorers))
+    if score.llm is None and explain_backend == TOKENS_BACKEND and llm_scorers:
+        raise ConfigError(f"{where}: the scorers {llm_scorers} ask an LLM, and explain.llm.backend 'tokens' is none; "
+                          "give them one in score.llm (e.g. `llm: {backend: local}`) or drop them from score.scorers")
     if min(score.n_activating, score.n_silent, score.batch_size, score.max_tokens, score.bootstrap) < 1:
         raise ConfigError(f"{where}: n_activating, n_silent, batch_size, max_tokens and bootstrap must be positive")
     if score.n_latents is not None and score.n_latents < 1:

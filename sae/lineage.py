@@ -91,7 +91,14 @@ def _explain_settings(cfg: PipelineConfig, key) -> dict:
             "prompt_version": explainer_version(explain.prompt), "latents": explain.latents,
             "n_latents": explain.n_latents, "latent_ids": list(explain.latent_ids),
             "n_examples": explain.n_examples, "max_tokens": explain.max_tokens,
-            "temperature": explain.temperature, "seed": cfg.seed}
+            "temperature": explain.temperature, "max_attempts": explain.max_attempts,
+            "token_baseline": explain.token_baseline, "seed": cfg.seed}
+
+
+def _explain_inputs(cfg: PipelineConfig, key) -> Inputs:
+    """The examples, and for the prompt's evidence every firing (latents, contexts) and the promoted tokens."""
+    promoted = [("latent_logits", key)] if cfg.sae(key[1]).has_decoder else []
+    return [("examples", key), ("latents", key), ("contexts", None), *promoted]
 
 
 def _score_settings(cfg: PipelineConfig, key) -> dict:
@@ -127,7 +134,7 @@ ASSETS: tuple[AssetLineage, ...] = (
     AssetLineage("examples", "layer_sae", "1",
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},
                  _per_partition("latents")),
-    AssetLineage("explanations", "layer_sae", "2", _explain_settings, _per_partition("examples")),
+    AssetLineage("explanations", "layer_sae", "2", _explain_settings, _explain_inputs),
     AssetLineage("scores", "layer_sae", "2", _score_settings, _per_partition("explanations")),
     AssetLineage("explanation_embeddings", "layer_sae", "1",
                  lambda cfg, key: {"embedder": cfg.score.embedder}, _per_partition("explanations")),

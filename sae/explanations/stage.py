@@ -38,6 +38,23 @@ def open_llm(cfg: PipelineConfig, llm: LLMConfig) -> CachedClient:
     return CachedClient(make_client(llm, lake.root), lake.root / "llm_cache")
 
 
+def latent_token_stats(cfg: PipelineConfig, hookpoint: str, name: str, decode) -> dict:
+    """Per latent of one partition: its frequent activating tokens over the corpus and its promoted tokens
+    (sae/explanations/evidence.py)."""
+    import duckdb
+
+    from ..lake.sql import run_query
+    from .evidence import IDS_PER_LATENT, MIN_FIRING_FRACTION, token_stats
+
+    key = (hookpoint, name)
+    with duckdb.connect() as con:
+        frequent = run_query(con, "latent_top_tokens", latents=[str(f) for f in fresh_files(cfg, "latents", key)],
+                             contexts=[str(f) for f in fresh_files(cfg, "contexts")], n=IDS_PER_LATENT,
+                             min_fraction=MIN_FIRING_FRACTION).pl()
+    logits = pq.read_table(fresh_files(cfg, "latent_logits", key)) if cfg.sae(name).has_decoder else None
+    return token_stats(frequent, logits, decode)
+
+
 def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True) -> pa.Table:
     """The partition's explanations; a planted variant's latents each also get their ground truth (explainer
     `truth`)."""
@@ -46,10 +63,11 @@ def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, prog
     key = (hookpoint, name)
     examples = pq.read_table(fresh_files(cfg, "examples", key)[0])
     covered = pq.read_table(fresh_files(cfg, "examples", key, table="example_coverage")[0])
+    decode = token_decoder(cfg)
     fixed = truth_rows(cfg, hookpoint, name, covered) if cfg.sae(name).planted is not None else None
     return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain_for(name), client,
-                             token_decoder(cfg), cfg.seed, lineage_of(cfg).provenance("explanations", key),
-                             progress=progress, fixed=fixed)
+                             decode, cfg.seed, lineage_of(cfg).provenance("explanations", key),
+                             stats=latent_token_stats(cfg, hookpoint, name, decode), progress=progress, fixed=fixed)
 
 
 def truth_rows(cfg: PipelineConfig, hookpoint: str, name: str, covered: pa.Table) -> pa.Table:
@@ -61,6 +79,14 @@ def truth_rows(cfg: PipelineConfig, hookpoint: str, name: str, covered: pa.Table
     truth = load_planted(cfg, hookpoint, name).explanations
     fired = sorted(set(covered.filter(pc.field("n_train") > 0).column("latent").to_pylist()) & set(truth))
     return fixed_rows(fired, [truth[latent] for latent in fired], TRUTH, ARCHITECTURE, ARCHITECTURE)
+
+
+def explainer_counts(table: pa.Table) -> dict[str, int]:
+    """Rows per explainer, parsed LLM answers and those still copying a worked example, for the metadata."""
+    rows = table.select(["explainer", "parsed", "copied_example"]).to_pylist()
+    counts = {f"latents_{e}": sum(r["explainer"] == e for r in rows) for e in sorted({r["explainer"] for r in rows})}
+    llm = [r for r in rows if r["explainer"] == "llm"]
+    return {**counts, "parsed": sum(r["parsed"] for r in llm), "copies": sum(r["copied_example"] is not None for r in llm)}
 
 
 def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: pa.Table, n: int = 8) -> list[dict]:

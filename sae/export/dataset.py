@@ -31,6 +31,7 @@ import yaml
 from ..config import SCORERS, PipelineConfig, SaeSpec
 from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake, replace_folder
 from ..lake.sql import run_query
+from ..scoring.metrics import versus_baseline
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,8 @@ def summary_table(summary: pl.DataFrame, card: CardInfo) -> list[str]:
     layers, saes = list(card.layers), [name for name, _ in card.saes]
     ordered = summary.sort([_rank("layer", layers), "layer", _rank("sae", saes), "sae", "scorer", "explainer"],
                            maintain_order=True)
-    lines = ["| layer | sae | scorer | explainer | metric | latents | real | control |",
-             "|---|---|---|---|---|---:|---|---|"]
+    lines = ["| layer | sae | scorer | explainer | metric | latents | real | control | LLM minus token baseline |",
+             "|---|---|---|---|---|---:|---|---|---|"]
     for (layer, sae, scorer, explainer), group in ordered.partition_by(
             ["layer", "sae", "scorer", "explainer"], as_dict=True).items():
         by_source = {row["source"]: row for row in group.to_dicts()}
@@ -372,7 +373,8 @@ def summary_table(summary: pl.DataFrame, card: CardInfo) -> list[str]:
         real, control = by_source.get("real"), by_source.get("control")
         latents = (real or control or {}).get("n_latents", "")
         lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {_cell(explainer)} | {metric} | "
-                     f"{latents} | {_interval(real, metric)} | {_interval(control, metric)} |")
+                     f"{latents} | {_interval(real, metric)} | {_interval(control, metric)} | "
+                     f"{versus_baseline(real or {})} |")
     return lines
 
 
@@ -387,7 +389,9 @@ INTRO = (
 SUMMARY_NOTE = (
     "Mean per-latent score with a bootstrap 95% interval, for the latent's own explanation (real) and for another "
     "latent's by the same explainer (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding "
-    "scorer; chance is 0.5 for both."
+    "scorer; chance is 0.5 for both. The explainer `tokens` is the LLM-free token baseline (the latent's commonest "
+    "activating tokens); on the LLM's rows, the last column is the LLM's score minus the baseline's on the same "
+    "latents, with its 95% interval: the LLM earns its cost only where that interval lies above 0."
 )
 CALIBRATION_NOTE = (
     "Each scorer was also run on planted latents, whose true explanation is known: a scorer is *calibrated* only "

@@ -231,11 +231,14 @@ class Explained:
 
 
 def scored_latents(explanations: pl.DataFrame, cap: int | None, seed: int) -> list[int]:
-    """The latents the scorers see: every parsed latent, or at most `cap` of them, those the LLM explained
-    first (each group drawn with the seed), so a cap keeps the latents every explainer covers."""
+    """The latents the scorers see. Without a cap, those the LLM explained (every explained latent where no LLM
+    explained any): the token baseline's other latents are explained, not scored. With a cap, at most `cap`
+    latents, those the LLM explained first, then others (each group drawn with the seed)."""
     llm = sorted(set(explanations.filter(pl.col("explainer") == LLM)["latent"]))
     rest = sorted(set(explanations["latent"]) - set(llm))
-    if cap is None or cap >= len(llm) + len(rest):
+    if cap is None:
+        return llm or rest
+    if cap >= len(llm) + len(rest):
         return sorted(llm + rest)
     rng = random.Random(seed)
     picked = rng.sample(llm, min(cap, len(llm)))

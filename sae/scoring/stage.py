@@ -38,16 +38,42 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
     return table
 
 
+# Columns of the LLM's real rows in score_summary: its primary metric minus the token baseline's, paired by latent.
+VS_TOKENS = {"n_vs_tokens": pa.int64(), "minus_tokens": pa.float64(), "minus_tokens_lo": pa.float64(),
+             "minus_tokens_hi": pa.float64(), "beats_tokens": pa.bool_()}
+
+
+def llm_minus_tokens(con, n_boot: int, seed: int) -> dict[tuple[str, str, str], dict]:
+    """Per (layer, sae, scorer): the mean of the LLM's primary metric minus the token baseline's over the latents
+    both were scored on, with a bootstrap 95% interval; the LLM beats the baseline where the interval lies above
+    0. Pairing by latent removes what the latents share (how hard each one is), so the interval is tighter than
+    the two separate ones."""
+    from .metrics import PRIMARY_METRIC, bootstrap_mean_ci
+
+    out = {}
+    for g in run_query(con, "score_llm_minus_tokens").to_arrow_table().to_pylist():
+        values = [math.nan if v is None else v for v in g[PRIMARY_METRIC.get(g["scorer"], "balanced_accuracy")]]
+        mean, lo, hi = bootstrap_mean_ci(values, n_boot=n_boot, seed=seed)
+        defined = not math.isnan(mean)
+        out[(g["layer"], g["sae"], g["scorer"])] = {
+            "n_vs_tokens": sum(not math.isnan(v) for v in values), "minus_tokens": mean if defined else None,
+            "minus_tokens_lo": lo if defined else None, "minus_tokens_hi": hi if defined else None,
+            "beats_tokens": bool(lo > 0) if defined else None}
+    return out
+
+
 def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
-    """Per layer, SAE variant, explainer, scorer and source: means of the per-latent scores with bootstrap intervals,
-    whether the variant is planted, and whether its scorer is calibrated (see `scorer_calibration`). Returns the
-    summary and the calibration."""
+    """Per layer, SAE variant, explainer, scorer and source: means of the per-latent scores with bootstrap
+    intervals, whether the variant is planted, and whether its scorer is calibrated (see `scorer_calibration`);
+    the LLM's real rows also hold its difference from the token baseline (VS_TOKENS). Returns the summary and
+    the calibration."""
     from .metrics import bootstrap_mean_ci
 
     calibration = scorer_calibration(cfg)
     calibrated = {(r["scorer"], r["scorer_model"]): r["calibrated"] for r in calibration.to_pylist()}
     with connect_fresh(cfg, "scores") as con:
         groups = run_query(con, "score_values").to_arrow_table().to_pylist()
+        versus = llm_minus_tokens(con, cfg.score.bootstrap, cfg.seed)
     rows = []
     for g in groups:
         row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "scorer_model", "source", "n_latents",
@@ -58,10 +84,15 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
             mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
             row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
         row["bin_accuracy"] = g["bin_accuracy"]
+        paired = versus.get((g["layer"], g["sae"], g["scorer"])) if (g["explainer"], g["source"]) == (LLM, "real") \
+            else None
+        row.update(paired or dict.fromkeys(VS_TOKENS))
         row["calibrated"] = calibrated.get((g["scorer"], g["scorer_model"]))
         rows.append(row)
     table = pa.Table.from_pylist(rows)
     if rows:
+        for name, kind in VS_TOKENS.items():  # typed even where every row is null
+            table = table.set_column(table.schema.get_field_index(name), name, table.column(name).cast(kind))
         lake_for(cfg).write_partition(table, "score_summary", provenance=lineage_of(cfg).provenance("score_summary"))
     return table, calibration
 
@@ -104,6 +135,7 @@ def summary_rows(table: pa.Table) -> list[dict]:
     """The summary for display: each mean with its interval, real and control of a scorer side by side, and
     whether the scorer is calibrated."""
     from .calibration import verdict
+    from .metrics import versus_baseline
 
     def cell(row: dict, metric: str) -> str:
         if row[metric] is None or math.isnan(row[metric]):
@@ -113,6 +145,7 @@ def summary_rows(table: pa.Table) -> list[dict]:
     return [{"layer": r["layer"], "sae": r["sae"], "explainer": r["explainer"], "scorer": r["scorer"],
              "source": r["source"],
              "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
+             "llm_minus_tokens": versus_baseline(r),
              "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}",
              "scorer_calibration": verdict(r["calibrated"])} for r in table.to_pylist()]
 

@@ -17,8 +17,9 @@ from sae.llm.response_cache import CachedClient
 
 from ..scoring.test_scorers import WORDS, decode
 
+# One attempt per latent: a crash after n calls is then a crash after n batches.
 CFG = ExplainConfig(llm=LLMConfig(backend="local", batch_size=4), latents="first", n_latents=5, n_examples=4,
-                    max_tokens=12, batch_latents=2)
+                    max_tokens=12, batch_latents=2, max_attempts=1)
 
 
 def train_examples() -> pa.Table:

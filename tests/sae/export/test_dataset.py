@@ -115,7 +115,9 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
              "n_failures": 2, "balanced_accuracy": 0.8 if source == "real" else 0.5, "balanced_accuracy_lo": 0.7,
              "balanced_accuracy_hi": 0.9, "f1": 0.25, "f1_lo": 0.25, "f1_hi": 0.25,
              "auc": None if scorer == "detection" else 0.9, "auc_lo": None, "auc_hi": None,
-             "bin_accuracy": [1.0, None]}
+             "bin_accuracy": [1.0, None],
+             **({"minus_tokens": 0.1, "minus_tokens_lo": 0.05, "minus_tokens_hi": 0.15}
+                if (layer, sae, scorer, source) == ("layers.1", "topk-x2", "detection", "real") else {})}
             for layer in LAYERS for sae in SAES for scorer in scorers for source in ("real", "control")])
     if "scorer_calibration" in tables:
         # detection does not tell the true explanation from a wrong one; embedding does.
@@ -237,8 +239,8 @@ def test_the_card_header_parses_and_lists_every_configuration(tmp_path):
         assert fact in body, fact
     # The summary table: real beside control with intervals; the embedding scorer shows its AUC.
     assert "| layers.1 | topk-x2 | detection | llm | balanced_accuracy | 2 | 0.800 [0.700, 0.900] | " \
-           "0.500 [0.700, 0.900] |" in body
-    assert "| layers.3 | neurons | embedding | llm | auc | 2 | 0.900 | 0.900 |" in body
+           "0.500 [0.700, 0.900] | +0.100 [+0.050, +0.150] LLM better |" in body
+    assert "| layers.3 | neurons | embedding | llm | auc | 2 | 0.900 | 0.900 | – |" in body
     assert "| `examples` | 16 |" in body and "| `explanations` (default) | 16 |" in body
     # The card says per scorer whether it was calibrated, before the scores.
     assert body.index("## Scorer calibration") < body.index("## Scores")

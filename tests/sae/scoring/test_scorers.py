@@ -111,10 +111,11 @@ def test_embedding_scorer_gives_auc_1_when_the_explanation_names_the_only_shared
     assert rows[(0, "tokens", "control")]["explanation_latent"] == 1
 
 
-def test_a_cap_on_scored_latents_keeps_those_the_llm_explained_first():
+def test_the_scored_latents_are_the_llms_and_a_cap_keeps_those_first():
     explanations = pl.DataFrame({"latent": [1, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7],
                                  "explainer": ["llm"] * 4 + ["tokens"] * 7})
-    assert scored_latents(explanations, None, seed=0) == [1, 2, 3, 4, 5, 6, 7]
+    assert scored_latents(explanations, None, seed=0) == [1, 2, 3, 4]  # the baseline's others: not scored
+    assert scored_latents(explanations.filter(pl.col("explainer") == "tokens"), None, seed=0) == [1, 2, 3, 4, 5, 6, 7]
     assert scored_latents(explanations, 9, seed=0) == [1, 2, 3, 4, 5, 6, 7]
     assert scored_latents(explanations, 5, seed=0)[:4] == [1, 2, 3, 4]  # every LLM latent, one more
     three = scored_latents(explanations, 3, seed=0)
