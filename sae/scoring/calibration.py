@@ -31,8 +31,9 @@ SCHEMA = pa.schema([
 ])
 UNCALIBRATED_ADVICE = ("its scores with the true explanation do not beat a wrong one; do not read its numbers as "
                        "meaningful")
-UNCHECKED_ADVICE = ("no planted latents were scored with true and wrong explanations, so nothing shows its numbers "
-                    "mean anything; add a variant with `planted: {}` to the config's saes")
+UNCHECKED_ADVICE = ("no planted latent has a readable score with both its true and a wrong explanation (no variant "
+                    "with `planted: {}` in the config's saes, `score.control` off, or no answer could be read), so "
+                    "nothing shows its numbers mean anything")
 
 
 def _null(value: float) -> float | None:
