@@ -6,8 +6,9 @@ Layout of the export:
   .saelake-export                              (marker: the folder may be replaced by a later export)
 
 Configurations: `explanations` (the default; one row per layer, sae, latent and explainer, with the scores
-pivoted in), `examples`, `latent_stats`, `latent_logits`, `scores`, `score_summary`, `similarity`,
-`similarity_summary`, each written only where the lake has that table. The partitioned tables get `layer` and `sae` as real columns.
+pivoted in), `examples`, `latent_stats`, `latent_logits`, `scores` (with each scorer's `calibrated`),
+`score_summary`, `scorer_calibration`, `similarity`, `similarity_summary`, each written only where the lake has
+that table. The partitioned tables get `layer` and `sae` as real columns.
 """
 
 from __future__ import annotations
