@@ -68,13 +68,14 @@ def status(args) -> int:
     from sae.lake import lake_for
     from sae.lineage import plan
 
-    from .runner import describe_plan
+    from .runner import describe_plan, print_calibration
 
     cfg = load_config(_config_path(args))
     states = plan(cfg, lake_for(cfg), args.select, args.partition)
     print("\n".join(describe_plan(states)))
     todo = sum(s.status != "fresh" for s in states)
     print(f"{todo} of {len(states)} partitions to build" if todo else f"all {len(states)} partitions are fresh")
+    print_calibration(cfg)
     return 0
 
 

@@ -27,8 +27,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 JOBS = {
     "corpus": ("contexts",),
     "dense_activations": ("activations",),
-    "layer_sae_partitions": ("saes", "sae_quality", "latents", "latent_stats", "examples", "explanations", "scores",
-                             "explanation_embeddings"),
+    "layer_sae_partitions": ("saes", "sae_quality", "latent_logits", "latents", "latent_stats", "examples",
+                             "explanations", "scores", "explanation_embeddings"),
     "summaries_and_export": ("sae_quality_summary", "score_summary", "similarity", "hf_export"),
 }
 

@@ -1,8 +1,10 @@
 """The `explanations` asset: an LLM explains the chosen latents of every layer x sae partition."""
 
+import contextlib
+
 import dagster as dg
 
-from sae.config import PipelineConfig
+from sae.config import TOKENS_BACKEND, PipelineConfig
 from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 
@@ -17,17 +19,19 @@ def build_explanation_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     def explanations(context: dg.AssetExecutionContext,
                      pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """One short explanation per chosen latent, written by the configured LLM (local, openai or vllm)
-        from the latent's train windows. Resumable batch by batch; every answer is also kept in the
+        from the latent's train windows and evidence (its commonest activating tokens, what it promotes), and
+        one per latent that fired by the LLM-free token baseline. Resumable batch by batch; every answer is also kept in the
         lake's response cache (`llm_cache`), so a rerun of the same prompts costs no model call."""
         cfg = pipeline_config.config
         outcomes = {}
-        with explanations_stage.open_llm(cfg, cfg.explain.llm) as client:
+        uses_llm = cfg.explain.llm.backend != TOKENS_BACKEND
+        with explanations_stage.open_llm(cfg, cfg.explain.llm) if uses_llm else contextlib.nullcontext() as client:
             for partition, key in partitions_of(context):
-                sent_before = client.sent
+                sent_before = client.sent if client else 0
                 table = explanations_stage.explain_latents(cfg, *key, client)
                 context.add_asset_metadata({
-                    "latents": table.num_rows, "parsed": sum(table.column("parsed").to_pylist()),
-                    "llm_calls": client.sent - sent_before,
+                    **explanations_stage.explainer_counts(table),
+                    "llm_calls": (client.sent if client else 0) - sent_before,
                     "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
                     "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
                     "explanations": markdown_table(explanations_stage.preview_explanations(cfg, *key, table))},

@@ -12,9 +12,9 @@ from .resources import PipelineConfigResource
 
 def build_export_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     @lake_asset(cfg, "hf_export", group_name="similarity",
-                deps=["similarity", "score_summary", "examples", "latent_stats"], kinds={"parquet"})
+                deps=["similarity", "score_summary", "examples", "latent_stats", "latent_logits"], kinds={"parquet"})
     def hf_export(pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
-        """Explanations with their scores, examples, latent statistics, scores and similarity as Parquet per
+        """Explanations with their scores, examples, latent statistics and logits, scores and similarity as Parquet per
         configuration, with a dataset card: `datasets.load_dataset(folder, "explanations")` loads it, and
         `saelake export FOLDER --push ORG/NAME` publishes it."""
         folder, counts = export_stage.export_into_lake(pipeline_config.config)

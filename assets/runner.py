@@ -190,6 +190,7 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
     print("\n".join(describe_plan(states)), flush=True)
     if not todo:
         print(f"nothing to do: all {len(states)} partitions are fresh ({time.perf_counter() - started:.1f} s)")
+        print_calibration(cfg)
         return 0
     released = release_dead_runs(instance)
     if released:
@@ -233,7 +234,18 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
           f"  see it:     saelake ui   (then open http://127.0.0.1:3000)\n"
           f"  plots:      {lake / 'plots'}\n"
           f"  dataset:    {lake / 'hf_export'}  (publish: saelake export DIR --push ORG/NAME)")
+    print_calibration(cfg)
     return 0
+
+
+def print_calibration(cfg: PipelineConfig) -> None:
+    """A line per scorer: calibrated, UNCALIBRATED or unchecked on the planted latents (sae/scoring/calibration.py)."""
+    from sae.scoring.calibration import calibration_lines
+    from sae.scoring.stage import stored_calibration
+
+    print("scorer calibration (true vs wrong explanation on planted latents):")
+    for line in calibration_lines(stored_calibration(cfg)):
+        print(f"  {line}")
 
 
 def recheck(cfg: PipelineConfig, select: Sequence[str] = (), partitions: Sequence[str] = ()) -> int:
@@ -241,10 +253,10 @@ def recheck(cfg: PipelineConfig, select: Sequence[str] = (), partitions: Sequenc
     from sae.examples.stage import check_examples
     from sae.explanations.stage import check_explanations
     from sae.latents.stage import check_latents
-    from sae.scoring.stage import check_scores
+    from sae.scoring.stage import check_scores, check_summary
 
     checkers = {"latents": check_latents, "examples": check_examples, "explanations": check_explanations,
-                "scores": check_scores}
+                "scores": check_scores, "score_summary": check_summary}
     failed_errors = 0
     for state in plan(cfg, lake_for(cfg), select or list(checkers), partitions):
         if state.asset not in checkers:

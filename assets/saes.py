@@ -30,8 +30,7 @@ def build_sae_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         for partition, key in keys.items():
             result = saes_stage.build_sae(cfg, *key, trained=trained.get(key))
             m = result.metrics
-            row = {"architecture": result.sae.cfg.architecture, "num_latents": result.sae.num_latents,
-                   "k": result.sae.cfg.k or 0, "format": result.written_format,
+            row = {**{c: result.row[c] for c in ("architecture", "num_latents", "k")}, "format": result.written_format,
                    **({"fvu": m.fvu, "l0": m.l0, "dead_fraction": m.dead_fraction} if m else {})}
             context.add_asset_metadata(row, partition_key=partition)
             context.log.info(f"{partition}: {row}")
@@ -61,4 +60,20 @@ def build_sae_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(metadata={"variants": table.num_rows,
                                               "summary": markdown_table(table.to_pylist())})
 
-    return [saes, sae_quality, sae_quality_summary]
+    @lake_asset(cfg, "latent_logits", group_name="saes", pool=GPU_POOL, deps=["saes"], kinds={"pytorch", "parquet"})
+    def latent_logits(context: dg.AssetExecutionContext,
+                      pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
+        """What each latent writes to the output: its decoder direction (for neurons, their column of the MLP's
+        down projection) through the final norm's weight and the unembedding, the top and bottom
+        explain.n_logit_tokens tokens with their logits. Empty for a variant without a decoder."""
+        cfg = pipeline_config.config
+        keys = dict(partitions_of(context))
+        tables = saes_stage.write_latent_logits(cfg, list(keys.values()))
+        for partition, key in keys.items():
+            context.add_asset_metadata({"latents": tables[key].num_rows,
+                                        "promoted": markdown_table(saes_stage.preview_logits(tables[key]))},
+                                       partition_key=partition)
+        publish_views(lake_for(cfg))
+        return dg.MaterializeResult()
+
+    return [saes, sae_quality, sae_quality_summary, latent_logits]

@@ -9,6 +9,7 @@ from sae.config import LLM_SCORERS, PipelineConfig
 from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 from sae.scoring import stage as scoring_stage
+from sae.scoring.calibration import calibration_lines, calibration_rows
 
 from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
 from .metadata import markdown_table, publish_views
@@ -36,17 +37,23 @@ def build_scoring_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         publish_views(lake_for(cfg))
         return dg.MaterializeResult(check_results=check_results(outcomes))
 
-    @lake_asset(cfg, "score_summary", group_name="explanations", deps=["scores"], kinds={"duckdb"})
+    @lake_asset(cfg, "score_summary", group_name="explanations", deps=["scores"], checks=scoring_stage.SUMMARY_CHECKS,
+                kinds={"duckdb"})
     def score_summary(pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """Every variant and scorer side by side: mean scores of real and control explanations with bootstrap
         confidence intervals, score histograms and accuracy by activation quantile (also PNGs under
-        lake/plots/)."""
+        lake/plots/); and `scorer_calibration`, each scorer's true vs wrong explanation on the planted latents,
+        with the verdict a reader needs before trusting its numbers."""
         cfg = pipeline_config.config
-        table = scoring_stage.score_summary(cfg)
+        table, calibration = scoring_stage.score_summary(cfg)
         plots = scoring_stage.score_plots(cfg, table)
+        outcomes = {None: scoring_stage.check_summary(cfg)}
         publish_views(lake_for(cfg))
         return dg.MaterializeResult(metadata={
+            "calibration": dg.MetadataValue.md("\n".join(f"- {line}" for line in calibration_lines(calibration))),
+            "calibration_table": markdown_table(calibration_rows(calibration)),
             "summary": markdown_table(scoring_stage.summary_rows(table)),
-            **{name: dg.MetadataValue.md(markdown) for name, markdown in plots.items()}})
+            **{name: dg.MetadataValue.md(markdown) for name, markdown in plots.items()}},
+            check_results=check_results(outcomes))
 
     return [scores, score_summary]

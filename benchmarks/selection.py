@@ -68,13 +68,15 @@ def worker(args) -> dict:
     import torch
 
     from sae.config import ExamplesConfig
+    from sae.examples.neighbours import nearest_latents
     from sae.examples.selection import coverage, select_examples
 
     folder = Path(args.data)
     files, contexts = sorted(folder.glob("latents-*.parquet")), folder / "contexts.parquet"
     decoder = torch.randn(args.latents, args.decoder_dim, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    examples = select_examples(files, contexts, "bench", ExamplesConfig(), seed=0, decoder=decoder,
+    neighbours = nearest_latents(decoder, ExamplesConfig().neighbour_latents)
+    examples = select_examples(files, contexts, "bench", ExamplesConfig(), seed=0, neighbours=neighbours,
                                memory_limit=args.memory_limit)
     seconds = time.perf_counter() - start
     covered = coverage(examples, ExamplesConfig())

@@ -33,6 +33,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N: any GPU index, e.g. cuda:1
 EMBEDDER_DEVICES = ("auto", "cpu", "mps", "cuda", "cuda:N")  # sentence-transformers also runs on Apple GPUs
 LLM_BACKENDS = ("local", "openai", "vllm")
+TOKENS_BACKEND = "tokens"  # explain.llm only: the LLM-free token baseline as the only explainer
 LLM_RUNTIMES = ("auto", "transformers", "llamacpp")
 CORPUS_SOURCES = (BUILTIN_CORPUS, "huggingface", "files")
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -103,8 +104,45 @@ class NeuronsConfig:
 
 
 @dataclass(frozen=True)
+class PlantedFamily:
+    """One planted latent: it fires at every token whose text, stripped and lower-cased, is one of `words`."""
+
+    name: str
+    words: tuple[str, ...]
+    explanation: str  # the ground truth, as an explainer should word it
+    strength: float = 1.0  # the largest activation; each firing is graded below it (see sae/saes/planted.py)
+
+
+# Families a reader can name that fire in at least ~70 of the demo's 512 contexts of the Wikipedia sample (so
+# every one gets its train, quantile and test windows), each word a whole token of SmolLM2's vocabulary.
+# "May" is left out of the months: it is mostly the verb.
+DEFAULT_PLANTED_FAMILIES = (
+    PlantedFamily("relative_pronouns", ("who", "whom", "whose", "which"),
+                  "the relative pronouns who, whom, whose and which"),
+    PlantedFamily("digits", tuple("0123456789"), "digits (0-9), as in years, dates and other numbers"),
+    PlantedFamily("months", ("january", "february", "march", "april", "june", "july", "august", "september",
+                             "october", "november", "december"), "names of months such as January or October"),
+    PlantedFamily("number_words", ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"),
+                  "number words such as one, two, three or ten"),
+    PlantedFamily("parentheses", ("(", ")"), "opening and closing parentheses"),
+    PlantedFamily("masculine_pronouns", ("he", "him", "his"), "the masculine pronouns he, him and his"),
+    PlantedFamily("lincoln", ("lincoln",), "the name Lincoln (Abraham Lincoln)"),
+    PlantedFamily("alabama", ("alabama",), "the name Alabama (the U.S. state)"),
+)
+
+
+@dataclass(frozen=True)
+class PlantedConfig:
+    """Known-answer latents for calibrating the scorers: one latent per family, defined from the corpus's own
+    tokens (no SAE, no forward pass), each carrying its ground-truth explanation."""
+
+    families: tuple[PlantedFamily, ...] = DEFAULT_PLANTED_FAMILIES
+
+
+@dataclass(frozen=True)
 class SaeSpec:
-    """One SAE variant: trained (`train`), or pretrained from a local `path` or a Hub repo (`hub`)."""
+    """One SAE variant: trained (`train`), pretrained from a local `path` or a Hub repo (`hub`), the MLP's
+    `neurons`, or `planted` known-answer latents."""
 
     name: str
     train: TrainConfig | None = None
@@ -118,6 +156,16 @@ class SaeSpec:
     revision: str | None = None
     # Not an SAE: the neurons of the layer's MLP (block i of hookpoint layers.i), see NeuronsConfig.
     neurons: NeuronsConfig | None = None
+    # Not an SAE: known-answer latents on word families of the corpus (see PlantedConfig); `planted: {}` takes
+    # the default families. Neither trained nor loaded; every one is explained and scored, to calibrate the scorers.
+    planted: PlantedConfig | None = None
+
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the variant writes a direction into the model (so it has `latent_logits`): trained and
+        pretrained SAEs and transcoders, and the neuron baseline. A variant of any other kind (latents defined on
+        the corpus itself) has none."""
+        return any(source is not None for source in (self.train, self.path, self.hub, self.neurons))
 
     def path_for(self, hookpoint: str) -> Path:
         assert self.path is not None
@@ -160,7 +208,9 @@ class ExamplesConfig:
 class LLMConfig:
     """The LLM that writes explanations (and scores them): one of three backends."""
 
-    backend: str = "local"  # local (in-process) | openai (any OpenAI-compatible server) | vllm (offline engine)
+    # local (in-process) | openai (any OpenAI-compatible server) | vllm (offline engine); explain.llm also
+    # tokens: no LLM, the token baseline explains alone (see ExplainConfig.token_baseline)
+    backend: str = "local"
     # local / vllm: `smollm2-135m-instruct` (offline), a Hub id or a local folder; openai: the served model name.
     model: str = BUILTIN_MODEL
     revision: str | None = None
@@ -200,6 +250,10 @@ class PromptConfig:
     show_activations: bool = False  # also list the marked tokens' activations, scaled 0-10 to the latent's max
     chain_of_thought: bool = False  # ask for observations before the final answer (more generated tokens)
     contrastive: bool = False  # also show silent windows; needs examples.n_train_random > 0
+    # After the excerpts, the evidence a small model can use (0 leaves a line out): the tokens the latent fires on
+    # most often over the whole corpus, with their firings, and the tokens it promotes most (`latent_logits`).
+    frequent_tokens: int = 5
+    promoted_tokens: int = 5
 
 
 @dataclass(frozen=True)
@@ -214,10 +268,20 @@ class ExplainConfig:
     n_latents: int = 100
     latent_ids: tuple[int, ...] = ()
     n_examples: int = 20  # train windows shown: the top half by activation, the rest from the quantile draws
+    # Tokens kept per latent in `latent_logits` on each side: the most promoted and the most suppressed by the
+    # latent's decoder direction read through the unembedding.
+    n_logit_tokens: int = 10
     max_tokens: int = 64  # generated tokens per explanation (raise it with chain_of_thought)
     temperature: float = 0.0
     # Latents per batch handed to the backend and written to the lake: a crash loses at most one batch.
     batch_latents: int = 128
+    # Answers asked per latent: one that copies a worked example shown is asked again with other examples and
+    # another seed, up to this many times in all; the last answer is kept (`copied_example` says if it copies).
+    max_attempts: int = 3
+    # Also explain every latent that fired with the LLM-free token baseline (explainer `tokens`): its commonest
+    # activating tokens and what they promote. Scored beside the LLM on the scored latents. `llm.backend: tokens`
+    # makes it the only explainer (no model is loaded).
+    token_baseline: bool = True
 
 
 @dataclass(frozen=True)
@@ -232,6 +296,10 @@ class ScoreConfig:
     # ones from the random and hard-negative windows). The embedding scorer uses every test window.
     n_activating: int = 20
     n_silent: int = 20
+    # The latents scored per partition, every explainer (LLM, token baseline, planted truth) on the same ones.
+    # None: those the LLM explained (all explained ones where no LLM ran). A number: at most that many, those the
+    # LLM explained first, then others the token baseline explained.
+    n_latents: int | None = None
     batch_size: int = 5  # windows per LLM prompt
     max_tokens: int = 32  # generated tokens per answer
     # Fuzzing: besides silent windows marked at random, also activating windows marked at the wrong tokens.
@@ -289,6 +357,18 @@ class PipelineConfig:
             if spec.name == name:
                 return spec
         raise ConfigError(f"no SAE named {name!r} in the config; configured: {self.sae_names}")
+
+    def explain_for(self, name: str) -> ExplainConfig:
+        """The explain settings of one variant: every planted latent is explained, whatever `latents` says."""
+        if self.sae(name).planted is not None:
+            return dataclasses.replace(self.explain, latents="all")
+        return self.explain
+
+    def score_for(self, name: str) -> ScoreConfig:
+        """The score settings of one variant: every planted latent is scored, whatever `n_latents` says."""
+        if self.sae(name).planted is not None:
+            return dataclasses.replace(self.score, n_latents=None)
+        return self.score
 
     def layer(self, hookpoint: str) -> LayerConfig:
         for layer in self.layers:
@@ -409,9 +489,12 @@ def _check(config: PipelineConfig, where: str) -> None:
     if len(set(config.sae_names)) != len(config.sae_names):
         raise ConfigError(f"{where}: an SAE name is used twice in `saes`: {config.sae_names}")
     for spec in config.saes:
-        sources = [spec.train, spec.path, spec.hub, spec.neurons]
+        sources = [spec.train, spec.path, spec.hub, spec.neurons, spec.planted]
         if sum(source is not None for source in sources) != 1:
-            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path`, `hub` or `neurons`")
+            raise ConfigError(f"{where}: SAE {spec.name!r} needs exactly one of `train`, `path`, `hub`, `neurons` "
+                              "or `planted`")
+        if spec.planted is not None:
+            _check_planted(spec.planted, f"{where}: SAE {spec.name!r}: planted")
         if spec.neurons and spec.neurons.k is not None and spec.neurons.k < 1:
             raise ConfigError(f"{where}: SAE {spec.name!r}: neurons.k must be positive")
         if not spec.name.replace("-", "").replace("_", "").isalnum():
@@ -437,7 +520,29 @@ def _check(config: PipelineConfig, where: str) -> None:
     check_choice(config.model.dtype, DTYPES, f"{where}: model.dtype")
     _check_corpus(config.corpus, where)
     _check_explain(config.explain, config.examples, where)
-    _check_score(config.score, config.examples, where)
+    _check_score(config.score, config.examples, config.explain.llm.backend, where)
+
+
+def _check_planted(planted: PlantedConfig, where: str) -> None:
+    if not planted.families:
+        raise ConfigError(f"{where}.families is empty; list at least one, or write `planted: {{}}` for the defaults")
+    names = [family.name for family in planted.families]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: a family name is used twice: {names}")
+    owner: dict[str, str] = {}
+    for family in planted.families:
+        if not family.words or not family.explanation.strip():
+            raise ConfigError(f"{where}: family {family.name!r} needs `words` and an `explanation`")
+        if family.strength <= 0:
+            raise ConfigError(f"{where}: family {family.name!r}: strength must be positive, got {family.strength}")
+        for word in family.words:
+            key = word.strip().lower()
+            if not key:
+                raise ConfigError(f"{where}: family {family.name!r} lists an empty word")
+            if key in owner and owner[key] != family.name:
+                raise ConfigError(f"{where}: the word {word!r} is in families {owner[key]!r} and {family.name!r}; "
+                                  "a token fires one planted latent, so keep it in one")
+            owner[key] = family.name
 
 
 def _check_corpus(corpus: CorpusConfig, where: str) -> None:
@@ -452,8 +557,8 @@ def _check_corpus(corpus: CorpusConfig, where: str) -> None:
                               f"from {', '.join(CORPUS_SUFFIXES)} files")
 
 
-def _check_llm(llm: LLMConfig, where: str) -> None:
-    check_choice(llm.backend, LLM_BACKENDS, f"{where}.backend")
+def _check_llm(llm: LLMConfig, where: str, backends: tuple[str, ...] = LLM_BACKENDS) -> None:
+    check_choice(llm.backend, backends, f"{where}.backend")
     check_choice(llm.runtime, LLM_RUNTIMES, f"{where}.runtime")
     check_choice(llm.device, DEVICES, f"{where}.device")
     check_choice(llm.dtype, DTYPES, f"{where}.dtype")
@@ -466,32 +571,46 @@ def _check_llm(llm: LLMConfig, where: str) -> None:
 
 def _check_explain(explain: ExplainConfig, examples: ExamplesConfig, where: str) -> None:
     where = f"{where}: explain"
-    _check_llm(explain.llm, f"{where}.llm")
+    _check_llm(explain.llm, f"{where}.llm", (*LLM_BACKENDS, TOKENS_BACKEND))
     check_choice(explain.latents, LATENT_CHOICES, f"{where}.latents")
     if explain.latents == "list" and not explain.latent_ids:
         raise ConfigError(f"{where}.latents is 'list' but latent_ids is empty; e.g. `latent_ids: [0, 5, 17]`")
     if any(latent < 0 for latent in explain.latent_ids):
         raise ConfigError(f"{where}.latent_ids are latent indices, 0 or more; got {list(explain.latent_ids)}")
-    if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents) < 1:
-        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens and batch_latents must be positive")
+    if min(explain.n_latents, explain.n_examples, explain.max_tokens, explain.batch_latents,
+           explain.n_logit_tokens, explain.max_attempts) < 1:
+        raise ConfigError(f"{where}: n_latents, n_examples, max_tokens, batch_latents, n_logit_tokens and "
+                          "max_attempts must be positive")
     if explain.n_examples > examples.n_train:
         raise ConfigError(f"{where}.n_examples ({explain.n_examples}) exceeds the train windows per latent "
                           f"(examples.n_top + examples.n_train_quantile = {examples.n_train})")
+    if min(explain.prompt.frequent_tokens, explain.prompt.promoted_tokens) < 0:
+        raise ConfigError(f"{where}.prompt: frequent_tokens and promoted_tokens count tokens shown: 0 or more")
+    if explain.prompt.promoted_tokens > explain.n_logit_tokens:
+        raise ConfigError(f"{where}.prompt.promoted_tokens ({explain.prompt.promoted_tokens}) exceeds the tokens "
+                          f"kept per latent in latent_logits (explain.n_logit_tokens = {explain.n_logit_tokens})")
     if not 0 <= explain.prompt.highlight_threshold < 1:
         raise ConfigError(f"{where}.prompt.highlight_threshold is a fraction of the window's peak, in [0, 1)")
     if explain.prompt.contrastive and examples.n_train_random < 1:
         raise ConfigError(f"{where}.prompt.contrastive shows silent windows: set examples.n_train_random (e.g. 5)")
 
 
-def _check_score(score: ScoreConfig, examples: ExamplesConfig, where: str) -> None:
+def _check_score(score: ScoreConfig, examples: ExamplesConfig, explain_backend: str, where: str) -> None:
     where = f"{where}: score"
     for scorer in score.scorers:
         check_choice(scorer, SCORERS, f"{where}.scorers")
     check_choice(score.embedder_device, EMBEDDER_DEVICES, f"{where}.embedder_device")
     if score.llm is not None:
         _check_llm(score.llm, f"{where}.llm")
+    llm_scorers = sorted(set(LLM_SCORERS) & set(score.scorers))
+    if score.llm is None and explain_backend == TOKENS_BACKEND and llm_scorers:
+        raise ConfigError(f"{where}: the scorers {llm_scorers} ask an LLM, and explain.llm.backend 'tokens' is none; "
+                          "give them one in score.llm (e.g. `llm: {backend: local}`) or drop them from score.scorers")
     if min(score.n_activating, score.n_silent, score.batch_size, score.max_tokens, score.bootstrap) < 1:
         raise ConfigError(f"{where}: n_activating, n_silent, batch_size, max_tokens and bootstrap must be positive")
+    if score.n_latents is not None and score.n_latents < 1:
+        raise ConfigError(f"{where}.n_latents caps the latents scored per partition: a positive number, or null "
+                          "for every explained latent")
     if not score.scorers:
         return
     # Every metric compares activating with silent test windows: without either class none is defined.

@@ -86,16 +86,23 @@ def _every_partition(*assets: str) -> Callable[[PipelineConfig, PartitionKey], I
 
 
 def _explain_settings(cfg: PipelineConfig, key) -> dict:
-    explain = cfg.explain
+    explain = cfg.explain_for(key[1])
     return {"llm": explain.llm.identity(), "prompt": _asdict(explain.prompt),
             "prompt_version": explainer_version(explain.prompt), "latents": explain.latents,
             "n_latents": explain.n_latents, "latent_ids": list(explain.latent_ids),
             "n_examples": explain.n_examples, "max_tokens": explain.max_tokens,
-            "temperature": explain.temperature, "seed": cfg.seed}
+            "temperature": explain.temperature, "max_attempts": explain.max_attempts,
+            "token_baseline": explain.token_baseline, "seed": cfg.seed}
+
+
+def _explain_inputs(cfg: PipelineConfig, key) -> Inputs:
+    """The examples, and for the prompt's evidence every firing (latents, contexts) and the promoted tokens."""
+    promoted = [("latent_logits", key)] if cfg.sae(key[1]).has_decoder else []
+    return [("examples", key), ("latents", key), ("contexts", None), *promoted]
 
 
 def _score_settings(cfg: PipelineConfig, key) -> dict:
-    score = cfg.score
+    score = cfg.score_for(key[1])
     settings = {k: v for k, v in dataclasses.asdict(score).items() if k not in ("llm", "bootstrap")}
     settings["llm"] = (score.llm or cfg.explain.llm).identity()
     settings["prompt_versions"] = {s: scorer_version(s) for s in score.scorers if s in PROMPTED_SCORERS}
@@ -120,23 +127,27 @@ ASSETS: tuple[AssetLineage, ...] = (
     AssetLineage("latents", "layer_sae", "1", lambda cfg, key: _model_run(cfg),
                  lambda cfg, key: [("saes", key), ("contexts", None)]),
     AssetLineage("latent_stats", "layer_sae", "1", lambda cfg, key: {}, _per_partition("latents")),
+    AssetLineage("latent_logits", "layer_sae", "1",
+                 lambda cfg, key: {"n_logit_tokens": cfg.explain.n_logit_tokens,
+                                   "model": {"name": cfg.model.name, "revision": cfg.model.revision}},
+                 lambda cfg, key: [("saes", key)] if cfg.sae(key[1]).has_decoder else []),
     AssetLineage("examples", "layer_sae", "1",
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},
                  _per_partition("latents")),
-    AssetLineage("explanations", "layer_sae", "1", _explain_settings, _per_partition("examples")),
-    AssetLineage("scores", "layer_sae", "1", _score_settings, _per_partition("explanations")),
+    AssetLineage("explanations", "layer_sae", "2", _explain_settings, _explain_inputs),
+    AssetLineage("scores", "layer_sae", "2", _score_settings, _per_partition("explanations")),
     AssetLineage("explanation_embeddings", "layer_sae", "1",
                  lambda cfg, key: {"embedder": cfg.score.embedder}, _per_partition("explanations")),
     AssetLineage("sae_quality_summary", "none", "1", lambda cfg, key: {},
                  _every_partition("sae_quality", "latent_stats")),
-    AssetLineage("score_summary", "none", "1",
+    AssetLineage("score_summary", "none", "2",
                  lambda cfg, key: {"bootstrap": cfg.score.bootstrap, "seed": cfg.seed}, _every_partition("scores")),
     AssetLineage("similarity", "none", "1",
                  lambda cfg, key: {"similarity": _asdict(cfg.similarity), "hookpoints": cfg.hookpoints},
                  _every_partition("explanation_embeddings")),
-    AssetLineage("hf_export", "none", "1", lambda cfg, key: {},
+    AssetLineage("hf_export", "none", "2", lambda cfg, key: {},
                  lambda cfg, key: [("similarity", None), ("score_summary", None),
-                                   *_every_partition("examples", "latent_stats", "scores")(cfg, key)]),
+                                   *_every_partition("examples", "latent_stats", "latent_logits", "scores")(cfg, key)]),
 )
 BY_NAME = {asset.name: asset for asset in ASSETS}
 
@@ -211,8 +222,9 @@ class Lineage:
                 yield spec.name, key
 
 
-def differences(stored: Provenance, expected: Provenance, limit: int = 4) -> list[str]:
-    """Why a stored partition is not what the config asks for, in a few short phrases."""
+def differences(stored: Provenance, expected: Provenance, limit: int | None = 4) -> list[str]:
+    """Why a stored partition is not what the config asks for, in a few short phrases (every one if `limit` is
+    None)."""
     reasons = []
     if stored.code_version != expected.code_version:
         reasons.append(f"code version {stored.code_version} -> {expected.code_version}")
@@ -223,7 +235,7 @@ def differences(stored: Provenance, expected: Provenance, limit: int = 4) -> lis
     for name in sorted(set(stored.inputs) | set(expected.inputs)):
         if stored.inputs.get(name) != expected.inputs.get(name):
             reasons.append(f"input {name} changed")
-    if len(reasons) > limit:
+    if limit is not None and len(reasons) > limit:
         reasons = reasons[:limit] + [f"and {len(reasons) - limit} more"]
     return reasons
 
@@ -300,7 +312,7 @@ def stale_reasons(lake: Lake, lineage: Lineage, stored: Provenance, expected: Pr
 def _root_causes(lake: Lake, lineage: Lineage, stored: Provenance, expected: Provenance,
                  where: str = "") -> Iterator[str]:
     prefix = f"{where}: " if where else ""
-    for reason in differences(stored, expected, limit=len(expected.settings) + 8):
+    for reason in differences(stored, expected, limit=None):
         if not reason.startswith("input "):
             yield prefix + reason
     for name, fingerprint in expected.inputs.items():
@@ -428,7 +440,8 @@ def _matches(key: PartitionKey, wanted: Sequence[str]) -> bool:
 
 
 # Tables written by an asset of another name, beside its own.
-TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity"}
+TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity",
+                "scorer_calibration": "score_summary"}
 
 
 def fresh_table_files(cfg: PipelineConfig, table: str) -> list[Path]:

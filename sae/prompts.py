@@ -70,6 +70,10 @@ tokens have in common: a word or family of words, a topic, a grammatical role, o
 before them. Answer with one short phrase that would let someone predict where the feature fires. Do not \
 repeat the excerpts. Finish with a line that starts with "Explanation:" followed by your phrase."""
 
+EVIDENCE_ADDENDUM = """ After the excerpts, you also get the tokens the feature fires on most often in a large \
+text, with how many times, and the tokens it makes the model more likely to write next. Name what they \
+share; each feature is different, so do not reuse an earlier answer."""
+
 CONTRASTIVE_ADDENDUM = """ You also get excerpts in which the feature stays silent; use them to tell the \
 feature apart from things that merely look related."""
 
@@ -79,32 +83,94 @@ there, from 1 (weak) to 10 (its strongest)."""
 COT_ADDENDUM = """ Before the final line, write two or three brief observations about the marked tokens and \
 their surroundings, each on its own line starting with "-"."""
 
-# Worked examples, shown as earlier turns of the conversation.
-EXAMPLE_DIRECT = (
-    (
-        ("Excerpt 1: the delegation flew on to <<Paris>>, where talks resumed\n"
-         "Excerpt 2: exports through <<Rotterdam>> and <<Antwerp>> fell sharply\n"
-         "Excerpt 3: she was born in <<Lisbon>> in 1921"),
-        "Explanation: names of European cities",
-    ),
-    (
-        ("Excerpt 1: the river kept ris<<ing>> through the night\n"
-         "Excerpt 2: they were still argu<<ing>> about the fee\n"
-         "Excerpt 3: after years of train<<ing>>, he"),
-        "Explanation: the suffix \"ing\" completing a verb",
-    ),
+FREQUENT_LABEL = "Fires most on:"
+PROMOTED_LABEL = "Makes likely next:"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the prompt says about a latent beyond its excerpts: the tokens it fires on most often over the
+    corpus, as (text, firings), commonest first; and the tokens its decoder direction promotes most."""
+
+    frequent: tuple[tuple[str, int], ...] = ()
+    promoted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkedExample:
+    """An earlier turn of the conversation: excerpts of an invented feature, its evidence and the answer."""
+
+    excerpts: tuple[str, ...]
+    evidence: Evidence
+    answer: str
+    notes: str  # the observations of the chain-of-thought prompt
+
+
+# The pool the worked examples are drawn from, two per prompt, rotated per latent and per attempt: a small
+# model tends to copy the last example it saw, and a copy of one rotated example is caught and asked again
+# with others (sae/explanations/copies.py). The answers differ in form, so no single template is taught.
+EXAMPLE_POOL = (
+    WorkedExample(
+        ("the delegation flew on to <<Paris>>, where talks resumed",
+         "exports through <<Rotterdam>> and <<Antwerp>> fell sharply", "she was born in <<Lisbon>> in 1921"),
+        Evidence((("Paris", 41), ("London", 30), ("Rome", 12), ("Lisbon", 6)), ("France", "where", "Italy")),
+        "names of European cities",
+        "- every marked word is a city\n- all the cities are in Europe"),
+    WorkedExample(
+        ("the river kept ris<<ing>> through the night", "they were still argu<<ing>> about the fee",
+         "after years of train<<ing>>, he"),
+        Evidence((("ing", 95), ("ings", 7)), ("the", "to", "a")),
+        'the suffix "ing" completing a verb',
+        '- the marked token is always "ing"\n- it ends a verb split into pieces'),
+    WorkedExample(
+        ("he did <<not>> want to leave", "it was <<never>> found again", "we <<don't>> know yet"),
+        Evidence((("not", 52), ("never", 14), ("n't", 11), ("no", 9)), ("be", "have", "only")),
+        "negation: not, never, n't",
+        "- the marked words deny something\n- they come before a verb"),
+    WorkedExample(
+        ("<<She>> moved to Boston in 1990", "the queen and <<her>> sister", "when <<she>> returned, <<her>> house"),
+        Evidence((("she", 48), ("her", 37), ("She", 20), ("herself", 2)), ("was", "had", "husband")),
+        "female pronouns (she, her)",
+        "- every marked word refers to a woman\n- subject and object forms both fire"),
+    WorkedExample(
+        ("the <<album>> reached number two", "their second <<single>> was released", "a <<song>> about the war"),
+        Evidence((("album", 33), ("song", 21), ("single", 15), ("track", 6)), ("was", "by", "released")),
+        "music releases: album, single, song",
+        "- the marked words are kinds of recordings\n- the texts are about bands"),
+    WorkedExample(
+        ("a road of 12 <<km>> through the hills", "the tower is 300 <<metres>> tall", "about 40 <<miles>> north"),
+        Evidence((("km", 29), ("metres", 18), ("miles", 16), ("feet", 9)), ("long", "high", "(")),
+        "units of length after a number",
+        "- each marked word is a unit of distance\n- a number comes just before it"),
 )
-EXAMPLE_COT_NOTES = (
-    ("- every marked word is a city\n- all the cities are in Europe\n- the words before are places of travel "
-     "or origin"),
-    "- the marked token is always \"ing\"\n- it ends a verb split into pieces\n- the verbs differ in meaning",
-)
+EXAMPLES_SHOWN = 2
+
+
+def example_rotation(latent: int, attempt: int) -> tuple[WorkedExample, ...]:
+    """The worked examples shown for a latent's attempt (0 first): consecutive pool entries, shifted by the
+    latent so that latents see different ones, and by EXAMPLES_SHOWN per attempt so that a retry shows none of
+    the examples of the attempt before."""
+    first = (latent + attempt * EXAMPLES_SHOWN) % len(EXAMPLE_POOL)
+    return tuple(EXAMPLE_POOL[(first + i) % len(EXAMPLE_POOL)] for i in range(EXAMPLES_SHOWN))
+
+
+def evidence_lines(evidence: Evidence) -> list[str]:
+    lines = []
+    if evidence.frequent:
+        lines.append(f"{FREQUENT_LABEL} " + ", ".join(f'"{text}" {n}' for text, n in evidence.frequent))
+    if evidence.promoted:
+        lines.append(f"{PROMOTED_LABEL} " + ", ".join(f'"{text}"' for text in evidence.promoted))
+    return lines
 
 
 def explainer_messages(windows: Sequence[Window], cfg: PromptConfig, silent: Sequence[Window] = (),
-                       max_act: float | None = None) -> tuple[tuple[str, str], ...]:
-    """The chat for one latent: instructions, worked examples, then this latent's excerpts."""
+                       max_act: float | None = None, evidence: Evidence | None = None,
+                       examples: Sequence[WorkedExample] = EXAMPLE_POOL[:EXAMPLES_SHOWN]) -> tuple[tuple[str, str], ...]:
+    """The chat for one latent: instructions, worked examples, then this latent's excerpts (and its evidence,
+    where `evidence` is given)."""
     system = EXPLAINER_SYSTEM
+    if evidence is not None:
+        system += EVIDENCE_ADDENDUM
     if cfg.contrastive:
         system += CONTRASTIVE_ADDENDUM
     if cfg.show_activations:
@@ -112,9 +178,13 @@ def explainer_messages(windows: Sequence[Window], cfg: PromptConfig, silent: Seq
     if cfg.chain_of_thought:
         system += COT_ADDENDUM
     messages = [("system", system)]
-    for (user, answer), notes in zip(EXAMPLE_DIRECT, EXAMPLE_COT_NOTES):
-        messages.append(("user", user))
-        messages.append(("assistant", f"{notes}\n{answer}" if cfg.chain_of_thought else answer))
+    for example in examples:
+        user = [f"Excerpt {i}: {text}" for i, text in enumerate(example.excerpts, 1)]
+        if evidence is not None:
+            user += evidence_lines(example.evidence)
+        answer = f"{ANSWER_MARKER} {example.answer}"
+        messages.append(("user", "\n".join(user)))
+        messages.append(("assistant", f"{example.notes}\n{answer}" if cfg.chain_of_thought else answer))
     scale = max_act or max((max(w.acts) for w in windows), default=0.0) or 1.0
     lines = []
     for i, window in enumerate(windows, 1):
@@ -126,14 +196,17 @@ def explainer_messages(windows: Sequence[Window], cfg: PromptConfig, silent: Seq
     if cfg.contrastive and silent:
         lines.append("Excerpts where the feature is silent:")
         lines.extend(f"Silent {i}: {marked_text(w, 1.0)[0]}" for i, w in enumerate(silent, 1))
+    if evidence is not None:
+        lines += evidence_lines(evidence)
     messages.append(("user", "\n".join(lines)))
     return tuple(messages)
 
 
 def explainer_version(cfg: PromptConfig) -> str:
     """The version of the explainer prompt as configured (its text and the options that shape it)."""
-    return version(EXPLAINER_SYSTEM, CONTRASTIVE_ADDENDUM, ACTIVATIONS_ADDENDUM, COT_ADDENDUM, repr(EXAMPLE_DIRECT),
-                   repr(EXAMPLE_COT_NOTES), repr(sorted(vars(cfg).items())))
+    return version(EXPLAINER_SYSTEM, EVIDENCE_ADDENDUM, CONTRASTIVE_ADDENDUM, ACTIVATIONS_ADDENDUM, COT_ADDENDUM,
+                   FREQUENT_LABEL, PROMOTED_LABEL, repr(EXAMPLE_POOL), str(EXAMPLES_SHOWN),
+                   repr(sorted(vars(cfg).items())))
 
 
 _ANSWER = re.compile(r"^\W*explanation\W*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)

@@ -1,10 +1,10 @@
--- The scores of the export in long form, one row per (latent, column): the column is
+-- The scores of the export in long form, one row per (latent, explainer, column): the column is
 -- <scorer>_<metric> for real explanations and <scorer>_control_<metric> for the control (no control F1).
 CREATE OR REPLACE TEMP TABLE score_values AS
-SELECT layer, sae, latent,
+SELECT layer, sae, latent, explainer,
        scorer || CASE WHEN source = 'control' THEN '_control_' ELSE '_' END || metric AS name, value
 FROM (
-    SELECT layer, sae, latent, scorer, source, balanced_accuracy, f1, auc
+    SELECT layer, sae, latent, explainer, scorer, source, balanced_accuracy, f1, auc
     FROM read_parquet($files, hive_partitioning = true, hive_types_autocast = false, union_by_name = true)
 ) UNPIVOT INCLUDE NULLS (value FOR metric IN (balanced_accuracy, f1, auc))
 WHERE source = 'real' OR metric <> 'f1'

@@ -1,6 +1,6 @@
 -- The control rows (each latent scored with another latent's explanation) of one partition's scores.
 -- Reads the view `scores`.
-SELECT scorer, latent, balanced_accuracy, auc
+SELECT explainer, scorer, latent, balanced_accuracy, auc
 FROM scores
 WHERE source = 'control'
-ORDER BY scorer, latent
+ORDER BY explainer, scorer, latent

@@ -1,8 +1,8 @@
--- Mean scores per scorer and source (real / control) of one partition's `partition_scores`.
-SELECT scorer, source, count(*) AS latents,
+-- Mean scores per explainer, scorer and source (real / control) of one partition's `partition_scores`.
+SELECT explainer, scorer, source, count(*) AS latents,
        round(avg(balanced_accuracy), 3) AS balanced_accuracy,
        round(avg(auc), 3) AS auc,
        sum(n_failures) AS failed_windows
 FROM partition_scores
 GROUP BY ALL
-ORDER BY scorer, source DESC
+ORDER BY explainer, scorer, source DESC

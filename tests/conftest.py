@@ -54,3 +54,24 @@ def clean_cli_env(monkeypatch):
     """`saelake` passes the config, lake and instance on through the environment: undo that after each test."""
     for name in ("SAELAKE_CONFIG", "SAELAKE_LAKE", "DAGSTER_HOME"):
         monkeypatch.setenv(name, "")
+
+
+def build_planted_lake(root: Path, converted_model: Path, families: list[dict], **overrides):
+    """A tiny lake whose only variant is planted (no SAE trained, no activations, no forward pass), built up to
+    its examples; returns its config."""
+    from sae.corpus.stage import build_contexts
+    from sae.examples.stage import build_examples
+    from sae.latents.stage import cache_latents, compute_latent_stats
+    from sae.saes.stage import build_sae
+
+    raw = {"layers": [{"hookpoint": "layers.1"}], "saes": [{"name": "planted", "planted": {"families": families}}],
+           "examples": {"window": 16, "n_top": 4, "n_train_quantile": 4, "n_test": 4, "n_random": 4,
+                        "n_neighbour": 2, "neighbour_latents": 2},
+           "explain": {"n_examples": 6, "n_latents": 3}, "score": {"n_activating": 4, "n_silent": 4}}
+    cfg = load_config(write_config(root, converted_model, **{**raw, **overrides}))
+    build_contexts(cfg)
+    build_sae(cfg, "layers.1", "planted")
+    cache_latents(cfg, [("layers.1", "planted")], progress=False)
+    compute_latent_stats(cfg, "layers.1", "planted")
+    build_examples(cfg, "layers.1", "planted")
+    return cfg

@@ -8,16 +8,19 @@ import pyarrow.parquet as pq
 import torch
 
 from ..config import PipelineConfig
+from ..explanations.explainer import main_explainer
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
 from ..saes.stage import load_stored_sae
 
 
 def embed_explanations(cfg: PipelineConfig, hookpoint: str, name: str, embedder) -> pa.Table:
-    """The parsed explanations of one partition embedded with the configured sentence-transformer."""
+    """The parsed explanations of the partition's main explainer embedded with the configured
+    sentence-transformer."""
     key = (hookpoint, name)
     explained = fresh_files(cfg, "explanations", key)
-    table = pq.read_table(explained[0], columns=["latent", "explanation", "parsed"]).filter(pc.field("parsed"))
+    table = pq.read_table(explained[0], columns=["latent", "explainer", "explanation", "parsed"]).filter(
+        pc.field("parsed") & (pc.field("explainer") == main_explainer(cfg.explain)))
     vectors = embedder.embed(table.column("explanation").to_pylist())
     flat = pa.array(vectors.reshape(-1), pa.float32())
     out = pa.table({"latent": table.column("latent"), "embedder": [embedder.name] * table.num_rows,
@@ -38,7 +41,8 @@ def compare_variants(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table, dict[str,
     lake = lake_for(cfg)
     sides = []
     for hookpoint in cfg.hookpoints:
-        for name in cfg.sae_names:
+        # Planted latents are the scorers' calibration, not a dictionary to compare.
+        for name in [spec.name for spec in cfg.saes if spec.planted is None]:
             table = pq.read_table(fresh_files(cfg, "explanation_embeddings", (hookpoint, name))[0])
             latents = table.column("latent").to_numpy(zero_copy_only=False).copy()  # writable, for torch indexing
             embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if len(latents) else \

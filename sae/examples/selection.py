@@ -10,12 +10,10 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from torch import Tensor
 
 from ..config import ExamplesConfig
 from ..corpus.documents import ContextTokens
 from ..lake.sql import run_query
-from .neighbours import nearest_latents
 
 WINDOW_SCHEMA = pa.schema([("latent", pa.int32()), ("split", pa.string()), ("kind", pa.string()),
                            ("bin", pa.int16()), ("ctx_id", pa.int32()), ("start", pa.int16()),
@@ -24,11 +22,11 @@ RANDOM_ROUNDS = (2, 10, 50)  # candidates per wanted silent window, for the late
 
 
 def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: ExamplesConfig, seed: int,
-                    decoder: Tensor | None = None, memory_limit: str | None = None) -> pa.Table:
+                    neighbours: pa.Table | None = None, memory_limit: str | None = None) -> pa.Table:
     """Every kind of example for every latent that fires, with token ids and per-token activations.
 
-    No test window of a latent shares a token with any of its train windows. `decoder` ([L, d] decoder
-    directions) enables the hard negatives (kind 'neighbour')."""
+    No test window of a latent shares a token with any of its train windows. `neighbours` (each latent's
+    nearest latents, as `nearest_latents` gives them) enables the hard negatives (kind 'neighbour')."""
     if not latents:
         raise FileNotFoundError("no latents files: materialize `latents` first")
     tokens = ContextTokens(contexts)
@@ -49,8 +47,8 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
         random = _silent_windows(con, common, activating.select(pl.col("latent").unique()), n_contexts,
                                  cfg.n_train_random, cfg.n_random)
         parts = [activating, random]
-        if decoder is not None and cfg.n_neighbour and cfg.neighbour_latents:
-            con.register("neighbours", nearest_latents(decoder, cfg.neighbour_latents))
+        if neighbours is not None and cfg.n_neighbour and cfg.neighbour_latents:
+            con.register("neighbours", neighbours)
             train = pl.concat(parts).filter(pl.col("split") == "train").select("latent", "ctx_id", "start")
             con.register("train_windows", train)
             parts.append(run_query(con, "examples_neighbour", files=files, window=cfg.window, ctx_len=ctx_len,

@@ -10,7 +10,7 @@ from ..config import PipelineConfig
 from ..lake import lake_for
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
-from ..saes.stage import load_stored_sae
+from ..saes.stage import load_planted, load_stored_sae
 
 
 def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.Table, pa.Table]:
@@ -18,16 +18,28 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.T
     from .selection import coverage, select_examples
 
     lake, key = lake_for(cfg), (hookpoint, name)
-    # Hard negatives need decoder directions; the neuron baselines' stored decoder is the identity.
-    decoder = None if cfg.sae(name).neurons else load_stored_sae(cfg, hookpoint, name).W_dec.detach()
     table = select_examples(fresh_files(cfg, "latents", key), fresh_files(cfg, "contexts")[0], name, cfg.examples,
-                            cfg.seed, decoder=decoder)
+                            cfg.seed, neighbours=nearest_latents_of(cfg, hookpoint, name))
     covered = coverage(table, cfg.examples)
     # The coverage first, the examples last: a crash in between leaves the partition stale, never half new.
     provenance = lineage_of(cfg).provenance("examples", key)
     lake.write_partition(covered, "example_coverage", hookpoint, name, provenance=provenance)
     lake.write_partition(table, "examples", hookpoint, name, provenance=provenance)
     return table, covered
+
+
+def nearest_latents_of(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table | None:
+    """Each latent's nearest latents, whose peaks give its hard negatives: by decoder cosine for an SAE; the
+    other families for planted latents (no decoder); none for the neuron baselines (their decoder is the
+    identity, so every cosine is 0)."""
+    from .neighbours import nearest_latents
+
+    spec, m = cfg.sae(name), cfg.examples.neighbour_latents
+    if spec.neurons is not None:
+        return None
+    if spec.planted is not None:
+        return load_planted(cfg, hookpoint, name).neighbours(m)
+    return nearest_latents(load_stored_sae(cfg, hookpoint, name).W_dec.detach(), m)
 
 
 def preview_examples(cfg: PipelineConfig, table: pa.Table, n_latents: int = 3, per_latent: int = 2,

@@ -20,18 +20,23 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import ExplainConfig
+from ..config import TOKENS_BACKEND, ExplainConfig
 from ..frames import frame, to_arrow
 from ..lake import Lake, write_parquet
 from ..lineage import Provenance
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams
-from ..prompts import Window, explainer_messages, explainer_version, marked_text, parse_explanation
+from ..prompts import Window, example_rotation, explainer_messages, explainer_version, marked_text, parse_explanation
+from .copies import copied_example
+from .evidence import BASELINE_VERSION, TokenStats, baseline_explanation
 
 log = logging.getLogger(__name__)
 
+# Which explainer wrote a row: the configured LLM, the LLM-free token baseline, or a planted latent's truth.
+LLM, TOKENS, TRUTH = "llm", "tokens", "truth"
 EXAMPLE_ID = pa.struct([("ctx_id", pa.int32()), ("start", pa.int16())])
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
+    ("explainer", pa.string()),  # llm | tokens | truth; a partition has one row per (latent, explainer)
     ("explanation", pa.string()),  # null where the answer had no "Explanation:" line (see `completion`)
     ("parsed", pa.bool_()),
     ("completion", pa.string()),  # the raw answer, always kept
@@ -40,6 +45,8 @@ SCHEMA = pa.schema([
     ("prompt_version", pa.string()),
     ("sampling", pa.string()),  # the sampling parameters as JSON
     ("examples_used", pa.list_(EXAMPLE_ID)),  # the train windows shown, by (ctx_id, start)
+    ("copied_example", pa.string()),  # the worked example's answer the explanation copies; null when none
+    ("attempts", pa.int16()),  # answers asked for (more than one where a copy was retried)
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
     ("latency_s", pa.float32()),
@@ -55,6 +62,12 @@ class LatentPrompt:
     latent: int
     request: ChatRequest
     example_ids: list[dict]
+    shown_answers: tuple[str, ...]  # the answers of the worked examples in the prompt
+
+
+def main_explainer(cfg: ExplainConfig) -> str:
+    """The explainer whose explanations stand for a latent where only one is shown (previews, comparisons)."""
+    return TOKENS if cfg.llm.backend == TOKENS_BACKEND else LLM
 
 
 def choose_latents(coverage: pa.Table, cfg: ExplainConfig, seed: int) -> list[int]:
@@ -96,68 +109,152 @@ def _windows(rows: pl.DataFrame, decode: Decode) -> list[Window]:
             for tokens, acts in zip(rows["tokens"].to_list(), rows["acts"].to_list())]
 
 
-def build_prompts(examples: pa.Table | pl.DataFrame, latents: list[int], cfg: ExplainConfig,
-                  decode: Decode) -> list[LatentPrompt]:
-    """One chat request per latent from its train windows (and silent train windows if contrastive)."""
+def build_prompts(examples: pa.Table | pl.DataFrame, latents: list[int], cfg: ExplainConfig, decode: Decode,
+                  stats: dict[int, TokenStats] | None = None, attempt: int = 0) -> list[LatentPrompt]:
+    """One chat request per latent from its train windows (and silent train windows if contrastive), with the
+    latent's evidence where `stats` are given and the prompt shows any, and the worked examples of `attempt`."""
     train = frame(examples).filter((pl.col("split") == "train") & pl.col("latent").is_in(latents)).select(
         ["latent", "kind", "bin", "ctx_id", "start", "peak_act", "tokens", "acts"])
     rows_of = {key[0]: rows for key, rows in train.partition_by("latent", as_dict=True).items()}
-    sampling = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+    # Another seed per attempt: with sampling on, a retry draws anew even where the examples alone would not do.
+    sampling = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=attempt)
+    shows_evidence = stats is not None and (cfg.prompt.frequent_tokens or cfg.prompt.promoted_tokens)
     prompts = []
     for latent in latents:  # one request per latent: the windows are decoded and laid out for the model
         rows = rows_of.get(latent, train.clear())
         activating = rows.filter(pl.col("kind") != "random")
         shown = prompt_windows(activating, cfg.n_examples)
         silent = rows.filter(pl.col("kind") == "random")
+        evidence = None
+        if shows_evidence:
+            known = stats.get(latent, TokenStats((), 0, ()))
+            evidence = known.evidence(cfg.prompt.frequent_tokens, cfg.prompt.promoted_tokens)
+        worked = example_rotation(latent, attempt)
         messages = explainer_messages(_windows(shown, decode), cfg.prompt, _windows(silent, decode),
-                                      activating["peak_act"].max())
+                                      activating["peak_act"].max(), evidence, worked)
         used = pl.concat([shown, silent]) if cfg.prompt.contrastive else shown
         ids = used.select("ctx_id", "start").to_dicts()
-        prompts.append(LatentPrompt(latent, ChatRequest(messages, sampling), ids))
+        prompts.append(LatentPrompt(latent, ChatRequest(messages, sampling), ids,
+                                    tuple(example.answer for example in worked)))
     return prompts
 
 
-def rows_for(prompts: list[LatentPrompt], completions: list[Completion], client: LLMClient,
-             prompt_version: str) -> pa.Table:
-    n = len(prompts)
-    explanations = [parse_explanation(done.text) for done in completions]
+@dataclass
+class Answer:
+    """A latent's last answer, whether it still copies a worked example, and what all its attempts cost."""
+
+    prompt: LatentPrompt
+    completion: Completion
+    copied: str | None
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached: bool
+
+
+def explain_with_retries(examples: pa.Table | pl.DataFrame, latents: list[int], cfg: ExplainConfig,
+                         client: LLMClient, decode: Decode, stats: dict[int, TokenStats] | None,
+                         progress: bool = False) -> list[Answer]:
+    """Each latent's answer; one that copies a worked example shown is asked again with other examples (and
+    another seed), up to explain.max_attempts in all. The last answer is kept, copy or not."""
+    answers: dict[int, Answer] = {}
+    todo = list(latents)
+    for attempt in range(cfg.max_attempts):
+        prompts = build_prompts(examples, todo, cfg, decode, stats, attempt)
+        completions = client.complete([p.request for p in prompts], progress=progress)
+        for prompt, done in zip(prompts, completions):
+            before = answers.get(prompt.latent)
+            answers[prompt.latent] = Answer(
+                prompt, done, copied_example(parse_explanation(done.text), prompt.shown_answers), attempt + 1,
+                done.prompt_tokens + (before.prompt_tokens if before else 0),
+                done.completion_tokens + (before.completion_tokens if before else 0),
+                done.latency_s + (before.latency_s if before else 0.0), done.cached and (before is None or before.cached))
+        todo = [p.latent for p in prompts if answers[p.latent].copied is not None]
+        if not todo:
+            break
+    return [answers[latent] for latent in latents]
+
+
+def rows_for(answers: list[Answer], client: LLMClient, prompt_version: str) -> pa.Table:
+    n = len(answers)
+    explanations = [parse_explanation(a.completion.text) for a in answers]
     return pa.table({
-        "latent": [p.latent for p in prompts], "explanation": explanations,
-        "parsed": [e is not None for e in explanations], "completion": [done.text for done in completions],
+        "latent": [a.prompt.latent for a in answers], "explainer": [LLM] * n, "explanation": explanations,
+        "parsed": [e is not None for e in explanations], "completion": [a.completion.text for a in answers],
         "explainer_model": [client.model] * n, "backend": [client.backend] * n, "prompt_version": [prompt_version] * n,
-        "sampling": [json.dumps(p.request.sampling.as_dict()) for p in prompts],
-        "examples_used": [p.example_ids for p in prompts],
-        "prompt_tokens": [done.prompt_tokens for done in completions],
-        "completion_tokens": [done.completion_tokens for done in completions],
-        "latency_s": [done.latency_s for done in completions], "cached": [done.cached for done in completions],
-        "created_at": [datetime.now(timezone.utc)] * n,
+        "sampling": [json.dumps(a.prompt.request.sampling.as_dict()) for a in answers],
+        "examples_used": [a.prompt.example_ids for a in answers], "copied_example": [a.copied for a in answers],
+        "attempts": [a.attempts for a in answers], "prompt_tokens": [a.prompt_tokens for a in answers],
+        "completion_tokens": [a.completion_tokens for a in answers], "latency_s": [a.latency_s for a in answers],
+        "cached": [a.cached for a in answers], "created_at": [datetime.now(timezone.utc)] * n,
     }, schema=SCHEMA)
 
 
+def fixed_rows(latents: Sequence[int], texts: Sequence[str], explainer: str, backend: str,
+               prompt_version: str) -> pa.Table:
+    """Rows of an explainer that asks no model (the token baseline, a planted latent's truth): the text is
+    both the explanation and the completion, `backend` names the explainer's model too, no tokens or time."""
+    n = len(latents)
+    return pa.table({
+        "latent": list(latents), "explainer": [explainer] * n, "explanation": list(texts), "parsed": [True] * n,
+        "completion": list(texts), "explainer_model": [backend] * n, "backend": [backend] * n,
+        "prompt_version": [prompt_version] * n, "sampling": [json.dumps({})] * n, "examples_used": [[]] * n,
+        "copied_example": [None] * n, "attempts": [1] * n, "prompt_tokens": [0] * n, "completion_tokens": [0] * n,
+        "latency_s": [0.0] * n, "cached": [False] * n, "created_at": [datetime.now(timezone.utc)] * n,
+    }, schema=SCHEMA)
+
+
+def token_baseline_rows(coverage: pa.Table, stats: dict[int, TokenStats]) -> pa.Table:
+    """The token baseline's explanation of every latent that fired (has train examples), no LLM asked."""
+    fired = frame(coverage).filter(pl.col("n_train") > 0)["latent"].to_list()
+    latents = sorted(latent for latent in fired if latent in stats)
+    return fixed_rows(latents, [baseline_explanation(stats[latent]) for latent in latents], TOKENS, TOKENS,
+                      BASELINE_VERSION)
+
+
 def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table,
-                      cfg: ExplainConfig, client: LLMClient, decode: Decode, seed: int, provenance: Provenance,
-                      progress: bool = False) -> pa.Table:
-    """Explain the chosen latents of one partition, resuming from earlier rows made with the same settings."""
+                      cfg: ExplainConfig, client: LLMClient | None, decode: Decode, seed: int,
+                      provenance: Provenance, stats: dict[int, TokenStats] | None = None,
+                      progress: bool = False, fixed: pa.Table | None = None) -> pa.Table:
+    """Explain the chosen latents of one partition with the LLM, resuming from earlier rows made with the same
+    settings; and every latent with the token baseline (from `stats`), where it is on. With
+    `explain.llm.backend: tokens` the baseline is the only explainer and `client` is not used. `fixed` rows
+    (other explainers that ask no model, see `fixed_rows`) are stored beside them."""
+    parts = []
+    if cfg.llm.backend != TOKENS_BACKEND:
+        parts.append(_llm_rows(lake, hookpoint, sae, examples, coverage, cfg, client, decode, seed, provenance,
+                               stats, progress))
+    if cfg.llm.backend == TOKENS_BACKEND or cfg.token_baseline:
+        parts.append(frame(token_baseline_rows(coverage, stats or {})))
+    if fixed is not None:
+        parts.append(frame(fixed))
+    table = to_arrow(pl.concat(parts).sort("latent", "explainer"), SCHEMA)
+    # The batches' staging folder becomes the one-file partition (the response cache keeps every answer).
+    lake.write_partition(table, "explanations", hookpoint, sae, provenance=provenance)
+    return table
+
+
+def _llm_rows(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table, cfg: ExplainConfig,
+              client: LLMClient, decode: Decode, seed: int, provenance: Provenance,
+              stats: dict[int, TokenStats] | None, progress: bool) -> pl.DataFrame:
     latents = choose_latents(coverage, cfg, seed)
     version = explainer_version(cfg.prompt)
     staging = lake.open_staging("explanations", hookpoint, sae, resume=provenance.fingerprint)
     done = _reusable_rows(lake, hookpoint, sae, staging, provenance.fingerprint)
-    done = done.filter(pl.col("latent").is_in(latents))
+    done = done.filter((pl.col("explainer") == LLM) & pl.col("latent").is_in(latents))
     finished = set(done["latent"])
     todo = [latent for latent in latents if latent not in finished]
     log.info("%s|%s: %d latents chosen, %d already explained, %d to go", hookpoint, sae, len(latents),
              len(finished), len(todo))
     parts = [done]
     for first in range(0, len(todo), cfg.batch_latents):
-        prompts = build_prompts(examples, todo[first : first + cfg.batch_latents], cfg, decode)
-        completions = client.complete([p.request for p in prompts], progress=progress)
-        part = rows_for(prompts, completions, client, version)
+        answers = explain_with_retries(examples, todo[first : first + cfg.batch_latents], cfg, client, decode, stats,
+                                       progress)
+        part = rows_for(answers, client, version)
         write_parquet(part, staging / f"part-{len(list(staging.glob('part-*.parquet'))):05d}.parquet")
         parts.append(frame(part))
-    table = to_arrow(pl.concat(parts).sort("latent"), SCHEMA)
-    # The batches' staging folder becomes the one-file partition (the response cache keeps every answer).
-    lake.write_partition(table, "explanations", hookpoint, sae, provenance=provenance)
-    return table
+    return pl.concat(parts)
 
 
 def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerprint: str) -> pl.DataFrame:
@@ -170,7 +267,7 @@ def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerpr
     tables.extend(pq.read_table(p, schema=SCHEMA) for p in sorted(staging.glob("part-*.parquet")))
     # A latent may be both committed and staged (an interrupted rerun); keep its first row.
     return pl.concat([frame(t) for t in tables or [SCHEMA.empty_table()]]).unique(
-        "latent", keep="first", maintain_order=True)
+        ["latent", "explainer"], keep="first", maintain_order=True)
 
 
 def top_window_text(examples: pa.Table, latent: int, decode: Decode, threshold: float = 0.0) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
@@ -37,27 +38,69 @@ def open_llm(cfg: PipelineConfig, llm: LLMConfig) -> CachedClient:
     return CachedClient(make_client(llm, lake.root), lake.root / "llm_cache")
 
 
+def latent_token_stats(cfg: PipelineConfig, hookpoint: str, name: str, decode) -> dict:
+    """Per latent of one partition: its frequent activating tokens over the corpus and its promoted tokens
+    (sae/explanations/evidence.py)."""
+    import duckdb
+
+    from ..lake.sql import run_query
+    from .evidence import IDS_PER_LATENT, MIN_FIRING_FRACTION, token_stats
+
+    key = (hookpoint, name)
+    with duckdb.connect() as con:
+        frequent = run_query(con, "latent_top_tokens", latents=[str(f) for f in fresh_files(cfg, "latents", key)],
+                             contexts=[str(f) for f in fresh_files(cfg, "contexts")], n=IDS_PER_LATENT,
+                             min_fraction=MIN_FIRING_FRACTION).pl()
+    logits = pq.read_table(fresh_files(cfg, "latent_logits", key)) if cfg.sae(name).has_decoder else None
+    return token_stats(frequent, logits, decode)
+
+
 def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True) -> pa.Table:
+    """The partition's explanations; a planted variant's latents each also get their ground truth (explainer
+    `truth`)."""
     from .explainer import explain_partition
 
     key = (hookpoint, name)
     examples = pq.read_table(fresh_files(cfg, "examples", key)[0])
     covered = pq.read_table(fresh_files(cfg, "examples", key, table="example_coverage")[0])
-    return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain, client,
-                             token_decoder(cfg), cfg.seed, lineage_of(cfg).provenance("explanations", key),
-                             progress=progress)
+    decode = token_decoder(cfg)
+    fixed = truth_rows(cfg, hookpoint, name, covered) if cfg.sae(name).planted is not None else None
+    return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain_for(name), client,
+                             decode, cfg.seed, lineage_of(cfg).provenance("explanations", key),
+                             stats=latent_token_stats(cfg, hookpoint, name, decode), progress=progress, fixed=fixed)
+
+
+def truth_rows(cfg: PipelineConfig, hookpoint: str, name: str, covered: pa.Table) -> pa.Table:
+    """The ground-truth explanation of every planted latent that fired (has train windows to explain from)."""
+    from ..saes.planted import ARCHITECTURE
+    from ..saes.stage import load_planted
+    from .explainer import TRUTH, fixed_rows
+
+    truth = load_planted(cfg, hookpoint, name).explanations
+    fired = sorted(set(covered.filter(pc.field("n_train") > 0).column("latent").to_pylist()) & set(truth))
+    return fixed_rows(fired, [truth[latent] for latent in fired], TRUTH, ARCHITECTURE, ARCHITECTURE)
+
+
+def explainer_counts(table: pa.Table) -> dict[str, int]:
+    """Rows per explainer, parsed LLM answers and those still copying a worked example, for the metadata."""
+    rows = table.select(["explainer", "parsed", "copied_example"]).to_pylist()
+    counts = {f"latents_{e}": sum(r["explainer"] == e for r in rows) for e in sorted({r["explainer"] for r in rows})}
+    llm = [r for r in rows if r["explainer"] == "llm"]
+    return {**counts, "parsed": sum(r["parsed"] for r in llm), "copies": sum(r["copied_example"] is not None for r in llm)}
 
 
 def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: pa.Table, n: int = 8) -> list[dict]:
-    """The first explained latents with their explanation and strongest example, active tokens <<marked>>."""
-    from .explainer import top_window_text
+    """The first explained latents with their main explainer's explanation and strongest example, active
+    tokens <<marked>>."""
+    from .explainer import main_explainer, top_window_text
 
     examples = pq.read_table(fresh_files(cfg, "examples", (hookpoint, name))[0])
     decode = token_decoder(cfg)
+    main = [row for row in table.to_pylist() if row["explainer"] == main_explainer(cfg.explain)]
     return [{"layer": hookpoint, "sae": name, "latent": row["latent"],
              "explanation": row["explanation"] if row["parsed"] else f"(unparsed) {row['completion'][:80]}",
              "top_example": top_window_text(examples, row["latent"], decode)}
-            for row in table.slice(0, n).to_pylist()]
+            for row in main[:n]]
 
 
 CHECKS = (CheckSpec("parse_failure_rate", WARN, "at most 20% of the answers lack an `Explanation:` line"),)

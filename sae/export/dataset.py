@@ -5,9 +5,10 @@ Layout of the export:
   data/<config>/train-00000-of-00001.parquet   (one file per configuration, split "train")
   .saelake-export                              (marker: the folder may be replaced by a later export)
 
-Configurations: `explanations` (the default; one row per layer, sae and latent, with the scores pivoted in),
-`examples`, `latent_stats`, `scores`, `score_summary`, `similarity`, `similarity_summary`, each written only
-where the lake has that table. The partitioned tables get `layer` and `sae` as real columns.
+Configurations: `explanations` (the default; one row per layer, sae, latent and explainer, with the scores
+pivoted in), `examples`, `latent_stats`, `latent_logits`, `scores` (with each scorer's `calibrated`),
+`score_summary`, `scorer_calibration`, `similarity`, `similarity_summary`, each written only where the lake has
+that table. The partitioned tables get `layer` and `sae` as real columns.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ import yaml
 from ..config import SCORERS, PipelineConfig, SaeSpec
 from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake, replace_folder
 from ..lake.sql import run_query
+from ..scoring.metrics import versus_baseline
 
 log = logging.getLogger(__name__)
 
-CONFIGS = ("explanations", "examples", "latent_stats", "scores", "score_summary", "similarity",
-           "similarity_summary")
+CONFIGS = ("explanations", "examples", "latent_stats", "latent_logits", "scores", "score_summary",
+           "scorer_calibration", "similarity", "similarity_summary")
 DEFAULT_CONFIG = "explanations"
 SPLIT = "train"
 DATA_FILE = f"{SPLIT}-00000-of-00001.parquet"
@@ -50,21 +52,31 @@ EXPLANATION_COLUMNS = {
     "layer": "hookpoint the SAE reads (e.g. `layers.3`)",
     "sae": "name of the SAE variant (see *SAEs* above)",
     "latent": "latent index within the SAE",
-    "explanation": "the explanation the LLM wrote; null where its answer had no `Explanation:` line",
+    "explainer": "who wrote the explanation: `llm` (the explainer model), `tokens` (the LLM-free token baseline) "
+                 "or `truth` (a planted latent's ground truth)",
+    "explanation": "the explanation; null where the LLM's answer had no `Explanation:` line",
     "parsed": "whether an explanation could be read from the answer",
     "completion": "the LLM's raw answer, always kept",
-    "explainer_model": "the LLM that wrote the explanation",
-    "backend": "how the LLM was run (local, openai or vllm)",
+    "explainer_model": "the LLM that wrote the explanation (`tokens` / `planted` for the other explainers)",
+    "backend": "how the LLM was run (local, openai or vllm; `tokens` / `planted` for the other explainers)",
+    "copied_example": "the worked example's answer the LLM copied (null when none)",
+    "attempts": "answers asked of the LLM for this latent (more than one where a copy was retried)",
     "prompt_version": "hash of the explainer prompt (its text and options)",
     "prompt_tokens": "tokens in the explainer prompt",
     "completion_tokens": "tokens the LLM generated",
 }
 DESCRIPTIONS = {
-    "explanations": "one row per explained latent: the explanation and its scores (real and control)",
+    "explanations": "one row per explained latent and explainer: the explanation and its scores (real and control)",
     "examples": "the example windows per latent: train (shown to the explainer) and test (for scoring)",
     "latent_stats": "per latent: firing count and frequency, activation maximum, mean and deciles, dead flag",
-    "scores": "one row per latent, scorer and source (real or control) with every metric",
-    "score_summary": "per layer, SAE, scorer and source: mean scores with bootstrap 95% intervals",
+    "latent_logits": "per latent: the tokens its decoder direction promotes and suppresses most (through the final "
+                     "norm's weight and the unembedding), with their logits",
+    "scores": "one row per latent, explainer, scorer and source (real or control) with every metric, and whether "
+              "the scorer is `calibrated`",
+    "score_summary": "per layer, SAE, explainer, scorer and source: mean scores with bootstrap 95% intervals, "
+                     "`planted` variants marked, and whether the scorer is `calibrated`",
+    "scorer_calibration": "per scorer and scorer model: its score with the true, the explainer's, the baseline's "
+                          "and a wrong explanation on the planted latents (95% intervals), and the verdict",
     "similarity": "matched latent pairs between every two (layer, SAE) partitions",
     "similarity_summary": "per pair of partitions: mean best cosine, one-to-one matching, agreement",
 }
@@ -90,6 +102,10 @@ class CardInfo:
 
 
 def describe_sae(spec: SaeSpec) -> str:
+    if spec.planted is not None:
+        names = ", ".join(f.name for f in spec.planted.families)
+        return (f"planted: known-answer latents, one per word family ({names}), firing where the corpus has those "
+                "words, each with its ground-truth explanation; they calibrate the scorers and are no SAE")
     if spec.neurons is not None:
         top = f", kept to the top {spec.neurons.k} per token" if spec.neurons.k is not None else ""
         return f"baseline: the MLP's own neurons (input of the down projection), positive values{top}"
@@ -155,7 +171,8 @@ def export_dataset(lake_root: Path, out_dir: Path, card: CardInfo,
             raise ValueError(f"the explanations in the lake at {lake.root} have no rows: nothing to export")
         scored = _scored(build)
         (build / "README.md").write_text(dataset_card(card, counts, _summary_rows(build), scored,
-                                                      text=decode is not None))
+                                                      text=decode is not None,
+                                                      calibration=_exported(build, "scorer_calibration")))
         (build / MARKER).write_text(json.dumps({"configs": counts}, indent=1) + "\n")
         replace_folder(build, out_dir, out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
     finally:
@@ -185,6 +202,8 @@ def _write_configs(lake: Lake, files: Callable[[str], list[Path]], build: Path,
                 continue
             if config == "explanations":
                 relation = _explanations(con, lake, files)
+            elif config == "scores":
+                relation = _scores(con, lake, files)
             else:
                 relation = _table(con, lake, config, files(config))
             transform = _with_text(decode) if config == "examples" and decode is not None else None
@@ -230,18 +249,29 @@ def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
 
 def _explanations(con: duckdb.DuckDBPyConnection, lake: Lake,
                   files: Callable[[str], list[Path]]) -> duckdb.DuckDBPyRelation:
-    """One row per explained latent, its scores pivoted into columns (sql/export_explanations.sql), the columns
-    in the card's order: the explanation's, then per scorer (known ones first) real and control."""
+    """One row per explained latent and explainer, its scores pivoted into columns (sql/export_explanations.sql),
+    the columns in the card's order: the explanation's, then per scorer (known ones first) real and control."""
     _table(con, lake, "explanations", files("explanations")).project(
         ", ".join(_quote(c) for c in EXPLANATION_COLUMNS)).create("explanation_rows")
     if not files("scores"):
-        return con.table("explanation_rows").order("layer, sae, latent")
+        return con.table("explanation_rows").order("layer, sae, latent, explainer")
     run_query(con, "export_score_values", files=_names(files("scores")))
     relation = run_query(con, "export_explanations")
     scorers = {c.rsplit("_control_", 1)[0] for c in relation.columns if "_control_" in c}
     order = sorted(scorers, key=lambda s: (KNOWN_SCORERS.index(s) if s in KNOWN_SCORERS else len(KNOWN_SCORERS), s))
     pivoted = [c for scorer in order for c in score_columns(scorer) if c in relation.columns]
     return relation.project(", ".join(_quote(c) for c in [*EXPLANATION_COLUMNS, *pivoted]))
+
+
+def _scores(con: duckdb.DuckDBPyConnection, lake: Lake, files: Callable[[str], list[Path]]) -> duckdb.DuckDBPyRelation:
+    """Every score row with its scorer's calibration verdict (null where there is none; sql/export_scores.sql)."""
+    from ..scoring.calibration import SCHEMA as CALIBRATION_SCHEMA
+
+    _table(con, lake, "scores", files("scores")).create_view("score_rows")
+    calibration = files("scorer_calibration")
+    con.register("calibration",
+                 pq.read_table(_names(calibration)[0]) if calibration else CALIBRATION_SCHEMA.empty_table())
+    return run_query(con, "export_scores")
 
 
 def _with_text(decode: Callable[[list[list[int]]], list[str]]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
@@ -278,7 +308,11 @@ def _scored(build: Path) -> list[str]:
 
 
 def _summary_rows(build: Path) -> pl.DataFrame | None:
-    path = build / "data" / "score_summary" / DATA_FILE
+    return _exported(build, "score_summary")
+
+
+def _exported(build: Path, config: str) -> pl.DataFrame | None:
+    path = build / "data" / config / DATA_FILE
     return pl.read_parquet(path) if path.exists() else None
 
 
@@ -325,19 +359,23 @@ def _rank(column: str, order: list[str]) -> pl.Expr:
 
 
 def summary_table(summary: pl.DataFrame, card: CardInfo) -> list[str]:
-    """Markdown lines: per layer, SAE and scorer, the real mean beside the control mean (95% intervals), in the
-    card's order of layers and SAEs."""
+    """Markdown lines: per layer, SAE, scorer and explainer, the real mean beside the control mean (95%
+    intervals), in the card's order of layers and SAEs."""
     layers, saes = list(card.layers), [name for name, _ in card.saes]
-    ordered = summary.sort([_rank("layer", layers), "layer", _rank("sae", saes), "sae", "scorer"], maintain_order=True)
-    lines = ["| layer | sae | scorer | metric | latents | real | control |", "|---|---|---|---|---:|---|---|"]
-    for (layer, sae, scorer), group in ordered.partition_by(["layer", "sae", "scorer"], as_dict=True).items():
+    ordered = summary.sort([_rank("layer", layers), "layer", _rank("sae", saes), "sae", "scorer", "explainer"],
+                           maintain_order=True)
+    lines = ["| layer | sae | scorer | explainer | metric | latents | real | control | LLM minus token baseline |",
+             "|---|---|---|---|---|---:|---|---|---|"]
+    for (layer, sae, scorer, explainer), group in ordered.partition_by(
+            ["layer", "sae", "scorer", "explainer"], as_dict=True).items():
         by_source = {row["source"]: row for row in group.to_dicts()}
         # The embedding scorer ranks windows by cosine: its AUC is the meaningful figure, not hard predictions.
         metric = "auc" if scorer == "embedding" else "balanced_accuracy"
         real, control = by_source.get("real"), by_source.get("control")
         latents = (real or control or {}).get("n_latents", "")
-        lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {metric} | {latents} | "
-                     f"{_interval(real, metric)} | {_interval(control, metric)} |")
+        lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {_cell(explainer)} | {metric} | "
+                     f"{latents} | {_interval(real, metric)} | {_interval(control, metric)} | "
+                     f"{versus_baseline(real or {})} |")
     return lines
 
 
@@ -351,15 +389,42 @@ INTRO = (
 )
 SUMMARY_NOTE = (
     "Mean per-latent score with a bootstrap 95% interval, for the latent's own explanation (real) and for another "
-    "latent's (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding scorer; chance is 0.5 "
-    "for both."
+    "latent's by the same explainer (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding "
+    "scorer; chance is 0.5 for both. The explainer `tokens` is the LLM-free token baseline (the latent's commonest "
+    "activating tokens); on the LLM's rows, the last column is the LLM's score minus the baseline's on the same "
+    "latents, with its 95% interval: the LLM earns its cost only where that interval lies above 0."
+)
+CALIBRATION_NOTE = (
+    "Each scorer was also run on planted latents, whose true explanation is known: a scorer is *calibrated* only "
+    "where its score with the true explanation lies wholly above its score with a wrong one (another planted "
+    "latent's), 95% intervals apart. Read the scores of an UNCALIBRATED or unchecked scorer as not meaningful."
 )
 SPLIT_NOTE = "Each configuration has one split, `train`; the partitioned tables carry `layer` and `sae` columns."
 NULL_NOTE = "Score columns are null where a latent was not scored (e.g. its explanation could not be parsed)."
 
 
+def calibration_section(calibration: pl.DataFrame | None) -> list[str]:
+    """Markdown lines: per scorer, whether it was calibrated on the planted latents, and the figures."""
+    from ..scoring.calibration import CATEGORIES, calibration_line, calibration_rows
+
+    lines = ["## Scorer calibration", "", CALIBRATION_NOTE, ""]
+    if calibration is None or calibration.is_empty():
+        return lines + ["No scorer was calibrated: the lake had no scores on planted latents when this dataset was "
+                        "exported, so no score here is shown to mean anything.", ""]
+    rows = calibration.to_arrow()
+    names = [name for name, _, _ in CATEGORIES]
+    lines += [f"- {_cell(line)}" for line in map(calibration_line, rows.to_pylist())]
+    lines += ["", "| scorer | scorer model | metric | planted latents | " + " | ".join(names) + " | verdict |",
+              "|---|---|---|---:|" + "---|" * len(names) + "---|"]
+    for row in calibration_rows(rows):
+        cells = [row["scorer"], row["scorer_model"], row["metric"], row["planted_latents"],
+                 *(row[name] for name in names), row["verdict"]]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
 def dataset_card(card: CardInfo, counts: dict[str, int], summary: pl.DataFrame | None, scored: list[str],
-                 text: bool = False) -> str:
+                 text: bool = False, calibration: pl.DataFrame | None = None) -> str:
     """The README: YAML header (license, tags, configurations), then what the data is and how it was made."""
     header = yaml.safe_dump(card_header(card, counts), sort_keys=False, allow_unicode=True).rstrip("\n")
     repo = card.repo_id or "path/to/this/folder"
@@ -374,7 +439,7 @@ def dataset_card(card: CardInfo, counts: dict[str, int], summary: pl.DataFrame |
              f"- **Scorers:** {', '.join(card.scorers) or '–'}", "",
              "### SAEs", ""]
     lines += [f"- `{name}`: {description}" for name, description in card.saes]
-    lines += ["", "## Scores", ""]
+    lines += ["", *calibration_section(calibration), "## Scores", ""]
     if summary is not None and not summary.is_empty():
         lines += [SUMMARY_NOTE, "", *summary_table(summary, card), ""]
     else:

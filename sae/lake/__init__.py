@@ -9,10 +9,12 @@ Layout (`layer` and `sae` are hive partition columns):
   sae_quality_summary/part-00000.parquet         (every variant side by side)
   latents/layer=<hookpoint>/sae=<name>/part-NNNNN.parquet
   latent_stats/layer=<hookpoint>/sae=<name>/part-00000.parquet
+  latent_logits/layer=<hookpoint>/sae=<name>/part-00000.parquet     (each latent's promoted / suppressed tokens)
   examples/layer=<hookpoint>/sae=<name>/part-00000.parquet          (+ example_coverage/, one row per latent)
   explanations/layer=<hookpoint>/sae=<name>/part-00000.parquet
   scores/layer=<hookpoint>/sae=<name>/part-00000.parquet         (per latent, scorer and source)
   score_summary/part-00000.parquet               (per variant and scorer: means with bootstrap intervals)
+  scorer_calibration/part-00000.parquet          (per scorer: true vs wrong explanation on planted latents)
   explanation_embeddings/layer=<hookpoint>/sae=<name>/part-00000.parquet
   similarity/part-00000.parquet                  (matched latent pairs of every pair of partitions)
   similarity_summary/part-00000.parquet          (per pair of partitions: mean best cosine, matchings, ...)
@@ -41,9 +43,10 @@ if TYPE_CHECKING:
     from ..lineage import Provenance
 
 TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
-          "examples", "example_coverage", "explanations", "scores", "score_summary", "explanation_embeddings",
-          "similarity", "similarity_summary", "llm_cache", "checks")
-UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "similarity", "similarity_summary", "llm_cache")
+          "latent_logits", "examples", "example_coverage", "explanations", "scores", "score_summary",
+          "scorer_calibration", "explanation_embeddings", "similarity", "similarity_summary", "llm_cache", "checks")
+UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "scorer_calibration", "similarity",
+                 "similarity_summary", "llm_cache")
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)
 STAGING_MARKER = "_staging_fingerprint"  # in a staging folder: the settings its files were made with
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}

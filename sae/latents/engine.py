@@ -167,14 +167,60 @@ class LatentSink(Sink):
         self.parts.append(BatchCodes(ctx_ids, t, to_host(latents.to(torch.int32)), to_host(values.float()), rows))
 
     def build_table(self, parts):
-        batches = [p.columns() for p in parts]
-        columns = {name: np.concatenate([b[name] for b in batches]) for name in LATENTS_SCHEMA.names}
-        # Sorting by (latent, ctx_id, pos) groups each latent's rows, which is what makes per-latent SQL
-        # cheap and ZSTD effective (< 5 bytes per non-zero). The rows arrive in (ctx_id, pos) order and a
-        # latent fires at most once per token, so a stable sort by latent alone gives that order, and a radix
-        # sort of one 32-bit column is several times cheaper than an argsort of a 64-bit key.
-        order = torch.sort(torch.from_numpy(columns["latent"]), stable=True).indices.numpy()
-        return pa.table({name: columns[name][order] for name in LATENTS_SCHEMA.names}, schema=LATENTS_SCHEMA)
+        return sorted_latents([p.columns() for p in parts])
+
+
+def sorted_latents(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+    """One chunk's rows as a latents table, sorted by (latent, ctx_id, pos): that groups each latent's rows,
+    which is what makes per-latent SQL cheap and ZSTD effective (< 5 bytes per non-zero).
+
+    The rows must arrive in (ctx_id, pos) order, as every sink adds them, and a latent fires at most once per
+    token: then a stable sort by latent alone gives that order, and a radix sort of one 32-bit column is several
+    times cheaper than an argsort of a 64-bit key."""
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in LATENTS_SCHEMA.names}
+    order = torch.sort(torch.from_numpy(columns["latent"]), stable=True).indices.numpy()
+    return pa.table({name: columns[name][order] for name in LATENTS_SCHEMA.names}, schema=LATENTS_SCHEMA)
+
+
+class PlantedSink(Sink):
+    """Planted latents (sae/saes/planted.py), fed the contexts' token ids instead of activations: the same
+    rows, order, files and commit as a LatentSink."""
+
+    table = "latents"
+
+    def __init__(self, lake: Lake, hookpoint: str, provenance: Provenance | None, sae_name: str, planted):
+        super().__init__(lake, hookpoint, provenance, sae_name)
+        self.planted = planted
+        self.lookup = planted.lookup()
+
+    def add(self, ctx_ids: np.ndarray, tokens: np.ndarray) -> None:
+        self.parts.append(self.planted.encode(ctx_ids, tokens, self.lookup))
+
+    def build_table(self, parts):
+        return sorted_latents(parts)
+
+
+def run_planted(tokens: np.ndarray | ContextTokens, sinks: list[PlantedSink], chunk_contexts: int) -> CacheReport:
+    """Planted latents of every sink, chunk by chunk (resuming from the chunks already staged); then commit."""
+    n_contexts, ctx_len = tokens.shape
+    report = CacheReport()
+    start = time.perf_counter()
+    for chunk in range(-(-n_contexts // chunk_contexts)):
+        active = [s for s in sinks if not s.done(chunk)]
+        if not active:
+            report.chunks_skipped += 1
+            continue
+        lo, hi = chunk * chunk_contexts, min((chunk + 1) * chunk_contexts, n_contexts)
+        ids = np.asarray(tokens[lo:hi], dtype=np.int64)
+        for sink in active:
+            sink.add(np.arange(lo, hi, dtype=np.int32), ids)
+            sink.take_chunk(chunk)()
+        report.tokens += (hi - lo) * ctx_len
+        report.chunks_computed += 1
+    report.seconds = time.perf_counter() - start
+    for sink in sinks:
+        sink.commit()
+    return report
 
 
 @dataclass

@@ -16,8 +16,8 @@ from ..lake import Lake, lake_for
 from ..lake.sql import run_query
 from ..lineage import fresh_files, lineage_of
 from ..models import load_model, load_tokenizer
-from ..saes.stage import load_stored_sae, reads_from
-from .engine import ActivationSink, CacheReport, LatentSink, chunk_contexts_for, run_cache
+from ..saes.stage import load_planted, load_stored_sae, num_latents_of, reads_from
+from .engine import ActivationSink, CacheReport, LatentSink, PlantedSink, chunk_contexts_for, run_cache, run_planted
 
 
 def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True, **hooks) -> CacheReport:
@@ -29,19 +29,31 @@ def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool
 
 def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progress: bool = True,
                   **hooks) -> CacheReport:
-    """Latents of every (hookpoint, sae) partition, all from one forward pass of the model."""
+    """Latents of every (hookpoint, sae) partition, all from one forward pass of the model; planted ones
+    straight from the contexts' token ids. The report is the forward pass's (the planted one's without one)."""
     lineage = lineage_of(cfg)
+    planted = [(h, n) for h, n in partitions if cfg.sae(n).planted is not None]
+    encoded = [key for key in partitions if key not in planted]
+    report = cache_planted(cfg, planted) if planted else None
 
     def sinks(lake: Lake, device: torch.device) -> list[LatentSink]:
         made = []
-        for hookpoint, name in partitions:
+        for hookpoint, name in encoded:
             sae = load_stored_sae(cfg, hookpoint, name).to(device)
             reads = reads_from(cfg, hookpoint, name, sae)
             provenance = lineage.provenance("latents", (hookpoint, name))
             made.append(LatentSink(lake, hookpoint, provenance, name, sae, reads=reads))
         return made
 
-    return _cache(cfg, sinks, progress, hooks)
+    return _cache(cfg, sinks, progress, hooks) if encoded else report
+
+
+def cache_planted(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> CacheReport:
+    """The planted latents of the partitions, from their stored definitions and the contexts (no model)."""
+    lake, lineage = lake_for(cfg), lineage_of(cfg)
+    sinks = [PlantedSink(lake, h, lineage.provenance("latents", (h, n)), n, load_planted(cfg, h, n))
+             for h, n in partitions]
+    return run_planted(load_context_tokens(cfg), sinks, chunk_contexts_for(cfg.ctx_len, cfg.chunk_tokens))
 
 
 def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> CacheReport:
@@ -56,7 +68,7 @@ def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> Cach
 def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table:
     lake = lake_for(cfg)
     files = fresh_files(cfg, "latents", (hookpoint, name))
-    num_latents = load_stored_sae(cfg, hookpoint, name).num_latents
+    num_latents = num_latents_of(cfg, hookpoint, name)
     n_tokens = count_contexts(cfg) * cfg.ctx_len
     import duckdb
 

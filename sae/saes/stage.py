@@ -15,7 +15,7 @@ from ..lake import lake_for
 from ..lake.sql import run_query
 from ..latents.hookpoints import hookpoint_width, source_hookpoint
 from ..lineage import connect_fresh, fresh_files, lineage_of, require_fresh, sae_reads_activations
-from ..models import load_model, model_source, resolve_device
+from ..models import load_model, load_tokenizer, model_source, resolve_device
 from .codecs import Sae, detect_format, load_sae, save_sae
 from .neurons import neuron_codec
 from .quality import LayerBaseline, layer_baseline, spliced_loss
@@ -24,7 +24,7 @@ from .training import ReconstructionMetrics, evaluate, holdout_start, iter_activ
 
 @dataclass
 class SaeResult:
-    sae: Sae
+    row: dict  # the partition's sae_metrics row
     metrics: ReconstructionMetrics | None
     folder: Path
     written_format: str
@@ -68,11 +68,41 @@ def init_seed(seed: int, name: str) -> int:
     return seed * 1_000_003 + zlib.crc32(name.encode())
 
 
+# The sae_metrics and sae_quality columns, typed, for a planted variant's row of NULLs (it has no reconstruction).
+METRICS_SCHEMA = pa.schema([("architecture", pa.string()), ("num_latents", pa.int64()), ("k", pa.int64()),
+                            ("d_in", pa.int64()), ("source", pa.string()), ("fvu", pa.float64()),
+                            ("l0", pa.float64()), ("dead_fraction", pa.float64()), ("n_eval_tokens", pa.int64())])
+QUALITY_SCHEMA = pa.schema([*(METRICS_SCHEMA.field(c) for c in ("architecture", "num_latents", "k", "fvu", "l0",
+                                                                  "dead_fraction")),
+                            *((c, pa.int64() if c == "n_ce_tokens" else pa.float64()) for c in (
+                                "ce_clean", "ce_spliced", "ce_mean_ablated", "ce_increase",
+                                "ce_increase_mean_ablated", "ce_recovered", "n_ce_tokens", "fvu_spliced"))])
+
+
+def build_planted(cfg: PipelineConfig, hookpoint: str, name: str) -> SaeResult:
+    """A planted variant: its definition (the families and the token ids each matches) stored instead of
+    weights, and a sae_metrics row of NULLs beside it. Nothing is trained."""
+    from .planted import ARCHITECTURE, DEFINITION_FILE, define_planted
+
+    lake, key = lake_for(cfg), (hookpoint, name)
+    planted = define_planted(cfg.sae(name).planted, load_tokenizer(cfg.model, lake.root), cfg.seed)
+    row = {"architecture": ARCHITECTURE, "num_latents": planted.num_latents, "k": None, "d_in": None,
+           "source": "planted", "fvu": None, "l0": None, "dead_fraction": None, "n_eval_tokens": 0}
+    provenance = lineage_of(cfg).provenance("saes", key)
+    lake.write_partition(pa.Table.from_pylist([row], schema=METRICS_SCHEMA), "sae_metrics", hookpoint, name,
+                         provenance=provenance)
+    staging = lake.open_staging("saes", hookpoint, name)
+    planted.save(staging)
+    return SaeResult(row, None, lake.commit(staging, "saes", hookpoint, name, provenance), DEFINITION_FILE)
+
+
 def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = True,
               trained: Sae | None = None) -> SaeResult:
     """Train (unless `trained` is given) or load one SAE variant of one layer, evaluate it, store it."""
     lake, lineage, key = lake_for(cfg), lineage_of(cfg), (hookpoint, name)
     spec = cfg.sae(name)
+    if spec.planted is not None:
+        return build_planted(cfg, hookpoint, name)
     device = resolve_device(cfg.model.device)
     hidden = width_at(cfg, hookpoint)
     activation_files = fresh_files(cfg, "activations", hookpoint) if sae_reads_activations(cfg, *key) else []
@@ -104,7 +134,7 @@ def build_sae(cfg: PipelineConfig, hookpoint: str, name: str, progress: bool = T
     staging = lake.open_staging("saes", hookpoint, name)
     written = save_sae(sae, staging)
     final = lake.commit(staging, "saes", hookpoint, name, provenance)
-    return SaeResult(sae, metrics, final, written)
+    return SaeResult(row, metrics, final, written)
 
 
 def reads_from(cfg: PipelineConfig, hookpoint: str, name: str, sae: Sae | None = None) -> str:
@@ -132,6 +162,23 @@ def load_stored_sae(cfg: PipelineConfig, hookpoint: str, name: str) -> Sae:
     return load_sae(lake_for(cfg).partition("saes", hookpoint, name), hookpoint)
 
 
+def load_planted(cfg: PipelineConfig, hookpoint: str, name: str):
+    """The planted latents' definition the lake holds for the partition, refused if it is stale."""
+    from .planted import PlantedLatents
+
+    require_fresh(cfg, "saes", (hookpoint, name))
+    return PlantedLatents.load(lake_for(cfg).partition("saes", hookpoint, name))
+
+
+def num_latents_of(cfg: PipelineConfig, hookpoint: str, name: str) -> int:
+    """The width of any variant (SAE, neurons, planted), from its stored sae_metrics row."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        files = [str(f) for f in fresh_files(cfg, "saes", (hookpoint, name), table="sae_metrics")]
+        return int(run_query(con, "sae_metrics_of_partition", files=files).fetchall()[0][1])
+
+
 def eval_context_range(cfg: PipelineConfig, n_contexts: int) -> tuple[int, int]:
     """The held-out contexts used for the spliced-in loss: inside every trained SAE's held-out set."""
     fractions = [spec.train.holdout_fraction for spec in cfg.saes if spec.train] or [PRETRAINED_HOLDOUT_FRACTION]
@@ -152,6 +199,14 @@ def measure_quality(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> l
     rows = []
     baselines: dict[str, LayerBaseline] = {}
     for hookpoint, name in partitions:
+        if cfg.sae(name).planted is not None:
+            # No reconstruction to splice in: a row of NULLs, so that the partition exists and is fresh.
+            row = {c: None for c in QUALITY_SCHEMA.names} | {"architecture": "planted",
+                                                             "num_latents": num_latents_of(cfg, hookpoint, name)}
+            lake.write_partition(pa.Table.from_pylist([row], schema=QUALITY_SCHEMA), "sae_quality", hookpoint, name,
+                                 provenance=lineage_of(cfg).provenance("sae_quality", (hookpoint, name)))
+            rows.append({"layer": hookpoint, "sae": name, **row})
+            continue
         sae = load_stored_sae(cfg, hookpoint, name).to(device)
         # Neurons are spliced where they are read (the down projection's input); SAEs and transcoders
         # replace the activation at their hookpoint.
@@ -178,3 +233,34 @@ def quality_summary(cfg: PipelineConfig) -> pa.Table:
     lake_for(cfg).write_partition(table, "sae_quality_summary",
                                   provenance=lineage_of(cfg).provenance("sae_quality_summary"))
     return table
+
+
+def write_latent_logits(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> dict[tuple[str, str], pa.Table]:
+    """`latent_logits` of every (hookpoint, sae): each latent's most promoted and suppressed tokens (see
+    sae/saes/logits.py); a variant without a decoder gets an empty partition. The model is loaded once."""
+    from ..explanations.stage import token_decoder
+    from .logits import SCHEMA, latent_logits
+
+    lake = lake_for(cfg)
+    with_decoder = [key for key in partitions if cfg.sae(key[1]).has_decoder]
+    model = load_model(cfg.model, lake.root) if with_decoder else None
+    decode = token_decoder(cfg)
+    out = {}
+    for hookpoint, name in partitions:
+        table = SCHEMA.empty_table()
+        if (hookpoint, name) in with_decoder:
+            sae = load_stored_sae(cfg, hookpoint, name)
+            # A transcoder writes the MLP's output (its hookpoint); anything else writes where it reads.
+            space = hookpoint if sae.cfg.transcode else reads_from(cfg, hookpoint, name, sae)
+            table = latent_logits(model, sae, space, cfg.explain.n_logit_tokens, decode)
+        lake.write_partition(table, "latent_logits", hookpoint, name,
+                             provenance=lineage_of(cfg).provenance("latent_logits", (hookpoint, name)))
+        out[(hookpoint, name)] = table
+    return out
+
+
+def preview_logits(table: pa.Table, n: int = 5, k: int = 5) -> list[dict]:
+    """The first latents' most promoted and suppressed tokens, for the asset's metadata."""
+    return [{"latent": row["latent"], "promoted": " ".join(repr(t) for t in row["top_tokens"][:k]),
+             "suppressed": " ".join(repr(t) for t in row["bottom_tokens"][:k])}
+            for row in table.slice(0, n).to_pylist()]

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from ..checks import WARN, CheckOutcome
+from ..explanations.explainer import LLM
 from ..lake.sql import query_over
 from .metrics import bootstrap_mean_ci
 
@@ -46,10 +47,12 @@ def controls_near_chance(scores: pa.Table | pl.DataFrame | Sequence[Path], toler
     """WARN when a scorer's control scores (another latent's explanation) are off chance; see the module's rule.
 
     `scores` is the partition's table (schema `sae.scoring.scorers.SCHEMA`) or its Parquet files. AUC is
-    checked where the scorer gave probabilities (non-null values)."""
+    checked where the scorer gave probabilities (non-null values). Each explainer's controls are checked apart;
+    in the metadata and messages a scorer of another explainer than the LLM is named `scorer (explainer)`."""
     controls = query_over("score_control_values", scores, "scores")
     per_scorer, off = {}, []
-    for (scorer,), rows in controls.partition_by("scorer", as_dict=True).items():
+    for (explainer, name), rows in controls.partition_by(["explainer", "scorer"], as_dict=True).items():
+        scorer = name if explainer == LLM else f"{name} ({explainer})"
         for metric in METRICS:
             values = rows[metric].drop_nulls().drop_nans().to_numpy()
             if values.size == 0:

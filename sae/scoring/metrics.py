@@ -98,3 +98,20 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int
     alpha = (1.0 - level) / 2
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return mean, float(low), float(high)
+
+
+# The main number of each scorer, for summaries and comparisons: the LLM scorers' hard answers by balanced
+# accuracy, the scorers that rank windows by a continuous score by its AUC.
+PRIMARY_METRIC = {"detection": "balanced_accuracy", "fuzzing": "balanced_accuracy", "embedding": "auc",
+                  "surprisal": "auc"}
+
+
+def versus_baseline(row: dict) -> str:
+    """A summary row's LLM-minus-token-baseline difference (its `minus_tokens` columns) in words: the mean with
+    its 95% interval and whether the LLM beats the baseline (interval above 0), loses to it (below 0), or
+    neither; "–" where the row has none."""
+    if row.get("minus_tokens") is None:
+        return "–"
+    mean, lo, hi = row["minus_tokens"], row["minus_tokens_lo"], row["minus_tokens_hi"]
+    verdict = "LLM better" if lo > 0 else "baseline better" if hi < 0 else "no clear difference"
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict}"

@@ -10,6 +10,10 @@
 
 Every latent is also scored with another latent's explanation (a fixed, seeded derangement, `source` =
 control); a scorer whose control is not near chance measures something else than the explanation.
+
+Every explainer present in the partition's explanations (the LLM, the token baseline, a planted latent's truth)
+is scored on the same latents and the same windows, so their scores compare pairwise; each explainer's control
+deranges its own explanations among the latents it explained.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from ..config import LLM_SCORERS, ScoreConfig
-from ..explanations.explainer import Decode
+from ..explanations.explainer import LLM, Decode
 from ..frames import frame
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
 from ..prompts import Window, clean_piece, marked_text, parse_answers, scorer_messages, scorer_version
@@ -34,6 +38,7 @@ from .metrics import classification_metrics, roc_auc
 
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
+    ("explainer", pa.string()),  # which explainer's explanations were scored: llm | tokens | truth
     ("scorer", pa.string()),  # detection | fuzzing | embedding
     ("source", pa.string()),  # real: the latent's own explanation; control: another latent's
     ("explanation_latent", pa.int32()),  # whose explanation was scored
@@ -66,7 +71,7 @@ class Item:
 
 @dataclass
 class Judged:
-    """Predictions for one (latent, scorer, source)."""
+    """Predictions for one (latent, explainer, scorer, source)."""
 
     labels: list[bool] = field(default_factory=list)
     predictions: list[bool] = field(default_factory=list)
@@ -163,20 +168,20 @@ def yes_probabilities(logprobs: list[TokenLogprobs] | None, n: int) -> list[floa
 
 @dataclass
 class Batch:
-    key: tuple[int, str, str]  # (latent, scorer, source)
+    key: tuple[int, str, str, str]  # (latent, explainer, scorer, source)
     items: list[Item]
     request: ChatRequest
 
 
-def llm_batches(latent: int, scorer: str, source: str, explanation: str, items: list[Item], cfg: ScoreConfig,
+def llm_batches(key: tuple[int, str, str, str], explanation: str, items: list[Item], cfg: ScoreConfig,
                 rng: random.Random, sampling: SamplingParams) -> list[Batch]:
     order = items[:]
     rng.shuffle(order)
     batches = []
     for first in range(0, len(order), cfg.batch_size):
         chunk = order[first : first + cfg.batch_size]
-        messages = scorer_messages(scorer, explanation, [item.text for item in chunk])
-        batches.append(Batch((latent, scorer, source), chunk, ChatRequest(messages, sampling)))
+        messages = scorer_messages(key[2], explanation, [item.text for item in chunk])
+        batches.append(Batch(key, chunk, ChatRequest(messages, sampling)))
     return batches
 
 
@@ -196,8 +201,9 @@ def judge(batches: list[Batch], completions: list[Completion], judged: dict) -> 
             record.probabilities.append(probs[i] if probs else math.nan)
 
 
-def metrics_row(latent: int, scorer: str, source: str, explanation_latent: int, record: Judged, n_bins: int,
+def metrics_row(key: tuple[int, str, str, str], explanation_latent: int, record: Judged, n_bins: int,
                 scorer_model: str, prompt_version: str, now: datetime) -> dict:
+    latent, explainer, scorer, source = key
     labels, preds = np.array(record.labels, bool), np.array(record.predictions, bool)
     metrics = classification_metrics(labels, preds)
     probs = np.array(record.probabilities, dtype=np.float64)
@@ -207,7 +213,8 @@ def metrics_row(latent: int, scorer: str, source: str, explanation_latent: int, 
     bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else math.nan
                     for b in range(n_bins)]
     silent = ~labels & (bins < 0)
-    return {"latent": latent, "scorer": scorer, "source": source, "explanation_latent": explanation_latent,
+    return {"latent": latent, "explainer": explainer, "scorer": scorer, "source": source,
+            "explanation_latent": explanation_latent,
             **metrics, "auc": None if auc is None or math.isnan(auc) else auc, "bin_accuracy": bin_accuracy,
             "silent_accuracy": float(correct[silent].mean()) if silent.any() else math.nan,
             "n_examples": int(labels.size), "n_activating": int(labels.sum()), "n_failures": record.failures,
@@ -215,75 +222,115 @@ def metrics_row(latent: int, scorer: str, source: str, explanation_latent: int, 
             "prompt_version": prompt_version, "created_at": now}
 
 
+@dataclass
+class Explained:
+    """One explainer's parsed explanations over the scored latents, and the latents each source scores."""
+
+    text_of: dict[int, str]
+    sources: list[tuple[str, dict[int, int]]]  # (source, latent -> the latent whose explanation it is given)
+
+
+def scored_latents(explanations: pl.DataFrame, cap: int | None, seed: int) -> list[int]:
+    """The latents the scorers see. Without a cap, those the LLM explained (every explained latent where no LLM
+    explained any): the token baseline's other latents are explained, not scored. With a cap, at most `cap`
+    latents, those the LLM explained first, then others (each group drawn with the seed)."""
+    llm = sorted(set(explanations.filter(pl.col("explainer") == LLM)["latent"]))
+    rest = sorted(set(explanations["latent"]) - set(llm))
+    if cap is None:
+        return llm or rest
+    if cap >= len(llm) + len(rest):
+        return sorted(llm + rest)
+    rng = random.Random(seed)
+    picked = rng.sample(llm, min(cap, len(llm)))
+    return sorted(picked + rng.sample(rest, cap - len(picked)))
+
+
+def explained_by(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> dict[str, Explained]:
+    """Per explainer present in the partition (parsed rows of the scored latents): texts, real and control."""
+    parsed = frame(explanations).filter(pl.col("parsed"))
+    latents = scored_latents(parsed, cfg.n_latents, seed)
+    out = {}
+    for (explainer,), rows in sorted(parsed.filter(pl.col("latent").is_in(latents)).partition_by(
+            "explainer", as_dict=True).items()):
+        text_of = dict(zip(rows["latent"].to_list(), rows["explanation"].to_list()))
+        sources = [("real", {latent: latent for latent in text_of})]
+        if cfg.control:
+            sources.append(("control", derangement(sorted(text_of), seed)))
+        out[explainer] = Explained(text_of, sources)
+    return out
+
+
 def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig, decode: Decode, seed: int,
                     n_bins: int, fuzz_threshold: float, client: LLMClient | None = None, embedder=None,
                     progress: bool = False, batch_requests: int = 512) -> pa.Table:
-    """Scores of every parsed explanation of one partition, real and (if configured) control."""
-    parsed = frame(explanations).filter(pl.col("parsed"))
-    text_of = dict(zip(parsed["latent"].to_list(), parsed["explanation"].to_list()))
-    latents = sorted(text_of)
-    sources = [("real", {latent: latent for latent in latents})]
-    if cfg.control:
-        sources.append(("control", derangement(latents, seed)))
+    """Scores of every parsed explanation of one partition, per explainer, real and (if configured) control."""
+    by_explainer = explained_by(explanations, cfg, seed)
+    latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
     windows = test_windows(examples, latents)
     now = datetime.now(timezone.utc)
     rows = []
     llm_scorers = [s for s in cfg.scorers if s in LLM_SCORERS]
-    if llm_scorers:
+    if llm_scorers and latents:
         if client is None:
             raise ValueError(f"scorers {llm_scorers} need an LLM client")
         sampling = SamplingParams(max_tokens=cfg.max_tokens, top_logprobs=5 if client.supports_logprobs else 0)
         batches = []
         for latent in latents:
+            # The same windows, in the same order, for every explainer and source of a latent.
             rng = random.Random(f"{seed}/{latent}")
             activating, silent = sample_for_llm(windows[latent], cfg, rng)
             items = {"detection": detection_items(activating, silent, decode),
                      "fuzzing": fuzzing_items(activating, silent, decode, fuzz_threshold,
                                               cfg.fuzz_wrong_in_activating, rng)}
             for scorer in llm_scorers:
-                for source, mapping in sources:
-                    if latent in mapping:
-                        batches += llm_batches(latent, scorer, source, text_of[mapping[latent]], items[scorer],
-                                               cfg, random.Random(f"{seed}/{latent}/{scorer}"), sampling)
+                for explainer, explained in by_explainer.items():
+                    for source, mapping in explained.sources:
+                        if latent in mapping:
+                            batches += llm_batches((latent, explainer, scorer, source),
+                                                   explained.text_of[mapping[latent]], items[scorer], cfg,
+                                                   random.Random(f"{seed}/{latent}/{scorer}"), sampling)
         judged: dict = {}
         for first in range(0, len(batches), batch_requests):
             part = batches[first : first + batch_requests]
             judge(part, client.complete([b.request for b in part], progress=progress), judged)
-        for (latent, scorer, source), record in sorted(judged.items()):
-            mapping = dict(sources)[source]
-            rows.append(metrics_row(latent, scorer, source, mapping[latent], record, n_bins, client.model,
-                                    scorer_version(scorer), now))
+        for key, record in sorted(judged.items()):
+            latent, explainer, scorer, source = key
+            mapping = dict(by_explainer[explainer].sources)[source]
+            rows.append(metrics_row(key, mapping[latent], record, n_bins, client.model, scorer_version(scorer), now))
     if "embedding" in cfg.scorers and latents:
-        rows += embedding_rows(latents, windows, text_of, sources, decode, embedder, n_bins, now)
-    # One row per (latent, scorer, source), each the verdict of model calls: built as rows, not shaped.
-    return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([("latent", "ascending"), ("scorer", "ascending"),
-                                                               ("source", "descending")])
+        rows += embedding_rows(by_explainer, windows, decode, embedder, n_bins, now)
+    # One row per (latent, explainer, scorer, source), each the verdict of model calls: built as rows, not shaped.
+    return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([
+        ("latent", "ascending"), ("explainer", "ascending"), ("scorer", "ascending"), ("source", "descending")])
 
 
-def embedding_rows(latents, windows, text_of, sources, decode: Decode, embedder, n_bins: int,
+def embedding_rows(by_explainer: dict[str, Explained], windows, decode: Decode, embedder, n_bins: int,
                    now: datetime) -> list[dict]:
-    """AUC of cosine(explanation, window) over every test window of each latent, real and control."""
+    """AUC of cosine(explanation, window) over every test window of each latent, per explainer, real and
+    control."""
+    latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
     texts, spans = [], {}
     for latent in latents:
         rows = windows[latent]
         spans[latent] = (len(texts), len(texts) + len(rows))
         texts += [plain_text(r, decode) for r in rows]
     window_vecs = embedder.embed(texts)
-    explanation_vecs = dict(zip(latents, embedder.embed([text_of[latent] for latent in latents])))
     out = []
-    for latent in latents:
-        lo, hi = spans[latent]
-        rows = windows[latent]
-        labels = np.array([r["kind"] == "quantile" for r in rows], bool)
-        for source, mapping in sources:
-            if latent not in mapping:
-                continue
-            cosine = window_vecs[lo:hi] @ explanation_vecs[mapping[latent]]
-            # R-precision: the n_activating most similar windows are called activating.
-            predictions = np.zeros_like(labels)
-            predictions[np.argsort(-cosine, kind="stable")[: labels.sum()]] = True
-            record = Judged(labels.tolist(), predictions.tolist(), cosine.tolist(),
-                            [r["bin"] if r["kind"] == "quantile" else None for r in rows])
-            out.append(metrics_row(latent, "embedding", source, mapping[latent], record, n_bins, embedder.name,
-                                   "embedding", now))
+    for explainer, explained in by_explainer.items():
+        explanation_vecs = dict(zip(explained.text_of, embedder.embed(list(explained.text_of.values()))))
+        for latent in sorted(explained.text_of):
+            lo, hi = spans[latent]
+            rows = windows[latent]
+            labels = np.array([r["kind"] == "quantile" for r in rows], bool)
+            for source, mapping in explained.sources:
+                if latent not in mapping:
+                    continue
+                cosine = window_vecs[lo:hi] @ explanation_vecs[mapping[latent]]
+                # R-precision: the n_activating most similar windows are called activating.
+                predictions = np.zeros_like(labels)
+                predictions[np.argsort(-cosine, kind="stable")[: labels.sum()]] = True
+                record = Judged(labels.tolist(), predictions.tolist(), cosine.tolist(),
+                                [r["bin"] if r["kind"] == "quantile" else None for r in rows])
+                out.append(metrics_row((latent, explainer, "embedding", source), mapping[latent], record, n_bins,
+                                       embedder.name, "embedding", now))
     return out

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
+from ..explanations.explainer import LLM
 from ..explanations.stage import token_decoder
 from ..lake import lake_for
 from ..lake.sql import run_query
@@ -28,37 +29,100 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
 
     key = (hookpoint, name)
     examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
-    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score, token_decoder(cfg),
-                            cfg.seed, cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold,
-                            client=client, embedder=embedder, progress=progress)
+    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score_for(name),
+                            token_decoder(cfg), cfg.seed, cfg.examples.n_quantiles,
+                            cfg.explain.prompt.highlight_threshold, client=client, embedder=embedder,
+                            progress=progress)
     lake_for(cfg).write_partition(table, "scores", hookpoint, name,
                                   provenance=lineage_of(cfg).provenance("scores", key))
     return table
 
 
-def score_summary(cfg: PipelineConfig) -> pa.Table:
-    """Per layer, SAE variant, scorer and source: means of the per-latent scores with bootstrap intervals."""
+# Columns of the LLM's real rows in score_summary: its primary metric minus the token baseline's, paired by latent.
+VS_TOKENS = {"n_vs_tokens": pa.int64(), "minus_tokens": pa.float64(), "minus_tokens_lo": pa.float64(),
+             "minus_tokens_hi": pa.float64(), "beats_tokens": pa.bool_()}
+
+
+def llm_minus_tokens(con, n_boot: int, seed: int) -> dict[tuple[str, str, str], dict]:
+    """Per (layer, sae, scorer): the mean of the LLM's primary metric minus the token baseline's over the latents
+    both were scored on, with a bootstrap 95% interval; the LLM beats the baseline where the interval lies above
+    0. Pairing by latent removes what the latents share (how hard each one is), so the interval is tighter than
+    the two separate ones."""
+    from .metrics import PRIMARY_METRIC, bootstrap_mean_ci
+
+    out = {}
+    for g in run_query(con, "score_llm_minus_tokens").to_arrow_table().to_pylist():
+        values = [math.nan if v is None else v for v in g[PRIMARY_METRIC.get(g["scorer"], "balanced_accuracy")]]
+        mean, lo, hi = bootstrap_mean_ci(values, n_boot=n_boot, seed=seed)
+        defined = not math.isnan(mean)
+        out[(g["layer"], g["sae"], g["scorer"])] = {
+            "n_vs_tokens": sum(not math.isnan(v) for v in values), "minus_tokens": mean if defined else None,
+            "minus_tokens_lo": lo if defined else None, "minus_tokens_hi": hi if defined else None,
+            "beats_tokens": bool(lo > 0) if defined else None}
+    return out
+
+
+def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
+    """Per layer, SAE variant, explainer, scorer and source: means of the per-latent scores with bootstrap
+    intervals, whether the variant is planted, and whether its scorer is calibrated (see `scorer_calibration`);
+    the LLM's real rows also hold its difference from the token baseline (VS_TOKENS). Returns the summary and
+    the calibration."""
     from .metrics import bootstrap_mean_ci
 
+    calibration = scorer_calibration(cfg)
+    calibrated = {(r["scorer"], r["scorer_model"]): r["calibrated"] for r in calibration.to_pylist()}
     with connect_fresh(cfg, "scores") as con:
         groups = run_query(con, "score_values").to_arrow_table().to_pylist()
+        versus = llm_minus_tokens(con, cfg.score.bootstrap, cfg.seed)
     rows = []
     for g in groups:
-        row = {k: g[k] for k in ("layer", "sae", "scorer", "source", "n_latents", "n_examples", "n_failures")}
+        row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "scorer_model", "source", "n_latents",
+                                 "n_examples", "n_failures")}
+        row["planted"] = cfg.sae(g["sae"]).planted is not None
         for metric in ("balanced_accuracy", "f1", "auc"):
             values = [math.nan if v is None else v for v in g[metric]]
             mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
             row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
         row["bin_accuracy"] = g["bin_accuracy"]
+        paired = versus.get((g["layer"], g["sae"], g["scorer"])) if (g["explainer"], g["source"]) == (LLM, "real") \
+            else None
+        row.update(paired or dict.fromkeys(VS_TOKENS))
+        row["calibrated"] = calibrated.get((g["scorer"], g["scorer_model"]))
         rows.append(row)
     table = pa.Table.from_pylist(rows)
     if rows:
+        for name, kind in VS_TOKENS.items():  # typed even where every row is null
+            table = table.set_column(table.schema.get_field_index(name), name, table.column(name).cast(kind))
         lake_for(cfg).write_partition(table, "score_summary", provenance=lineage_of(cfg).provenance("score_summary"))
+    return table, calibration
+
+
+def scorer_calibration(cfg: PipelineConfig) -> pa.Table:
+    """Each scorer's calibration on the planted latents (sae/scoring/calibration.py), stored as
+    `scorer_calibration` beside the summary, which it is made with."""
+    from .calibration import calibrate
+
+    planted = [spec.name for spec in cfg.saes if spec.planted is not None]
+    with connect_fresh(cfg, "scores") as con:
+        groups = run_query(con, "calibration_values", planted=planted).to_arrow_table().to_pylist()
+    table = calibrate(groups, cfg.score.bootstrap, cfg.seed)
+    lake_for(cfg).write_partition(table, "scorer_calibration", provenance=lineage_of(cfg).provenance("score_summary"))
     return table
 
 
+def stored_calibration(cfg: PipelineConfig) -> pa.Table | None:
+    """The lake's calibration if it is what the config makes (fresh), else None."""
+    from ..lineage import StaleDataError
+
+    try:
+        files = fresh_files(cfg, "score_summary", table="scorer_calibration")
+    except StaleDataError:
+        return None
+    return pq.read_table(files[0]) if files else None
+
+
 def mean_scores(table: pa.Table) -> list[dict]:
-    """Mean balanced accuracy and AUC per scorer and source of one partition, for its run's metadata."""
+    """Mean balanced accuracy and AUC per explainer, scorer and source of one partition, for its run's metadata."""
     import duckdb
 
     with duckdb.connect() as con:
@@ -68,15 +132,22 @@ def mean_scores(table: pa.Table) -> list[dict]:
 
 
 def summary_rows(table: pa.Table) -> list[dict]:
-    """The summary for display: each mean with its interval, real and control of a scorer side by side."""
+    """The summary for display: each mean with its interval, real and control of a scorer side by side, and
+    whether the scorer is calibrated."""
+    from .calibration import verdict
+    from .metrics import versus_baseline
+
     def cell(row: dict, metric: str) -> str:
         if row[metric] is None or math.isnan(row[metric]):
             return "–"
         return f"{row[metric]:.3f} [{row[f'{metric}_lo']:.3f}, {row[f'{metric}_hi']:.3f}]"
 
-    return [{"layer": r["layer"], "sae": r["sae"], "scorer": r["scorer"], "source": r["source"],
+    return [{"layer": r["layer"], "sae": r["sae"], "explainer": r["explainer"], "scorer": r["scorer"],
+             "source": r["source"],
              "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
-             "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}"} for r in table.to_pylist()]
+             "llm_minus_tokens": versus_baseline(r),
+             "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}",
+             "scorer_calibration": verdict(r["calibrated"])} for r in table.to_pylist()]
 
 
 def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
@@ -92,18 +163,43 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
         label = "AUC" if p["scorer"] == "embedding" else "balanced accuracy"
-        panels[f"{p['scorer']} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
+        by = "" if p["explainer"] == LLM else f", {p['explainer']}"  # the LLM's panels keep their plain names
+        panels[f"{p['scorer']}{by} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
     plots = {"score_histograms": markdown_image(
         score_histograms(panels, metric="score", path=lake.root / "plots" / "score_histograms.png"), "scores")}
     by_scorer = defaultdict(dict)
     for row in summary.to_pylist():
         if row["source"] == "real" and row["bin_accuracy"]:
-            by_scorer[row["scorer"]][f"{row['layer']}/{row['sae']}"] = [
+            by = "" if row["explainer"] == LLM else f" ({row['explainer']})"
+            by_scorer[row["scorer"]][f"{row['layer']}/{row['sae']}{by}"] = [
                 math.nan if v is None else v for v in row["bin_accuracy"]]
     for scorer, per_variant in sorted(by_scorer.items()):
         png = accuracy_by_quantile(per_variant, path=lake.root / "plots" / f"accuracy_by_quantile_{scorer}.png")
         plots[f"accuracy_by_quantile_{scorer}"] = markdown_image(png, f"{scorer} accuracy by quantile")
     return plots
+
+
+SUMMARY_CHECKS = (CheckSpec("scorers_calibrated", WARN,
+                            "every scorer scores the planted latents' true explanations above wrong ones (95% "
+                            "intervals apart); the numbers of a scorer that does not are not meaningful"),)
+
+
+def check_summary(cfg: PipelineConfig, key=None) -> list[CheckOutcome]:
+    """The summary's data check (every scorer calibrated), recorded in the lake's `checks` table."""
+    from .calibration import calibration_line
+
+    calibration = stored_calibration(cfg)
+    rows = [] if calibration is None else calibration.to_pylist()
+    failing = [r for r in rows if not r["calibrated"]]
+    if not rows:
+        outcome = CheckOutcome("scorers_calibrated", False, WARN, "no scores to calibrate: run `saelake run`")
+    else:
+        lines = [calibration_line(r) for r in (failing or rows)]
+        verdict = f"{len(failing)} of {len(rows)} scorers are not shown to work" if failing else \
+            f"all {len(rows)} scorers are calibrated"
+        outcome = CheckOutcome("scorers_calibrated", not failing, WARN, f"{verdict}: " + "; ".join(lines),
+                               {r["scorer"] + "/" + r["scorer_model"]: r["calibrated"] for r in rows})
+    return record_checks(cfg, "score_summary", None, [outcome])
 
 
 CHECKS = (CheckSpec("controls_near_chance", WARN,

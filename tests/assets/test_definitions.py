@@ -6,7 +6,7 @@ from assets.definitions import build_definitions
 from sae.config import DEFAULT_CONFIG, load_config
 
 EXPECTED = {"contexts", "activations", "saes", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
-            "examples", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
+            "latent_logits", "examples", "explanations", "scores", "score_summary", "explanation_embeddings", "similarity",
             "hf_export"}
 
 
@@ -22,7 +22,7 @@ def test_demo_definitions_load_with_every_asset_and_partition():
         assert source.is_observable and source.partitions_def == node.partitions_def, name
     checks = {key.name for key in graph.asset_check_keys}
     assert checks == {"readable_parts", "bytes_per_non_zero", "train_test_disjoint", "silent_windows_silent",
-                      "parse_failure_rate", "controls_near_chance"}
+                      "parse_failure_rate", "controls_near_chance", "scorers_calibrated"}
     assert {job.name for job in defs.resolve_all_job_defs()} >= {
         "corpus", "dense_activations", "layer_sae_partitions", "summaries_and_export"}
     cfg = load_config(DEFAULT_CONFIG)

@@ -244,12 +244,16 @@ def check_llm_stages(cfg, lake, instance):
     n_partitions = len(cfg.hookpoints) * len(cfg.saes)
     with open_readonly(lake.root) as con:
         rows = con.execute(f"SELECT layer, sae, latent, parsed, {', '.join(EXPLANATION_COLUMNS)} "
-                           "FROM explanations").fetchall()
+                           "FROM explanations WHERE explainer = 'llm'").fetchall()
         assert len(rows) == n_partitions * cfg.explain.n_latents
         for row in rows:
             assert row[3] is not None and all(value is not None for value in row[4 + (not row[3]):]), row
             assert row[7] == "local" and 0 < len(row[10]) <= cfg.explain.n_examples and row[11] > 0 and row[12] > 0
         assert con.execute("SELECT count(*) FROM explanations WHERE parsed AND explanation <> ''").fetchone()[0] > 0
+        # The token baseline explains every latent with train examples; latent_logits covers every latent.
+        assert con.execute("SELECT count(*) FROM explanations WHERE explainer = 'tokens'").fetchone()[0] == \
+            con.execute("SELECT count(*) FROM example_coverage WHERE n_train > 0").fetchone()[0]
+        assert con.execute("SELECT count(*) FROM latent_logits WHERE len(top_ids) = 0").fetchone()[0] == 0
         scored = con.execute(f"SELECT scorer, source, {', '.join(METRIC_COLUMNS)} FROM scores").fetchall()
         assert {(r[0], r[1]) for r in scored} == {(s, src) for s in cfg.score.scorers for src in ("real", "control")}
         auc = METRIC_COLUMNS.index("auc") + 2
@@ -264,7 +268,8 @@ def check_llm_stages(cfg, lake, instance):
         assert {(r[0], r[1]) for r in summary} == {(s, src) for s in cfg.score.scorers for src in ("real", "control")}
         assert all(r[4] <= r[3] <= r[5] for r in summary if r[3] == r[3])
         embedded = con.execute("SELECT count(*), min(len(embedding)) FROM explanation_embeddings").fetchone()
-        assert embedded[0] == con.execute("SELECT count(*) FROM explanations WHERE parsed").fetchone()[0]
+        assert embedded[0] == con.execute(
+            "SELECT count(*) FROM explanations WHERE parsed AND explainer = 'llm'").fetchone()[0]
         assert embedded[1] == 384
         pairs = con.execute("SELECT count(*) FROM similarity_summary").fetchone()[0]
         assert pairs == n_partitions * (n_partitions - 1) // 2

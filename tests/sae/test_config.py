@@ -218,7 +218,10 @@ DTYPE_VALUES = "valid: auto, float32, bfloat16, float16"
         ({"model": {"dtype": "bfloat61"}}, "model.dtype 'bfloat61'", "bfloat16", DTYPE_VALUES),
         ({"corpus": {"source": "file", "paths": ["a.txt"]}}, "corpus.source 'file'", "files",
          "valid: wikipedia-sample, huggingface, files"),
-        ({"explain": {"llm": {"backend": "vlm"}}}, "explain.llm.backend 'vlm'", "vllm", "valid: local, openai, vllm"),
+        ({"explain": {"llm": {"backend": "vlm"}}}, "explain.llm.backend 'vlm'", "vllm",
+         "valid: local, openai, vllm, tokens"),
+        ({"score": {"llm": {"backend": "openia"}}}, "score.llm.backend 'openia'", "openai",
+         "valid: local, openai, vllm"),  # no `tokens` here: the token baseline explains, it cannot score
         ({"explain": {"llm": {"runtime": "llamcpp"}}}, "explain.llm.runtime 'llamcpp'", "llamacpp",
          "valid: auto, transformers, llamacpp"),
         ({"explain": {"llm": {"device": "cude"}}}, "explain.llm.device 'cude'", "cuda", DEVICE_VALUES),
@@ -345,3 +348,15 @@ def test_resolved_yaml_round_trips_and_hides_the_api_key():
     assert data["score"]["llm"] is None and data["score"]["n_silent"] == ScoreConfig().n_silent  # defaults shown
     data["explain"]["llm"]["api_key"] = "sk-secret-123"
     assert parse_config(data) == config
+
+
+def test_the_token_baseline_alone_needs_an_llm_for_the_llm_scorers():
+    alone = {"llm": {"backend": "tokens"}}
+    message = _error(_raw(explain=alone, score={"scorers": ["detection", "embedding"]}))
+    assert "['detection']" in message and "score.llm" in message
+    assert parse_config(_raw(explain=alone, score={"scorers": ["embedding"]})).explain.llm.backend == "tokens"
+    judged = parse_config(_raw(explain=alone, score={"scorers": ["detection"], "llm": {"backend": "local"}}))
+    assert judged.score.llm.backend == "local"
+    assert "score.llm.backend 'tokens' is unknown" in _error(_raw(score={"llm": {"backend": "tokens"}}))
+    assert "n_latents caps" in _error(_raw(score={"n_latents": 0}))
+    assert "exceeds the tokens" in _error(_raw(explain={"n_logit_tokens": 3, "prompt": {"promoted_tokens": 5}}))

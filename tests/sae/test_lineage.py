@@ -52,7 +52,7 @@ def to_build(cfg, lake) -> set[tuple[str, object]]:
     return {(s.asset, s.key) for s in plan(cfg, lake) if s.status != "fresh"}
 
 
-PER_PARTITION = ("saes", "sae_quality", "latents", "latent_stats", "examples", "explanations", "scores",
+PER_PARTITION = ("saes", "sae_quality", "latent_logits", "latents", "latent_stats", "examples", "explanations", "scores",
                  "explanation_embeddings")
 SUMMARIES = {("sae_quality_summary", None), ("score_summary", None), ("similarity", None), ("hf_export", None)}
 
@@ -74,7 +74,8 @@ def test_an_empty_lake_builds_everything(tmp_path):
 def test_n_tokens_invalidates_everything_but_the_neuron_codecs(tmp_path):
     lake = finish(config(tmp_path))
     changed = config(tmp_path, n_tokens=8192)
-    neurons = {("saes", (h, "neurons")) for h in ("layers.1", "layers.3")}  # the model's own: no tokens read
+    # The model's own neurons and what they write: no tokens read.
+    neurons = {(a, (h, "neurons")) for a in ("saes", "latent_logits") for h in ("layers.1", "layers.3")}
     assert to_build(changed, lake) == {(a, k) for a, k in Lineage(changed).every_partition()} - neurons
 
 

@@ -10,6 +10,7 @@ import torch
 
 from sae.config import ExamplesConfig
 from sae.examples import checks
+from sae.examples.neighbours import nearest_latents
 from sae.examples.selection import WINDOW_SCHEMA, coverage, select_examples
 
 CTX_LEN, WINDOW = 24, 8
@@ -52,7 +53,8 @@ def lake(request, tmp_path_factory):
     else:
         latents, contexts = write_lake(root, random_fires(n_contexts=12, n_latents=8, seed=3), n_contexts=12)
         decoder = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-    table = select_examples(latents, contexts, "sae-a", CFG, seed=1, decoder=decoder)
+    neighbours = nearest_latents(decoder, CFG.neighbour_latents)
+    table = select_examples(latents, contexts, "sae-a", CFG, seed=1, neighbours=neighbours)
     examples = root / "examples.parquet"
     pq.write_table(table, examples)
     return {"kind": request.param, "latents": latents, "contexts": contexts, "decoder": decoder,
@@ -92,7 +94,8 @@ def test_no_test_window_shares_a_token_with_a_train_window(lake):
 
 
 def test_same_seed_same_disjoint_examples(lake):
-    again = select_examples(lake["latents"], lake["contexts"], "sae-a", CFG, seed=1, decoder=lake["decoder"])
+    again = select_examples(lake["latents"], lake["contexts"], "sae-a", CFG, seed=1,
+                            neighbours=nearest_latents(lake["decoder"], CFG.neighbour_latents))
     assert again.equals(lake["table"])
 
 
@@ -166,7 +169,8 @@ def test_checks_pass_on_an_empty_partition(tmp_path):
 def test_no_silent_windows_asked_for(tmp_path):
     latents, contexts = write_lake(tmp_path, FIRES, n_contexts=4)
     cfg = ExamplesConfig(**{**CFG.__dict__, "n_random": 0, "n_train_random": 0})
-    table = select_examples(latents, contexts, "sae-a", cfg, seed=1, decoder=DECODER)
+    neighbours = nearest_latents(DECODER, cfg.neighbour_latents)
+    table = select_examples(latents, contexts, "sae-a", cfg, seed=1, neighbours=neighbours)
     rows = table.to_pylist()
     assert not [r for r in rows if r["kind"] == "random"]
     # latent 1's hard negative at (ctx 0, start 9) is silent but touches its train window at token 16

@@ -14,6 +14,7 @@ N_CONTEXTS, CTX_LEN, N_LATENTS = 300, 64, 40
 CFG = ExamplesConfig(window=16, peak_position=0.5, n_top=5, n_quantiles=4, n_train_quantile=4, n_test=8,
                      n_random=6, n_neighbour=4, neighbour_latents=3)
 DECODER = torch.randn(N_LATENTS, 8, generator=torch.Generator().manual_seed(0))
+NEIGHBOURS = nearest_latents(DECODER, CFG.neighbour_latents)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def small_lake(tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples(small_lake):
     files, contexts, _, _ = small_lake
-    return select_examples(files, contexts, "sae-a", CFG, seed=1, decoder=DECODER).to_pylist()
+    return select_examples(files, contexts, "sae-a", CFG, seed=1, neighbours=NEIGHBOURS).to_pylist()
 
 
 def test_windows_carry_the_right_tokens_and_activations(small_lake, examples):
@@ -116,9 +117,9 @@ def test_sizes_and_flags_for_latents_that_fire_rarely(examples):
 
 def test_same_seed_same_examples_other_seed_other_examples(small_lake, examples):
     files, contexts, _, _ = small_lake
-    again = select_examples(files, contexts, "sae-a", CFG, seed=1, decoder=DECODER).to_pylist()
+    again = select_examples(files, contexts, "sae-a", CFG, seed=1, neighbours=NEIGHBOURS).to_pylist()
     assert again == examples
-    other = select_examples(files, contexts, "sae-a", CFG, seed=2, decoder=DECODER).to_pylist()
+    other = select_examples(files, contexts, "sae-a", CFG, seed=2, neighbours=NEIGHBOURS).to_pylist()
     assert other != examples
     top = [e for e in examples if e["kind"] == "top"]
     assert top == [e for e in other if e["kind"] == "top"]  # the top does not depend on the seed

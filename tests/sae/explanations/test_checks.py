@@ -10,15 +10,17 @@ from sae.explanations.checks import parse_failure_rate
 from sae.explanations.explainer import SCHEMA
 
 
-def explanations(texts: list[str | None]) -> pa.Table:
+def explanations(texts: list[str | None], explainer: str = "llm") -> pa.Table:
     """One explained latent per text; None is an answer that had no `Explanation:` line."""
     n = len(texts)
     return pa.table({
-        "latent": list(range(n)), "explanation": texts, "parsed": [t is not None for t in texts],
+        "latent": list(range(n)), "explainer": [explainer] * n, "explanation": texts,
+        "parsed": [t is not None for t in texts],
         "completion": [f"Explanation: {t}" if t else "I am not sure." for t in texts],
         "explainer_model": ["smollm2-135m-instruct"] * n, "backend": ["local"] * n, "prompt_version": ["v1"] * n,
         "sampling": ['{"temperature": 0.0}'] * n, "examples_used": [[{"ctx_id": i, "start": 0}] for i in range(n)],
-        "prompt_tokens": [300] * n, "completion_tokens": [20] * n, "latency_s": [0.5] * n, "cached": [False] * n,
+        "copied_example": [None] * n, "attempts": [1] * n, "prompt_tokens": [300] * n,
+        "completion_tokens": [20] * n, "latency_s": [0.5] * n, "cached": [False] * n,
         "created_at": [datetime.now(timezone.utc)] * n,
     }, schema=SCHEMA)
 
@@ -50,3 +52,6 @@ def test_many_failures_fail_and_copied_texts_are_counted(tmp_path):
         assert meta["most_common_text"] == "mentions of volcanoes."
         assert "4 of 10" in outcome.description and "40%" in outcome.description
     assert parse_failure_rate(table, max_rate=0.5).passed
+    # The token baseline's rows (always parsed, one text per latent) are not the LLM's answers: not counted.
+    with_baseline = pa.concat_tables([table, explanations([f"the tokens {i}" for i in range(10)], "tokens")])
+    assert parse_failure_rate(with_baseline).metadata == outcome.metadata

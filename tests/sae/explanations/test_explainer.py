@@ -17,8 +17,9 @@ from sae.llm.response_cache import CachedClient
 
 from ..scoring.test_scorers import WORDS, decode
 
+# One attempt per latent: a crash after n calls is then a crash after n batches.
 CFG = ExplainConfig(llm=LLMConfig(backend="local", batch_size=4), latents="first", n_latents=5, n_examples=4,
-                    max_tokens=12, batch_latents=2)
+                    max_tokens=12, batch_latents=2, max_attempts=1)
 
 
 def train_examples() -> pa.Table:
@@ -88,7 +89,7 @@ def test_a_crash_loses_at_most_one_batch_and_a_rerun_asks_only_for_the_rest(tmp_
     assert resumed.sent == 1  # only the fifth latent was asked for
     assert table.schema.remove_metadata() == SCHEMA and table.column("latent").to_pylist() == [0, 1, 2, 3, 4]
     row = table.to_pylist()[0]
-    assert row["completion"] and row["backend"] == "local" and row["prompt_version"]
+    assert row["completion"] and row["backend"] == "local" and row["prompt_version"] and row["explainer"] == "llm"
     assert len(row["examples_used"]) == CFG.n_examples and row["prompt_tokens"] > 100
     assert row["completion_tokens"] > 0 and row["latency_s"] > 0 and row["created_at"] is not None
     assert row["parsed"] == (row["explanation"] is not None)

@@ -23,11 +23,16 @@ from sae.explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from sae.export import dataset as export
 from sae.export.dataset import CardInfo, MissingTokenError, export_dataset, push_dataset, resolve_token
 from sae.lake import Lake, write_parquet
+from sae.saes.logits import SCHEMA as LOGITS_SCHEMA
+from sae.scoring.calibration import SCHEMA as CALIBRATION_SCHEMA
+from sae.scoring.metrics import PRIMARY_METRIC
 from sae.scoring.scorers import SCHEMA as SCORES_SCHEMA
 
 LAYERS = ("layers.1", "layers.3")
 SAES = ("topk-x2", "neurons")
 LATENTS = (0, 1, 2)  # latent 2's answer could not be parsed: it has no scores
+# Which explainers wrote which latents: the LLM every one, the token baseline latent 0 only.
+EXPLAINED = [(latent, "llm") for latent in LATENTS] + [(0, "tokens")]
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 TOKEN = "hf_secretTEST123"
 EXAMPLE_SCHEMA = WINDOW_SCHEMA.append(pa.field("tokens", pa.list_(pa.int32()))).append(
@@ -38,10 +43,10 @@ CARD = CardInfo(model="smollm2-135m-instruct", corpus="wikipedia-sample", n_toke
                 scorers=["detection", "embedding"])
 
 
-def score(layer: str, sae: str, latent: int, scorer: str, source: str) -> float:
+def score(layer: str, sae: str, latent: int, scorer: str, source: str, explainer: str = "llm") -> float:
     """A distinct, exactly representable score per cell, so pivoted values can be checked exactly."""
     return (LAYERS.index(layer) * 8 + SAES.index(sae) * 4 + latent * 2 + (source == "control")) / 32 + (
-        0.5 if scorer == "embedding" else 0.0)
+        0.5 if scorer == "embedding" else 0.0) + (1 / 64 if explainer == "tokens" else 0.0)
 
 
 def partitioned(lake: Lake, table: str, layer: str, sae: str, rows: list[dict], schema: pa.Schema) -> None:
@@ -61,23 +66,28 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
     for layer in LAYERS:
         for sae in SAES:
             explanations = [{
-                "latent": latent, "explanation": None if latent == 2 else f"{layer}/{sae}/{latent}",
+                "latent": latent, "explainer": explainer,
+                "explanation": None if latent == 2 else f"{layer}/{sae}/{latent}",
                 "parsed": latent != 2, "completion": f"Explanation: {layer}/{sae}/{latent}",
                 "explainer_model": "smollm2", "backend": "local", "prompt_version": "abc123", "sampling": "{}",
-                "examples_used": [{"ctx_id": 0, "start": 3}], "prompt_tokens": 100 + latent,
-                "completion_tokens": 10, "latency_s": 0.5, "cached": False, "created_at": NOW,
-            } for latent in LATENTS]
+                "examples_used": [{"ctx_id": 0, "start": 3}], "copied_example": None, "attempts": 1,
+                "prompt_tokens": 100 + latent, "completion_tokens": 10, "latency_s": 0.5, "cached": False,
+                "created_at": NOW,
+            } for latent, explainer in EXPLAINED]
             partitioned(lake, "explanations", layer, sae, explanations, EXPLANATIONS_SCHEMA)
             if "scores" in tables:
                 scores = [{
-                    "latent": latent, "scorer": scorer, "source": source, "explanation_latent": latent,
-                    "balanced_accuracy": score(layer, sae, latent, scorer, source), "f1": 0.25, "precision": 0.5,
-                    "recall": 0.5, "accuracy": 0.5,
-                    "auc": None if scorer == "detection" else score(layer, sae, latent, scorer, source) - 0.25,
+                    "latent": latent, "explainer": explainer, "scorer": scorer, "source": source,
+                    "explanation_latent": latent, "balanced_accuracy": score(layer, sae, latent, scorer, source,
+                                                                             explainer),
+                    "f1": 0.25, "precision": 0.5, "recall": 0.5, "accuracy": 0.5,
+                    "auc": None if scorer == "detection" else score(layer, sae, latent, scorer, source,
+                                                                    explainer) - 0.25,
                     "bin_accuracy": [1.0, math.nan], "silent_accuracy": 0.5, "n_examples": 10, "n_activating": 5,
                     "n_failures": 1, "failed_answers": ["??"], "scorer_model": "smollm2",
                     "prompt_version": "v1", "created_at": NOW,
-                } for latent in (0, 1) for scorer in scorers for source in ("real", "control")]
+                } for latent, explainer in EXPLAINED if latent != 2 for scorer in scorers
+                  for source in ("real", "control")]
                 partitioned(lake, "scores", layer, sae, scores, SCORES_SCHEMA)
             if "examples" in tables:
                 examples = [{"latent": latent, "split": split, "kind": "top", "bin": 0, "ctx_id": latent,
@@ -93,14 +103,32 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
                     "quantile_edges": pa.array([[0.1] * 9, [0.2] * 9, None], pa.list_(pa.float32())),
                     "dead": [False, False, True]})
                 partitioned(lake, "latent_stats", layer, sae, stats.to_pylist(), stats.schema)
+            if "latent_logits" in tables:
+                logits = [{"latent": latent, "top_ids": [7, 9], "top_tokens": [" who", " which"],
+                           "top_values": [2.0, 1.5], "bottom_ids": [3], "bottom_tokens": [" the"],
+                           "bottom_values": [-1.0]} for latent in LATENTS]
+                partitioned(lake, "latent_logits", layer, sae, logits, LOGITS_SCHEMA)
     if "score_summary" in tables:
         single(lake, "score_summary", [
-            {"layer": layer, "sae": sae, "scorer": scorer, "source": source, "n_latents": 2, "n_examples": 20,
+            {"layer": layer, "sae": sae, "explainer": "llm", "scorer": scorer, "source": source, "n_latents": 2,
+             "n_examples": 20,
              "n_failures": 2, "balanced_accuracy": 0.8 if source == "real" else 0.5, "balanced_accuracy_lo": 0.7,
              "balanced_accuracy_hi": 0.9, "f1": 0.25, "f1_lo": 0.25, "f1_hi": 0.25,
              "auc": None if scorer == "detection" else 0.9, "auc_lo": None, "auc_hi": None,
-             "bin_accuracy": [1.0, None]}
+             "bin_accuracy": [1.0, None],
+             **({"minus_tokens": 0.1, "minus_tokens_lo": 0.05, "minus_tokens_hi": 0.15}
+                if (layer, sae, scorer, source) == ("layers.1", "topk-x2", "detection", "real") else {})}
             for layer in LAYERS for sae in SAES for scorer in scorers for source in ("real", "control")])
+    if "scorer_calibration" in tables:
+        # detection does not tell the true explanation from a wrong one; embedding does.
+        single(lake, "scorer_calibration", [
+            {"scorer": scorer, "scorer_model": "smollm2", "metric": PRIMARY_METRIC[scorer], "n_latents": 8,
+             **{f"{name}{suffix}": value + {"": 0, "_lo": -0.05, "_hi": 0.05}[suffix]
+                for name, value in (("true", true), ("explainer", 0.6), ("baseline", 0.7), ("wrong", 0.5))
+                for suffix in ("", "_lo", "_hi")},
+             "calibrated": calibrated}
+            for scorer, true, calibrated in (("detection", 0.52, False), ("embedding", 0.9, True))],
+            CALIBRATION_SCHEMA)
     if "similarity" in tables:
         single(lake, "similarity", [{"layer_a": "layers.1", "sae_a": "topk-x2", "layer_b": "layers.3",
                                      "sae_b": "topk-x2", "method": "explanation_best", "latent_a": a,
@@ -140,8 +168,8 @@ def card_header(out: Path) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
-EXPECTED_ROWS = {"explanations": 12, "examples": 16, "latent_stats": 12, "scores": 32, "score_summary": 16,
-                 "similarity": 2, "similarity_summary": 1}
+EXPECTED_ROWS = {"explanations": 16, "examples": 16, "latent_stats": 12, "latent_logits": 12, "scores": 48,
+                 "score_summary": 16, "scorer_calibration": 2, "similarity": 2, "similarity_summary": 1}
 
 
 def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_path, offline):
@@ -157,9 +185,9 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     pivoted = [f"{s}_{m}" for s in ("detection", "embedding") for m in
                ("balanced_accuracy", "f1", "auc", "control_balanced_accuracy", "control_auc")]
     assert explanations.column_names == list(export.EXPLANATION_COLUMNS) + pivoted
-    rows = {(r["layer"], r["sae"], r["latent"]): r for r in explanations}
-    assert set(rows) == {(layer, sae, latent) for layer in LAYERS for sae in SAES for latent in LATENTS}
-    known = rows[("layers.3", "neurons", 1)]
+    rows = {(r["layer"], r["sae"], r["latent"], r["explainer"]): r for r in explanations}
+    assert set(rows) == {(layer, sae, *explained) for layer in LAYERS for sae in SAES for explained in EXPLAINED}
+    known = rows[("layers.3", "neurons", 1, "llm")]
     assert known["explanation"] == "layers.3/neurons/1" and known["parsed"] and known["prompt_tokens"] == 101
     assert known["detection_balanced_accuracy"] == score("layers.3", "neurons", 1, "detection", "real")
     assert known["detection_control_balanced_accuracy"] == score("layers.3", "neurons", 1, "detection", "control")
@@ -167,7 +195,11 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     assert known["embedding_auc"] == score("layers.3", "neurons", 1, "embedding", "real") - 0.25
     assert known["embedding_control_auc"] == score("layers.3", "neurons", 1, "embedding", "control") - 0.25
     assert known["detection_f1"] == 0.25
-    unscored = rows[("layers.1", "topk-x2", 2)]
+    # Each explainer's row holds its own scores: the token baseline's beside the LLM's.
+    baseline, llm = rows[("layers.3", "neurons", 0, "tokens")], rows[("layers.3", "neurons", 0, "llm")]
+    assert baseline["detection_balanced_accuracy"] == score("layers.3", "neurons", 0, "detection", "real", "tokens")
+    assert llm["detection_balanced_accuracy"] == score("layers.3", "neurons", 0, "detection", "real")
+    unscored = rows[("layers.1", "topk-x2", 2, "llm")]
     assert unscored["explanation"] is None and not unscored["parsed"]
     assert all(unscored[column] is None for column in pivoted)
 
@@ -176,8 +208,12 @@ def test_every_configuration_loads_with_datasets_with_its_rows_and_columns(tmp_p
     assert all(r["text"] == decode(r["tokens"]) for r in examples)
     assert examples[0]["tokens"] == [0, 7, 9] and examples[0]["acts"] == [0.0, 2.0, 0.5]
     assert loaded["latent_stats"].column_names[:3] == ["layer", "sae", "latent"]
-    assert loaded["scores"].column_names == ["layer", "sae", *SCORES_SCHEMA.names]
+    assert loaded["latent_logits"].column_names == ["layer", "sae", *LOGITS_SCHEMA.names]
+    assert loaded["latent_logits"][0]["top_tokens"] == [" who", " which"]
+    # The exported scores carry their scorer's calibration.
+    assert loaded["scores"].column_names == ["layer", "sae", *SCORES_SCHEMA.names, "calibrated"]
     assert loaded["scores"][0]["failed_answers"] == ["??"]
+    assert {(r["scorer"], r["calibrated"]) for r in loaded["scores"]} == {("detection", False), ("embedding", True)}
     assert loaded["similarity"].column_names == PAIRS_SCHEMA.names  # unpartitioned: stored as is
     assert "layer" in loaded["score_summary"].column_names and "relation" in loaded["similarity_summary"].column_names
     partitions = {(layer, sae) for layer in LAYERS for sae in SAES}
@@ -202,19 +238,26 @@ def test_the_card_header_parses_and_lists_every_configuration(tmp_path):
                  'load_dataset("path/to/this/folder", "explanations"', "`detection_control_auc`"):
         assert fact in body, fact
     # The summary table: real beside control with intervals; the embedding scorer shows its AUC.
-    assert "| layers.1 | topk-x2 | detection | balanced_accuracy | 2 | 0.800 [0.700, 0.900] | " \
-           "0.500 [0.700, 0.900] |" in body
-    assert "| layers.3 | neurons | embedding | auc | 2 | 0.900 | 0.900 |" in body
-    assert "| `examples` | 16 |" in body and "| `explanations` (default) | 12 |" in body
+    assert "| layers.1 | topk-x2 | detection | llm | balanced_accuracy | 2 | 0.800 [0.700, 0.900] | " \
+           "0.500 [0.700, 0.900] | +0.100 [+0.050, +0.150] LLM better |" in body
+    assert "| layers.3 | neurons | embedding | llm | auc | 2 | 0.900 | 0.900 | – |" in body
+    assert "| `examples` | 16 |" in body and "| `explanations` (default) | 16 |" in body
+    # The card says per scorer whether it was calibrated, before the scores.
+    assert body.index("## Scorer calibration") < body.index("## Scores")
+    assert "- detection (smollm2): UNCALIBRATED — its scores with the true explanation do not beat a wrong" in body
+    assert "- embedding (smollm2): calibrated — auc with the true explanation 0.900 [0.850, 0.950]" in body
+    assert "| detection | smollm2 | balanced_accuracy | 8 | 0.520 [0.470, 0.570] | 0.600 [0.550, 0.650] | " \
+           "0.700 [0.650, 0.750] | 0.500 [0.450, 0.550] | UNCALIBRATED |" in body
 
 
 def test_only_tables_in_the_lake_are_exported_and_explanations_are_required(tmp_path, offline):
     lake = build_lake(tmp_path / "lake", tables=())
     out = tmp_path / "export"
-    assert export_dataset(lake.root, out, CARD) == {"explanations": 12}
+    assert export_dataset(lake.root, out, CARD) == {"explanations": 16}
     assert [c["config_name"] for c in card_header(out)["configs"]] == ["explanations"]
     assert load(out, "explanations", offline).column_names == list(export.EXPLANATION_COLUMNS)
     assert "no score summary" in (out / "README.md").read_text()
+    assert "No scorer was calibrated" in (out / "README.md").read_text()
     with pytest.raises(FileNotFoundError, match="run the pipeline"):
         export_dataset(tmp_path / "empty-lake", tmp_path / "other", CARD)
     assert not (tmp_path / "other").exists()
@@ -223,8 +266,8 @@ def test_only_tables_in_the_lake_are_exported_and_explanations_are_required(tmp_
 def test_an_empty_table_is_left_out_and_empty_explanations_are_refused(tmp_path, offline):
     lake = build_lake(tmp_path / "lake", tables=())
     single(lake, "similarity", [], PAIRS_SCHEMA)
-    assert export_dataset(lake.root, tmp_path / "export", CARD) == {"explanations": 12}
-    assert load(tmp_path / "export", "explanations", offline).num_rows == 12
+    assert export_dataset(lake.root, tmp_path / "export", CARD) == {"explanations": 16}
+    assert load(tmp_path / "export", "explanations", offline).num_rows == 16
     empty = Lake(tmp_path / "empty")
     partitioned(empty, "explanations", "layers.1", "neurons", [], EXPLANATIONS_SCHEMA)
     with pytest.raises(ValueError, match="no rows"):
@@ -240,7 +283,8 @@ def test_card_info_describes_each_sae_variant_from_the_config():
         "saes": [{"name": "topk-x4", "train": {"expansion_factor": 4, "k": 16}},
                  {"name": "hub", "hub": "org/saes", "revision": "main"},
                  {"name": "local", "path": "/data/saes/{hookpoint}"},
-                 {"name": "neurons", "neurons": {}}, {"name": "neurons-topk", "neurons": {"k": 32}}],
+                 {"name": "neurons", "neurons": {}}, {"name": "neurons-topk", "neurons": {"k": 32}},
+                 {"name": "planted", "planted": {}}],
         "explain": {"llm": {"backend": "openai", "model": "gpt-x"}},
         "score": {"scorers": ["detection", "embedding"]},
     })
@@ -250,7 +294,8 @@ def test_card_info_describes_each_sae_variant_from_the_config():
     assert card.prompt_versions == ["p1"] and card.scorers == ["detection", "embedding"]
     assert "org/corpus" in card.corpus and card.license == "cc-by-sa-4.0" and card.repo_id is None
     saes = dict(card.saes)
-    assert list(saes) == ["topk-x4", "hub", "local", "neurons", "neurons-topk"]
+    assert list(saes) == ["topk-x4", "hub", "local", "neurons", "neurons-topk", "planted"]
+    assert saes["planted"].startswith("planted: known-answer latents") and "relative_pronouns" in saes["planted"]
     assert "TopK" in saes["topk-x4"] and "expansion factor 4" in saes["topk-x4"] and "k = 16" in saes["topk-x4"]
     assert "org/saes" in saes["hub"] and "main" in saes["hub"]
     assert "/data/saes/{hookpoint}" in saes["local"]

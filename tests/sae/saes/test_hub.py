@@ -48,4 +48,4 @@ def test_a_hub_sae_downloads_only_its_hookpoint_folder_and_loads_like_a_local_on
     reference = load_sae(repo / "layers.3")
     x = torch.randn(8, 576)
     torch.testing.assert_close(local.encode_dense(x), reference.encode_dense(x))
-    assert result.sae.cfg.k == 4 and result.written_format == "sparsify"
+    assert result.row["k"] == 4 and result.written_format == "sparsify"

@@ -11,11 +11,11 @@ from sae.scoring.checks import controls_near_chance
 from sae.scoring.scorers import SCHEMA
 
 
-def scores(scorer: str, source: str, balanced_accuracy, auc=None) -> pa.Table:
+def scores(scorer: str, source: str, balanced_accuracy, auc=None, explainer: str = "llm") -> pa.Table:
     n = len(balanced_accuracy)
     auc = [None] * n if auc is None else list(auc)
     return pa.table({
-        "latent": list(range(n)), "scorer": [scorer] * n, "source": [source] * n,
+        "latent": list(range(n)), "explainer": [explainer] * n, "scorer": [scorer] * n, "source": [source] * n,
         "explanation_latent": [(i + 1) % n for i in range(n)], "balanced_accuracy": list(balanced_accuracy),
         "f1": [0.5] * n, "precision": [0.5] * n, "recall": [0.5] * n, "accuracy": [0.5] * n, "auc": auc,
         "bin_accuracy": [[0.5, 0.5]] * n, "silent_accuracy": [0.5] * n, "n_examples": [20] * n,
@@ -66,6 +66,16 @@ def test_a_control_off_chance_fails_and_is_named(tmp_path):
     assert not by["fuzzing"]["balanced_accuracy"]["passed"]
     assert "embedding auc" in outcome.description and "fuzzing balanced_accuracy" in outcome.description
     assert "detection" not in outcome.description
+
+
+def test_each_explainers_controls_are_checked_apart(tmp_path):
+    files = write(tmp_path, scores("detection", "control", near(0.5, 40, 1)),
+                  scores("detection", "control", near(0.8, 40, 2), explainer="tokens"))
+    outcome = controls_near_chance(files)
+    by = outcome.metadata["scorers"]
+    assert by["detection"]["balanced_accuracy"]["passed"]
+    assert not by["detection (tokens)"]["balanced_accuracy"]["passed"]
+    assert not outcome.passed and "detection (tokens) balanced_accuracy" in outcome.description
 
 
 def test_a_small_significant_bias_is_not_flagged():

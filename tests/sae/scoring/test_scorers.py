@@ -4,6 +4,7 @@ derangement, and the embedding scorer end to end with the real offline embedder.
 import math
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -11,7 +12,7 @@ from sae.config import ScoreConfig
 from sae.explanations.explainer import SCHEMA as EXPLANATIONS
 from sae.llm.base import TokenLogprobs
 from sae.prompts import parse_answers
-from sae.scoring.scorers import derangement, fuzzing_items, score_partition, yes_probabilities
+from sae.scoring.scorers import derangement, fuzzing_items, score_partition, scored_latents, yes_probabilities
 
 WORDS = ["volcano", "the", "river", "budget", "music", "train", "school", "paper", "green", "city", "winter"]
 
@@ -89,14 +90,33 @@ def test_embedding_scorer_gives_auc_1_when_the_explanation_names_the_only_shared
 
     examples = _examples(np.random.default_rng(0))
     explanations = pa.Table.from_pylist(
-        [{"latent": 0, "explanation": "the word volcano", "parsed": True},
-         {"latent": 1, "explanation": "mentions of a volcano", "parsed": True}], schema=EXPLANATIONS)
+        [{"latent": 0, "explainer": "llm", "explanation": "the word volcano", "parsed": True},
+         {"latent": 1, "explainer": "llm", "explanation": "mentions of a volcano", "parsed": True},
+         # The token baseline explained both latents too; its text names no word of the activating windows.
+         {"latent": 0, "explainer": "tokens", "explanation": "the tokens \"music\"", "parsed": True},
+         {"latent": 1, "explainer": "tokens", "explanation": "the tokens \"paper\"", "parsed": True}],
+        schema=EXPLANATIONS)
     cfg = ScoreConfig(scorers=("embedding",))
     table = score_partition(examples, explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
                             embedder=Embedder())
-    rows = {(r["latent"], r["source"]): r for r in table.to_pylist()}
-    assert set(rows) == {(0, "real"), (0, "control"), (1, "real"), (1, "control")}
-    real = rows[(0, "real")]
+    rows = {(r["latent"], r["explainer"], r["source"]): r for r in table.to_pylist()}
+    assert set(rows) == {(latent, explainer, source) for latent in (0, 1) for explainer in ("llm", "tokens")
+                         for source in ("real", "control")}
+    real = rows[(0, "llm", "real")]
     assert real["auc"] == 1.0 and real["balanced_accuracy"] == 1.0 and real["n_examples"] == 12
     assert real["bin_accuracy"] == [1.0, 1.0, 1.0] and real["silent_accuracy"] == 1.0
-    assert rows[(0, "control")]["explanation_latent"] == 1
+    assert rows[(0, "llm", "control")]["explanation_latent"] == 1
+    # Each explainer is scored on its own texts, on the same windows: the baseline's misses the word.
+    assert rows[(0, "tokens", "real")]["auc"] < 1.0 and rows[(0, "tokens", "real")]["n_examples"] == 12
+    assert rows[(0, "tokens", "control")]["explanation_latent"] == 1
+
+
+def test_the_scored_latents_are_the_llms_and_a_cap_keeps_those_first():
+    explanations = pl.DataFrame({"latent": [1, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7],
+                                 "explainer": ["llm"] * 4 + ["tokens"] * 7})
+    assert scored_latents(explanations, None, seed=0) == [1, 2, 3, 4]  # the baseline's others: not scored
+    assert scored_latents(explanations.filter(pl.col("explainer") == "tokens"), None, seed=0) == [1, 2, 3, 4, 5, 6, 7]
+    assert scored_latents(explanations, 9, seed=0) == [1, 2, 3, 4, 5, 6, 7]
+    assert scored_latents(explanations, 5, seed=0)[:4] == [1, 2, 3, 4]  # every LLM latent, one more
+    three = scored_latents(explanations, 3, seed=0)
+    assert len(three) == 3 and set(three) < {1, 2, 3, 4} and three == scored_latents(explanations, 3, seed=0)

@@ -1,0 +1,90 @@
+"""The copy detector, and the retry of a copied answer with other worked examples.
+
+The retry test scripts the LLM's answers (the real SmolLM2 cannot be made to copy on demand): the client
+answers each prompt with the first worked example's answer it shows, unless the prompt shows the pool's
+`PAIRED` example, which it answers genuinely."""
+
+import dataclasses
+
+import pytest
+
+from sae.config import ExplainConfig
+from sae.explanations.copies import COPY_SIMILARITY, copied_example, similarity
+from sae.explanations.explainer import explain_with_retries, rows_for
+from sae.llm.base import Completion
+from sae.prompts import EXAMPLE_POOL, example_rotation
+
+from .test_explainer import train_examples
+from ..scoring.test_scorers import decode
+
+SHOWN = [example.answer for example in EXAMPLE_POOL[:2]]  # 'names of European cities', 'the suffix "ing" ...'
+
+
+@pytest.mark.parametrize("answer", ["names of European cities", "  Names of european cities.", "NAMES OF EUROPEAN CITIES"])
+def test_an_exact_copy_is_caught_whatever_its_case_and_punctuation(answer):
+    assert copied_example(answer, SHOWN) == "names of European cities"
+
+
+@pytest.mark.parametrize("answer, copied", [
+    ('the suffix "ed" completing a verb', 'the suffix "ing" completing a verb'),  # the template, one word swapped
+    ("names of Asian cities", "names of European cities"),
+    ("name of European city", "names of European cities"),
+])
+def test_a_near_copy_is_caught(answer, copied):
+    assert copied_example(answer, SHOWN) == copied
+
+
+@pytest.mark.parametrize("answer", ["relative pronouns: who, which, whom", "city names", "the Trojan War and Achilles",
+                                    'the token "ing" after a verb stem', None])
+def test_a_genuine_answer_passes(answer):
+    assert copied_example(answer, SHOWN) is None
+
+
+def test_a_copy_is_judged_only_against_the_examples_shown():
+    assert copied_example("female pronouns (she, her)", SHOWN) is None  # in the pool, not in this prompt
+    assert similarity("female pronouns (she, her)", "Female pronouns: she, her") == 1.0
+    assert COPY_SIMILARITY > max(similarity(a.answer, b.answer) for a in EXAMPLE_POOL for b in EXAMPLE_POOL
+                                 if a is not b)
+
+
+class CopiesUnlessPaired:
+    """Answers with the first shown example's answer unless the prompt shows EXAMPLE_POOL[PAIRED]."""
+
+    backend, model, supports_logprobs = "scripted", "scripted", False
+    PAIRED = 4
+
+    def __init__(self):
+        self.calls = []
+
+    def complete(self, requests, progress=False):
+        self.calls.append(len(requests))
+        out = []
+        for request in requests:
+            assistant = [text for role, text in request.messages if role == "assistant"]
+            genuine = any(EXAMPLE_POOL[self.PAIRED].answer in text for text in assistant)
+            text = "Explanation: tokens of the toy vocabulary" if genuine else assistant[0]
+            out.append(Completion(text, prompt_tokens=100, completion_tokens=8, latency_s=0.5))
+        return out
+
+
+def test_a_copy_is_asked_again_with_other_examples_and_the_last_answer_is_kept():
+    cfg = dataclasses.replace(ExplainConfig(), n_examples=4, max_attempts=3)
+    client = CopiesUnlessPaired()
+    latents = [0, 1, 2, 3, 4, 5]
+    answers = {a.prompt.latent: a for a in explain_with_retries(train_examples(), latents, cfg, client, decode, None)}
+    # Three attempts show the whole pool of six, two at a time: every latent meets the paired example once.
+    for latent, answer in answers.items():
+        shown = [[e.answer for e in example_rotation(latent, attempt)] for attempt in range(3)]
+        genuine_at = next(a for a in range(3) if EXAMPLE_POOL[CopiesUnlessPaired.PAIRED].answer in shown[a])
+        assert answer.attempts == genuine_at + 1 and answer.copied is None
+        assert answer.prompt_tokens == 100 * answer.attempts and answer.latency_s == pytest.approx(0.5 * answer.attempts)
+    assert client.calls == [6, 4, 2]  # only the copies are asked again
+    table = rows_for([answers[latent] for latent in latents], client, "v")
+    assert table.column("attempts").to_pylist() == [3, 2, 2, 1, 1, 3]
+    assert table.column("copied_example").null_count == 6
+    # Out of attempts: the last answer is kept, and the row says which example it still copies.
+    once = explain_with_retries(train_examples(), [0], dataclasses.replace(cfg, max_attempts=1), CopiesUnlessPaired(),
+                                decode, None)
+    row = rows_for(once, client, "v").to_pylist()[0]
+    assert row["attempts"] == 1 and row["copied_example"] == EXAMPLE_POOL[0].answer
+    assert row["explanation"] == EXAMPLE_POOL[0].answer
