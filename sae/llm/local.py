@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
-from .base import BackendError, ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
+from .base import BackendError, ChatRequest, Completion, LLMClient, OutputFormat, SamplingParams, TokenLogprobs
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,52 @@ class SeededSampler:
         return scores
 
 
+class Vocabulary:
+    """Every token's text, and the tokens by their first character, for masking by output format."""
+
+    def __init__(self, tokenizer):
+        self.texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
+        self.starting_with: dict[str, list[int]] = {}
+        for token, text in enumerate(self.texts):
+            if text:
+                self.starting_with.setdefault(text[0], []).append(token)
+
+
+class FormatConstraint:
+    """A logits processor that lets each row with an output format generate only that format's strings, then
+    an end-of-sequence token; rows without one are left alone. The tokens allowed in each state of a format
+    are found once (the tokens that start with a character the state accepts, read through) and kept."""
+
+    def __init__(self, formats: Sequence[OutputFormat | None], prompt_width: int, vocabulary: Vocabulary,
+                 eos: Sequence[int], allowed: dict):
+        self.formats, self.prompt_width, self.vocabulary, self.eos = formats, prompt_width, vocabulary, list(eos)
+        self.allowed = allowed  # (format, states) -> mask over the vocabulary, shared across calls
+
+    def mask(self, output_format: OutputFormat, states: frozenset, width: int, device) -> torch.Tensor:
+        key = (output_format, states)
+        if key not in self.allowed:
+            mask = torch.zeros(width, dtype=torch.bool)
+            for char in output_format.next_chars(states):
+                for token in self.vocabulary.starting_with.get(char, ()):
+                    if output_format.advance(states, self.vocabulary.texts[token]):
+                        mask[token] = True
+            if output_format.is_complete(states) or not states:  # done (or lost): only the end may follow
+                mask[self.eos] = True
+            self.allowed[key] = mask.to(device)
+        return self.allowed[key]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()  # generate keeps the raw logits (for logprobs) in this very tensor
+        for row, output_format in enumerate(self.formats):
+            generated = input_ids[row, self.prompt_width:].tolist()
+            if output_format is None or any(token in self.eos for token in generated):
+                continue  # unconstrained, or finished (generate pads it from here on)
+            text = "".join(self.vocabulary.texts[token] for token in generated)
+            states = output_format.advance(output_format.start(), text)
+            scores[row, ~self.mask(output_format, states, scores.shape[-1], scores.device)] = float("-inf")
+        return scores
+
+
 class TransformersRuntime:
     def __init__(self, source: str, revision: str | None, device: torch.device, dtype: torch.dtype,
                  batch_size: int, gguf_file: str | None = None):
@@ -165,6 +211,8 @@ class TransformersRuntime:
         self.eos_list = eos
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
         self._token_text: dict[int, str] = {}
+        self._vocabulary: Vocabulary | None = None  # built on the first constrained request
+        self._allowed: dict = {}  # FormatConstraint's masks, kept across calls
 
     def encode(self, request: ChatRequest) -> list[int]:
         text = self.tokenizer.apply_chat_template(request.as_openai_messages(), add_generation_prompt=True,
@@ -206,6 +254,11 @@ class TransformersRuntime:
             output_logits=want_logprobs,
         )
         processors = LogitsProcessorList()
+        formats = [s.output_format for s in sampling]
+        if any(formats):
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary(self.tokenizer)
+            processors.append(FormatConstraint(formats, width, self._vocabulary, self.eos_list, self._allowed))
         if any(s.temperature > 0 for s in sampling):
             processors.append(SeededSampler(sampling, self.device))
         out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
@@ -306,6 +359,11 @@ class LlamaCppRuntime:
         # Only temperature and top-p shape sampling, as with the other backends (llama.cpp's server would also
         # apply its default top-k 40 and min-p 0.05).
         payload.update(top_k=0, min_p=0.0)
+        output_format = request.sampling.output_format
+        if output_format is not None:
+            # The exact grammar rather than the JSON schema, which would leave the whitespace to the model.
+            del payload["response_format"]
+            payload["grammar"] = output_format.gbnf()
         return payload
 
     def one(self, request: ChatRequest) -> Completion:
