@@ -14,6 +14,7 @@ control); a scorer whose control is not near chance measures something else than
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import defaultdict
@@ -29,7 +30,8 @@ from ..config import LLM_SCORERS, ScoreConfig
 from ..explanations.explainer import Decode
 from ..frames import frame
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
-from ..prompts import Window, clean_piece, marked_text, parse_answers, scorer_messages, scorer_version
+from ..prompts import (Window, answer_format, clean_piece, marked_text, parse_answers, scorer_messages,
+                       scorer_version)
 from .metrics import classification_metrics, roc_auc
 
 SCHEMA = pa.schema([
@@ -43,7 +45,7 @@ SCHEMA = pa.schema([
     ("recall", pa.float32()),
     ("accuracy", pa.float32()),
     ("auc", pa.float32()),  # null where the backend gave no probabilities
-    ("bin_accuracy", pa.list_(pa.float32())),  # accuracy on activating windows per quantile bin (NaN: none)
+    ("bin_accuracy", pa.list_(pa.float32())),  # accuracy on activating windows per quantile bin (null: none)
     ("silent_accuracy", pa.float32()),  # accuracy on silent windows
     ("n_examples", pa.int32()),  # windows with an answer
     ("n_activating", pa.int32()),
@@ -142,18 +144,29 @@ def fuzzing_items(activating: list[dict], silent: list[dict], decode: Decode, th
     return items
 
 
+# Most likely tokens asked for at each answer position: enough that both digits are usually among them
+# (the model's raw distribution there also holds list-like tokens such as "2" or "..."), and OpenAI's limit.
+TOP_LOGPROBS = 20
+
+
+def _digit(text: str) -> str:
+    return text.strip(" ,[]")  # a tokenizer may fold the list's punctuation into the digit's token
+
+
 def yes_probabilities(logprobs: list[TokenLogprobs] | None, n: int) -> list[float] | None:
-    """P(1) at each of the first n answer digits of a reply (as `parse_answers` reads them), from the top
-    log-probabilities there; None unless the reply has n digit tokens with 0 or 1 among their alternatives."""
+    """P(1) / (P(0) + P(1)) at each of the first n answer digits of a reply (as `parse_answers` reads them),
+    from the top log-probabilities there: the choice that constrained decoding leaves the model. A digit
+    missing from the top ones counts as improbable. None unless the reply has n digit tokens with 0 or 1
+    among their alternatives."""
     if not logprobs:
         return None
     probs = []
     for token in logprobs:
-        if token.token.strip() not in ("0", "1") or len(probs) == n:
+        if _digit(token.token) not in ("0", "1") or len(probs) == n:
             continue
         top = {}
         for text, logprob in token.top.items():
-            top.setdefault(text.strip(), logprob)
+            top.setdefault(_digit(text), logprob)
         if "0" not in top and "1" not in top:
             return None
         yes, no = math.exp(top.get("1", -math.inf)), math.exp(top.get("0", -math.inf))
@@ -176,7 +189,11 @@ def llm_batches(latent: int, scorer: str, source: str, explanation: str, items: 
     for first in range(0, len(order), cfg.batch_size):
         chunk = order[first : first + cfg.batch_size]
         messages = scorer_messages(scorer, explanation, [item.text for item in chunk])
-        batches.append(Batch((latent, scorer, source), chunk, ChatRequest(messages, sampling)))
+        # Constrained: on backends that decode by the format every reply reads (max_tokens fits the longest).
+        output_format = answer_format(len(chunk))
+        constrained = dataclasses.replace(sampling, output_format=output_format,
+                                          max_tokens=max(sampling.max_tokens, output_format.max_length + 1))
+        batches.append(Batch((latent, scorer, source), chunk, ChatRequest(messages, constrained)))
     return batches
 
 
@@ -196,20 +213,27 @@ def judge(batches: list[Batch], completions: list[Completion], judged: dict) -> 
             record.probabilities.append(probs[i] if probs else math.nan)
 
 
+def defined(value: float) -> float | None:
+    """A metric as the lake stores it: NULL, never NaN, where it is not defined."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def metrics_row(latent: int, scorer: str, source: str, explanation_latent: int, record: Judged, n_bins: int,
                 scorer_model: str, prompt_version: str, now: datetime) -> dict:
+    """The scores row of one (latent, scorer, source); NULL wherever nothing could be judged (no answers, no
+    window of a class or bin, no probabilities)."""
     labels, preds = np.array(record.labels, bool), np.array(record.predictions, bool)
-    metrics = classification_metrics(labels, preds)
+    metrics = {name: defined(value) for name, value in classification_metrics(labels, preds).items()}
     probs = np.array(record.probabilities, dtype=np.float64)
     auc = roc_auc(labels, probs) if probs.size and not np.isnan(probs).any() else None
     correct = labels == preds
     bins = np.array([-1 if b is None else b for b in record.bins], dtype=np.int64)
-    bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else math.nan
+    bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else None
                     for b in range(n_bins)]
     silent = ~labels & (bins < 0)
     return {"latent": latent, "scorer": scorer, "source": source, "explanation_latent": explanation_latent,
-            **metrics, "auc": None if auc is None or math.isnan(auc) else auc, "bin_accuracy": bin_accuracy,
-            "silent_accuracy": float(correct[silent].mean()) if silent.any() else math.nan,
+            **metrics, "auc": defined(auc), "bin_accuracy": bin_accuracy,
+            "silent_accuracy": float(correct[silent].mean()) if silent.any() else None,
             "n_examples": int(labels.size), "n_activating": int(labels.sum()), "n_failures": record.failures,
             "failed_answers": record.failed_answers, "scorer_model": scorer_model,
             "prompt_version": prompt_version, "created_at": now}
@@ -232,7 +256,8 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     if llm_scorers:
         if client is None:
             raise ValueError(f"scorers {llm_scorers} need an LLM client")
-        sampling = SamplingParams(max_tokens=cfg.max_tokens, top_logprobs=5 if client.supports_logprobs else 0)
+        sampling = SamplingParams(max_tokens=cfg.max_tokens,
+                                  top_logprobs=TOP_LOGPROBS if client.supports_logprobs else 0)
         batches = []
         for latent in latents:
             rng = random.Random(f"{seed}/{latent}")
