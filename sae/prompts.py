@@ -232,12 +232,17 @@ _YES, _NO = {"1", "yes", "true", "y"}, {"0", "no", "false", "n"}
 
 
 def parse_answers(completion: str, n: int) -> list[bool] | None:
-    """The n yes/no answers of a scorer reply: the last bracketed list whose first n entries are each 1/0,
-    yes/no or true/false. A constrained reply is {"answers": [...]} exactly (a server that takes only the
-    JSON schema may space it otherwise); the lenient reading is for servers that ignore the constraint.
-    Entries beyond the n-th are ignored: unconstrained small models run on past the end of the list, and the
-    first n still answer the n excerpts in order. None when it cannot be read."""
-    for text in reversed(_LIST.findall(completion)):
+    """The n yes/no answers of a scorer reply: the last bracketed list (or a list left open at the end)
+    whose first n entries are each 1/0, yes/no or true/false. A constrained reply is {"answers": [...]}
+    exactly (a server that takes only the JSON schema may space it otherwise); the lenient reading is for
+    servers that ignore the constraint. Entries beyond the n-th are ignored: unconstrained small models run
+    on past the end of the list, and the first n still answer the n excerpts in order. None when it cannot
+    be read."""
+    candidates = _LIST.findall(completion)
+    unclosed = completion.rpartition("[")[2]
+    if "[" in completion and "]" not in unclosed:  # cut by max_tokens inside the list
+        candidates.append(unclosed)
+    for text in reversed(candidates):
         items = [t.strip(" .'\"*").lower() for t in re.split(r"[,\s;]+", text) if t.strip(" .'\"*")]
         if len(items) >= n and all(i in _YES | _NO for i in items[:n]):
             return [i in _YES for i in items[:n]]

@@ -143,3 +143,24 @@ def test_builtin_model_is_the_converted_folder(tmp_path, converted_model):
 def test_missing_vllm_says_how_to_install():
     with pytest.raises(BackendError, match=r"pip install 'saelake\[vllm\]'.*CUDA GPU"):
         make_client(LLMConfig(backend="vllm"), Path("unused"))
+
+
+def test_constrained_requests_carry_structured_outputs():
+    from sae.prompts import answer_format
+
+    @dataclass
+    class StructuredOutputs:  # vllm.sampling_params.StructuredOutputsParams
+        regex: str
+
+    @dataclass
+    class Params(StandInSamplingParams):
+        structured_outputs: StructuredOutputs | None = None
+
+    engine = StandInEngine()
+    client = VLLMClient(LLMConfig(backend="vllm"), Path("unused"), engine=engine, sampling_params=Params,
+                        structured_outputs=StructuredOutputs)
+    fmt = answer_format(3)
+    constrained = ChatRequest((("user", "judge"),), SamplingParams(max_tokens=4, output_format=fmt))
+    client.complete([constrained, request(2, 4, seed=1)])
+    first, second = engine.calls[0]["sampling_params"]
+    assert first.structured_outputs == StructuredOutputs(fmt.regex()) and second.structured_outputs is None
