@@ -247,3 +247,20 @@ def parse_answers(completion: str, n: int) -> list[bool] | None:
         if len(items) >= n and all(i in _YES | _NO for i in items[:n]):
             return [i in _YES for i in items[:n]]
     return None
+
+
+# surprisal ----------------------------------------------------------------------------------------------
+
+# Raw text, no chat turns: the scorer model reads a window after one of two contexts, and only the window's
+# tokens are scored. The plain context gives the first token something to follow, as the explained one does.
+SURPRISAL_PLAIN = "Text:\n"
+SURPRISAL_EXPLAINED = "The text below features {explanation}.\nText:\n"
+
+
+def surprisal_contexts(explanation: str) -> tuple[str, str]:
+    """The contexts a window is read after: without the explanation, and with it."""
+    return SURPRISAL_PLAIN, SURPRISAL_EXPLAINED.format(explanation=explanation.rstrip(". "))
+
+
+def surprisal_version() -> str:
+    return version(SURPRISAL_PLAIN, SURPRISAL_EXPLAINED)

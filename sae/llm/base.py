@@ -146,6 +146,17 @@ class Completion:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ScoredText:
+    """A text whose every token the model scores, read after a context that is not scored."""
+
+    context: str  # not empty: the text's first token is predicted from it
+    text: str
+
+
+PROMPT_LOGPROB_BACKENDS = "llm.backend 'local' (transformers) or 'vllm'"
+
+
 class LLMClient(abc.ABC):
     backend: str  # local | openai | vllm
     model: str  # the model's name as the backend knows it; part of every cache key
@@ -154,6 +165,18 @@ class LLMClient(abc.ABC):
     @abc.abstractmethod
     def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
         """Complete every request; the result is in the order of `requests`."""
+
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        """For each request, the log-probability of every token of its text given the context and the text's
+        earlier tokens. Context and text are tokenized apart, so a text has the same tokens in any context."""
+        raise BackendError(f"the {self.backend} backend gives no log-probabilities of prompt tokens, which the "
+                           f"surprisal scorer needs; score with {PROMPT_LOGPROB_BACKENDS} (score.llm), or drop "
+                           "surprisal from score.scorers")
+
+    @property
+    def prompt_logprobs_model(self) -> str:
+        """The model that answers prompt_logprobs (a local client may use another runtime's copy)."""
+        return self.model
 
     def close(self) -> None:
         """Release the engine, server connection or model weights."""

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
-from .base import BackendError, ChatRequest, Completion, LLMClient, OutputFormat, SamplingParams, TokenLogprobs
+from .base import (BackendError, ChatRequest, Completion, LLMClient, OutputFormat, SamplingParams, ScoredText,
+                   TokenLogprobs)
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,20 @@ def choose_runtime(cfg: LLMConfig, device: torch.device) -> str:
     return "transformers"
 
 
+def transformers_runtime(cfg: LLMConfig, lake_root: Path, device: torch.device) -> TransformersRuntime:
+    """The transformers runtime of `cfg`: the built-in from its converted folder, a GGUF dequantized on load,
+    or a Hub id / local folder."""
+    gguf = Path(cfg.model).expanduser() if cfg.model.endswith(".gguf") else None
+    if cfg.model == BUILTIN_MODEL:
+        source, gguf_file = str(builtin_model_folder(Path(lake_root))), None
+    elif gguf is not None:  # transformers dequantizes a GGUF on load
+        source, gguf_file = str(gguf.parent), gguf.name
+    else:
+        source, gguf_file = cfg.model, None
+    return TransformersRuntime(source, cfg.revision, device, resolve_dtype(cfg.dtype, device), cfg.batch_size,
+                               gguf_file=gguf_file)
+
+
 class LocalClient(LLMClient):
     backend = "local"
     supports_logprobs = True
@@ -77,7 +92,9 @@ class LocalClient(LLMClient):
             device = resolve_device(cfg.device)
         except RuntimeError as err:
             raise BackendError(str(err)) from None
+        self.cfg, self.lake_root, self.device = cfg, Path(lake_root), device
         self.runtime = choose_runtime(cfg, device)
+        self._transformers: TransformersRuntime | None = None  # for prompt log-probs, which llama.cpp lacks
         if self.runtime == "llamacpp":
             gguf = gguf_path(cfg)
             self._engine = LlamaCppRuntime(gguf, slots=cfg.batch_size, device=device,
@@ -85,15 +102,7 @@ class LocalClient(LLMClient):
             # Another model file (here: 4-bit weights), so another cache key than the transformers model's.
             self.model = f"{cfg.model}@llamacpp:{gguf.name}"
         else:
-            gguf = Path(cfg.model).expanduser() if cfg.model.endswith(".gguf") else None
-            if cfg.model == BUILTIN_MODEL:
-                source, gguf_file = str(builtin_model_folder(Path(lake_root))), None
-            elif gguf is not None:  # transformers dequantizes a GGUF on load
-                source, gguf_file = str(gguf.parent), gguf.name
-            else:
-                source, gguf_file = cfg.model, None
-            self._engine = TransformersRuntime(source, cfg.revision, device, resolve_dtype(cfg.dtype, device),
-                                               cfg.batch_size, gguf_file=gguf_file)
+            self._engine = self._transformers = transformers_runtime(cfg, self.lake_root, device)
             self.model = cfg.model
         log.info("local LLM %s on %s with the %s runtime", cfg.model, device, self.runtime)
 
@@ -102,8 +111,26 @@ class LocalClient(LLMClient):
             return []
         return self._engine.complete(list(requests), progress)
 
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        """From a transformers forward pass. llama.cpp's server gives no prompt log-probs, so on that runtime
+        the same model is also loaded with transformers, once, for these calls (for the built-in: its
+        converted float32 copy, so these numbers come from `prompt_logprobs_model`, not the 4-bit GGUF)."""
+        if not requests:
+            return []
+        if self._transformers is None:
+            log.info("prompt log-probs of %s come from the transformers runtime (llama.cpp gives none)",
+                     self.cfg.model)
+            self._transformers = transformers_runtime(self.cfg, self.lake_root, self.device)
+        return self._transformers.prompt_logprobs(list(requests), progress)
+
+    @property
+    def prompt_logprobs_model(self) -> str:
+        return self.cfg.model  # the transformers runtime's identity, whichever runtime completes
+
     def close(self) -> None:
         self._engine.close()
+        if self._transformers is not None and self._transformers is not self._engine:
+            self._transformers.close()
 
 
 class SeededSampler:
@@ -288,6 +315,40 @@ class TransformersRuntime:
                 prompt_tokens=len(prompt), completion_tokens=len(tokens), latency_s=latency, logprobs=logprobs,
             ))
         return completions
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, requests: list[ScoredText], progress: bool) -> list[list[float]]:
+        """Log-probabilities of each text's tokens after its context, by forward passes of similar lengths."""
+        encoded = []
+        for request in requests:
+            if not request.context:
+                raise ValueError("a scored text needs a context: its first token is predicted from it")
+            context = self.tokenizer(request.context)["input_ids"]  # with the BOS token, if the model has one
+            encoded.append((context, self.tokenizer(request.text, add_special_tokens=False)["input_ids"]))
+        order = sorted(range(len(requests)), key=lambda i: sum(map(len, encoded[i])), reverse=True)
+        results: list[list[float] | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc=f"log-probs {self.model.name_or_path}", unit="text",
+                  disable=not progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                sequences = [encoded[i][0] + encoded[i][1] for i in rows]
+                width = max(map(len, sequences))
+                input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+                attention = torch.zeros((len(rows), width), dtype=torch.long)
+                for row, sequence in enumerate(sequences):  # right padding: positions start at 0 in every row
+                    input_ids[row, :len(sequence)] = torch.tensor(sequence)
+                    attention[row, :len(sequence)] = 1
+                logits = self.model(input_ids=input_ids.to(self.device),
+                                    attention_mask=attention.to(self.device)).logits
+                for row, i in enumerate(rows):
+                    context, text = encoded[i]
+                    # Position p predicts token p + 1: the text's tokens are predicted from len(context) - 1 on.
+                    predicting = logits[row, len(context) - 1:len(context) + len(text) - 1].float()
+                    logprobs = torch.log_softmax(predicting, dim=-1)
+                    target = torch.tensor(text, device=logprobs.device).unsqueeze(1)
+                    results[i] = logprobs.gather(1, target).squeeze(1).tolist()
+                bar.update(len(rows))
+        return results  # type: ignore[return-value]
 
     @staticmethod
     def _top_logprobs(logits: tuple[torch.Tensor, ...], k: int) -> tuple[list, list]:

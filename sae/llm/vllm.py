@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import BUILTIN_MODEL, LLMConfig
 from ..models import builtin_model_folder
-from .base import BackendError, ChatRequest, Completion, LLMClient, TokenLogprobs
+from .base import BackendError, ChatRequest, Completion, LLMClient, ScoredText, TokenLogprobs
 
 INSTALL_HINT = "pip install 'saelake[vllm]' (vLLM needs a CUDA GPU; on CPU use llm.backend 'local')"
 
@@ -154,6 +154,26 @@ class VLLMClient(LLMClient):
         if len(outputs) != len(requests):
             raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         return [parse_request_output(output, request, latency) for output, request in zip(outputs, requests)]
+
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        """vLLM's prompt_logprobs over token-id prompts: the scored token is always among each position's
+        entries, so asking for 0 more gives exactly its log-probability."""
+        if not requests:
+            return []
+        tokenizer = self._engine.get_tokenizer()
+        prompts, spans = [], []
+        for request in requests:
+            context = tokenizer(request.context)["input_ids"]
+            text = tokenizer(request.text, add_special_tokens=False)["input_ids"]
+            prompts.append({"prompt_token_ids": context + text})
+            spans.append(len(context))
+        params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self._engine.generate(prompts, sampling_params=params, use_tqdm=progress)
+        if len(outputs) != len(requests):
+            raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        return [[steps[position][prompt["prompt_token_ids"][position]].logprob
+                 for position in range(start, len(prompt["prompt_token_ids"]))]
+                for prompt, start, steps in zip(prompts, spans, (output.prompt_logprobs for output in outputs))]
 
     def close(self) -> None:
         self._engine = None

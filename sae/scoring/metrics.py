@@ -98,3 +98,9 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int
     alpha = (1.0 - level) / 2
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return mean, float(low), float(high)
+
+
+# Each scorer's headline metric, the one summaries and calibration compare: the LLM judges give hard answers
+# (balanced accuracy; their AUC exists only where the backend gives log-probs), the others rank windows.
+PRIMARY_METRIC = {"detection": "balanced_accuracy", "fuzzing": "balanced_accuracy", "embedding": "auc",
+                  "surprisal": "auc"}

@@ -6,7 +6,13 @@
   windows marked at their truly active tokens are correct; silent windows (and, optionally, activating
   windows marked at inactive tokens) with as many tokens marked at random are not;
 - embedding: the AUC of cosine(explanation, window) between activating and silent windows; its hard
-  predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune.
+  predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune;
+- surprisal: the AUC of how much the explanation, read before a window, lowers the LLM's loss on it, between
+  activating and silent windows (hard predictions by R-precision, as for embedding).
+
+Detection and fuzzing answers are constrained to {"answers": [...]} on every backend that decodes by a
+format, so every answer reads; where the backend gives log-probs, P(1) at each answer digit gives the AUC.
+Metrics that nothing could define (no answer read, no window of a class or bin) are NULL.
 
 Every latent is also scored with another latent's explanation (a fixed, seeded derangement, `source` =
 control); a scorer whose control is not near chance measures something else than the explanation.
@@ -26,17 +32,17 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ..config import LLM_SCORERS, ScoreConfig
+from ..config import ANSWER_SCORERS, ScoreConfig
 from ..explanations.explainer import Decode
 from ..frames import frame
-from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
+from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, ScoredText, TokenLogprobs
 from ..prompts import (Window, answer_format, clean_piece, marked_text, parse_answers, scorer_messages,
-                       scorer_version)
+                       scorer_version, surprisal_contexts, surprisal_version)
 from .metrics import classification_metrics, roc_auc
 
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
-    ("scorer", pa.string()),  # detection | fuzzing | embedding
+    ("scorer", pa.string()),  # detection | fuzzing | embedding | surprisal
     ("source", pa.string()),  # real: the latent's own explanation; control: another latent's
     ("explanation_latent", pa.int32()),  # whose explanation was scored
     ("balanced_accuracy", pa.float32()),
@@ -252,7 +258,7 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     windows = test_windows(examples, latents)
     now = datetime.now(timezone.utc)
     rows = []
-    llm_scorers = [s for s in cfg.scorers if s in LLM_SCORERS]
+    llm_scorers = [s for s in cfg.scorers if s in ANSWER_SCORERS]
     if llm_scorers:
         if client is None:
             raise ValueError(f"scorers {llm_scorers} need an LLM client")
@@ -280,9 +286,20 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
                                     scorer_version(scorer), now))
     if "embedding" in cfg.scorers and latents:
         rows += embedding_rows(latents, windows, text_of, sources, decode, embedder, n_bins, now)
+    if "surprisal" in cfg.scorers and latents:
+        rows += surprisal_rows(latents, windows, text_of, sources, cfg, decode, client, seed, n_bins, now,
+                               progress, batch_requests)
     # One row per (latent, scorer, source), each the verdict of model calls: built as rows, not shaped.
     return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([("latent", "ascending"), ("scorer", "ascending"),
                                                                ("source", "descending")])
+
+
+def ranked(labels: np.ndarray, values: np.ndarray, bins: list[int | None]) -> Judged:
+    """Windows judged by a score: R-precision calls the n_activating highest activating (no threshold to
+    tune), and the score itself gives the AUC."""
+    predictions = np.zeros_like(labels)
+    predictions[np.argsort(-values, kind="stable")[: labels.sum()]] = True
+    return Judged(labels.tolist(), predictions.tolist(), values.tolist(), bins)
 
 
 def embedding_rows(latents, windows, text_of, sources, decode: Decode, embedder, n_bins: int,
@@ -304,11 +321,58 @@ def embedding_rows(latents, windows, text_of, sources, decode: Decode, embedder,
             if latent not in mapping:
                 continue
             cosine = window_vecs[lo:hi] @ explanation_vecs[mapping[latent]]
-            # R-precision: the n_activating most similar windows are called activating.
-            predictions = np.zeros_like(labels)
-            predictions[np.argsort(-cosine, kind="stable")[: labels.sum()]] = True
-            record = Judged(labels.tolist(), predictions.tolist(), cosine.tolist(),
-                            [r["bin"] if r["kind"] == "quantile" else None for r in rows])
+            record = ranked(labels, cosine, [r["bin"] if r["kind"] == "quantile" else None for r in rows])
             out.append(metrics_row(latent, "embedding", source, mapping[latent], record, n_bins, embedder.name,
                                    "embedding", now))
+    return out
+
+
+def window_text(row: dict, decode: Decode) -> str:
+    """The window as running text (line breaks kept), for a model to read rather than a prompt to show."""
+    return "".join(decode(row["tokens"])).strip()
+
+
+def surprisal_rows(latents, windows, text_of, sources, cfg: ScoreConfig, decode: Decode, client: LLMClient | None,
+                   seed: int, n_bins: int, now: datetime, progress: bool, batch_requests: int) -> list[dict]:
+    """Surprisal (Paulo et al.): per window, how much the explanation read before it lowers the scorer model's
+    loss on it, NLL(window | plain context) - NLL(window | explanation); the score is the AUC of that reduction
+    between activating and silent windows (the same windows detection judges).
+
+    The NLL is the mean over all of the window's tokens, in the scorer model's tokenization: silent windows
+    have no activating tokens, and both classes must be measured alike; the scorer's tokens also need not be
+    the subject model's, so activating positions would not carry over."""
+    if client is None:
+        raise ValueError("the surprisal scorer needs an LLM client")
+    chosen: dict[int, tuple[list[dict], list[str]]] = {}
+    requests: dict[ScoredText, None] = {}  # each distinct (context, window) once, in order
+    for latent in latents:
+        activating, silent = sample_for_llm(windows[latent], cfg, random.Random(f"{seed}/{latent}"))
+        shown = [(row, window_text(row, decode)) for row in activating + silent]
+        shown = [(row, text) for row, text in shown if text]
+        chosen[latent] = ([row for row, _ in shown], [text for _, text in shown])
+        for text in chosen[latent][1]:
+            for source, mapping in sources:
+                if latent in mapping:
+                    plain, explained = surprisal_contexts(text_of[mapping[latent]])
+                    requests.setdefault(ScoredText(plain, text))
+                    requests.setdefault(ScoredText(explained, text))
+    ordered = list(requests)
+    mean_logprob = {}
+    for first in range(0, len(ordered), batch_requests):
+        part = ordered[first : first + batch_requests]
+        for request, logprobs in zip(part, client.prompt_logprobs(part, progress=progress)):
+            mean_logprob[request] = float(np.mean(logprobs))
+    out = []
+    for latent in latents:
+        rows, texts = chosen[latent]
+        labels = np.array([row["kind"] == "quantile" for row in rows], bool)
+        bins = [row["bin"] if row["kind"] == "quantile" else None for row in rows]
+        for source, mapping in sources:
+            if latent not in mapping:
+                continue
+            plain, explained = surprisal_contexts(text_of[mapping[latent]])
+            reduction = np.array([mean_logprob[ScoredText(explained, text)] - mean_logprob[ScoredText(plain, text)]
+                                  for text in texts])
+            out.append(metrics_row(latent, "surprisal", source, mapping[latent], ranked(labels, reduction, bins),
+                                   n_bins, client.prompt_logprobs_model, surprisal_version(), now))
     return out
