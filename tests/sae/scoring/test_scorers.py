@@ -154,3 +154,28 @@ def test_scores_hold_null_not_nan_where_nothing_could_be_judged(tmp_path):
         else:  # nothing could be read: nothing is defined
             assert (n_examples, n_failures) == (0, 12)
             assert floats == [None] * len(FLOAT_COLUMNS) and bins == [None] * 4
+
+
+def test_llm_scorers_through_llamacpp_read_every_answer_and_give_an_auc():
+    """Detection and fuzzing with the real SmolLM2 on llama.cpp: the constrained answers all read, and the
+    log-probs at the answer digits give every row an AUC."""
+    pytest.importorskip("xllamacpp")
+    from pathlib import Path
+
+    from sae.config import LLMConfig
+    from sae.llm import make_client
+
+    explanations = pa.Table.from_pylist(
+        [{"latent": 0, "explanation": "the word volcano", "parsed": True},
+         {"latent": 1, "explanation": "mentions of a volcano", "parsed": True}], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("detection", "fuzzing"), n_activating=3, n_silent=3, batch_size=6)
+    client = make_client(LLMConfig(runtime="llamacpp", device="cpu", batch_size=2), Path("unused"))
+    try:
+        table = score_partition(_examples(np.random.default_rng(0)), explanations, cfg, decode, seed=0, n_bins=3,
+                                fuzz_threshold=0.0, client=client)
+    finally:
+        client.close()
+    assert table.num_rows == 8
+    for row in table.to_pylist():
+        assert row["n_failures"] == 0 and row["n_examples"] == 6, row
+        assert row["auc"] is not None and 0.0 <= row["auc"] <= 1.0, row
