@@ -39,6 +39,7 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
 def score_summary(cfg: PipelineConfig) -> pa.Table:
     """Per layer, SAE variant, scorer and source: means of the per-latent scores with bootstrap intervals."""
     from .metrics import bootstrap_mean_ci
+    from .scorers import defined
 
     with connect_fresh(cfg, "scores") as con:
         groups = run_query(con, "score_values").to_arrow_table().to_pylist()
@@ -47,8 +48,9 @@ def score_summary(cfg: PipelineConfig) -> pa.Table:
         row = {k: g[k] for k in ("layer", "sae", "scorer", "source", "n_latents", "n_examples", "n_failures")}
         for metric in ("balanced_accuracy", "f1", "auc"):
             values = [math.nan if v is None else v for v in g[metric]]
-            mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
-            row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
+            interval = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
+            # NULL, not NaN, where no latent has the metric.
+            row.update(zip((metric, f"{metric}_lo", f"{metric}_hi"), (defined(v) for v in interval)))
         row["bin_accuracy"] = g["bin_accuracy"]
         rows.append(row)
     table = pa.Table.from_pylist(rows)
@@ -85,14 +87,16 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     from collections import defaultdict
 
     from ..plots import accuracy_by_quantile, markdown_image, score_histograms
+    from .metrics import PRIMARY_METRIC
 
     lake = lake_for(cfg)
     with connect_fresh(cfg, "scores") as con:
         points = run_query(con, "score_points").to_arrow_table().to_pylist()
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
-        label = "AUC" if p["scorer"] == "embedding" else "balanced accuracy"
-        panels[f"{p['scorer']} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
+        metric = PRIMARY_METRIC[p["scorer"]]
+        label = "AUC" if metric == "auc" else "balanced accuracy"
+        panels[f"{p['scorer']} ({label})"][p["source"]].append(math.nan if p[metric] is None else p[metric])
     plots = {"score_histograms": markdown_image(
         score_histograms(panels, metric="score", path=lake.root / "plots" / "score_histograms.png"), "scores")}
     by_scorer = defaultdict(dict)

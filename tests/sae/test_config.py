@@ -228,7 +228,7 @@ DTYPE_VALUES = "valid: auto, float32, bfloat16, float16"
         ({"score": {"llm": {"device": "cpu:0"}}}, "score.llm.device 'cpu:0'", "cpu", DEVICE_VALUES),
         ({"explain": {"latents": "sampel"}}, "explain.latents 'sampel'", "sample", "valid: all, first, sample, list"),
         ({"score": {"scorers": ["detection", "fuzing"]}}, "score.scorers 'fuzing'", "fuzzing",
-         "valid: detection, fuzzing, embedding"),
+         "valid: detection, fuzzing, embedding, surprisal"),
         ({"score": {"embedder_device": "mpss"}}, "score.embedder_device 'mpss'", "mps",
          "valid: auto, cpu, mps, cuda, cuda:N"),
     ],
@@ -345,3 +345,14 @@ def test_resolved_yaml_round_trips_and_hides_the_api_key():
     assert data["score"]["llm"] is None and data["score"]["n_silent"] == ScoreConfig().n_silent  # defaults shown
     data["explain"]["llm"]["api_key"] = "sk-secret-123"
     assert parse_config(data) == config
+
+
+def test_surprisal_needs_a_backend_with_prompt_log_probs():
+    scores = {"scorers": ["detection", "surprisal"]}
+    assert parse_config(_raw(score=scores)).score.scorers == ("detection", "surprisal")
+    openai = {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}
+    for changes in ({"score": {**scores, "llm": openai}}, {"score": scores, "explain": {"llm": openai}}):
+        message = _error(_raw(**changes))
+        assert "surprisal" in message and "'local' or 'vllm'" in message
+    # The scorer's own LLM decides: an openai explainer with a local scorer is fine.
+    parse_config(_raw(score={**scores, "llm": {"backend": "local"}}, explain={"llm": openai}))
