@@ -203,7 +203,7 @@ def scorer_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> tup
 
 def scorer_version(kind: str) -> str:
     system, pool = SCORERS[kind]
-    return version(system, EXAMPLE_EXPLANATION, repr(pool))
+    return version(system, EXAMPLE_EXPLANATION, repr(pool), format_answers([True, False]))
 
 
 ANSWERS_OPEN, ANSWER_SEPARATOR, ANSWERS_CLOSE = '{"answers": [', ", ", "]}"
