@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sae.config import BUILTIN_MODEL, CorpusConfig, LLMConfig
+from sae.config import CorpusConfig, LLMConfig
 from sae.corpus.documents import iter_documents
 from sae.llm import ChatRequest, SamplingParams, make_client
 from sae.llm.openai import build_payload
@@ -113,11 +113,9 @@ def test_llamacpp_answers_always_parse_and_carry_digit_probabilities():
     check_every_answer_reads(requests, done, min_with_probabilities=0.9)
 
 
-def test_transformers_answers_always_parse(tmp_path, converted_model):
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / BUILTIN_MODEL).symlink_to(converted_model, target_is_directory=True)
+def test_transformers_answers_always_parse(model_lake):
     requests = scorer_requests(4, seed=1)
-    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=4), tmp_path)
+    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=4), model_lake)
     try:
         done = client.complete(requests)
     finally:

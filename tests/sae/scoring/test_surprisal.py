@@ -3,8 +3,6 @@ computed here by hand from the model's own forward pass."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -22,14 +20,6 @@ from .test_scorers import _examples, decode
 TEXTS = {0: "the word volcano", 1: "talk about school budgets"}
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory, converted_model) -> Path:
-    root = tmp_path_factory.mktemp("surprisal-lake")
-    (root / "models").mkdir()
-    (root / "models" / BUILTIN_MODEL).symlink_to(converted_model, target_is_directory=True)
-    return root
-
-
 def reference_reduction(model, tokenizer, explanation: str, text: str) -> float:
     """Mean log-prob of the text's tokens after the explanation's context minus after the plain one."""
     means = []
@@ -44,14 +34,14 @@ def reference_reduction(model, tokenizer, explanation: str, text: str) -> float:
     return explained - plain
 
 
-def test_surprisal_equals_the_reference_from_the_models_log_probs(lake, converted_model):
+def test_surprisal_equals_the_reference_from_the_models_log_probs(model_lake, converted_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     examples = _examples(np.random.default_rng(1))
     explanations = pa.Table.from_pylist([{"latent": k, "explanation": v, "parsed": True} for k, v in TEXTS.items()],
                                         schema=EXPLANATIONS)
     cfg = ScoreConfig(scorers=("surprisal",), n_activating=6, n_silent=6)  # every test window of each latent
-    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=5), lake)
+    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=5), model_lake)
     try:
         table = score_partition(examples, explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
                                 client=client)
@@ -77,9 +67,9 @@ def test_surprisal_equals_the_reference_from_the_models_log_probs(lake, converte
     assert rows[(0, "real")]["auc"] > 0.7
 
 
-def test_llamacpp_runtime_reads_prompt_log_probs_with_transformers(lake):
+def test_llamacpp_runtime_reads_prompt_log_probs_with_transformers(model_lake):
     pytest.importorskip("xllamacpp")
-    client = make_client(LLMConfig(runtime="llamacpp", device="cpu", batch_size=2), lake)
+    client = make_client(LLMConfig(runtime="llamacpp", device="cpu", batch_size=2), model_lake)
     try:
         assert client.runtime == "llamacpp" and client.prompt_logprobs_model == BUILTIN_MODEL
         (logprobs,) = client.prompt_logprobs([ScoredText("Text:\n", "The capital of France is Paris.")])
