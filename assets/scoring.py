@@ -1,4 +1,4 @@
-"""Scoring: `scores` per layer x sae (detection, fuzzing, embedding; real and control explanations), and
+"""Scoring: `scores` per layer x sae (detection, fuzzing, embedding, surprisal; real and control explanations), and
 `score_summary` across every variant, the neuron baselines included."""
 
 import contextlib

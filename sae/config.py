@@ -38,8 +38,9 @@ LLM_RUNTIMES = ("auto", "transformers", "llamacpp")
 CORPUS_SOURCES = (BUILTIN_CORPUS, "huggingface", "files")
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
 LATENT_CHOICES = ("all", "first", "sample", "list")
-SCORERS = ("detection", "fuzzing", "embedding")
-LLM_SCORERS = ("detection", "fuzzing")  # the scorers that ask an LLM (embedding asks the embedder)
+SCORERS = ("detection", "fuzzing", "embedding", "surprisal")
+LLM_SCORERS = ("detection", "fuzzing", "surprisal")  # the scorers that ask an LLM (embedding asks the embedder)
+ANSWER_SCORERS = ("detection", "fuzzing")  # the LLM answers per window (surprisal reads its log-probs instead)
 _GPU_INDEX = re.compile(r"cuda:\d+")
 
 
@@ -288,8 +289,11 @@ class ExplainConfig:
 class ScoreConfig:
     """How explanations are scored on each latent's held-out test windows (see sae/scoring/scorers.py)."""
 
+    # detection | fuzzing | embedding | surprisal (how much the explanation, as a prefix, lowers the LLM's loss
+    # on activating windows against silent ones; needs prompt log-probs: backend local or vllm, not openai;
+    # on the llama.cpp runtime the same model is loaded once more with transformers for it)
     scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding")
-    llm: LLMConfig | None = None  # the LLM of detection and fuzzing; None: the explainer's
+    llm: LLMConfig | None = None  # the LLM of detection, fuzzing and surprisal; None: the explainer's
     embedder: str = "all-minilm-l6-v2"  # offline default; or a sentence-transformers Hub id / local folder
     embedder_device: str = "auto"
     # Test windows per latent given to the LLM scorers (activating ones spread over the quantile bins; silent
@@ -301,7 +305,8 @@ class ScoreConfig:
     # LLM explained first, then others the token baseline explained.
     n_latents: int | None = None
     batch_size: int = 5  # windows per LLM prompt
-    max_tokens: int = 32  # generated tokens per answer
+    # Generated tokens per answer; raised to fit the constrained answer ({"answers": [...]}) of a full batch.
+    max_tokens: int = 32
     # Fuzzing: besides silent windows marked at random, also activating windows marked at the wrong tokens.
     fuzz_wrong_in_activating: bool = False
     # Also score each latent with another latent's explanation (a fixed, seeded derangement): the control.
@@ -521,6 +526,11 @@ def _check(config: PipelineConfig, where: str) -> None:
     _check_corpus(config.corpus, where)
     _check_explain(config.explain, config.examples, where)
     _check_score(config.score, config.examples, config.explain.llm.backend, where)
+    scorer_llm = config.score.llm or config.explain.llm
+    if "surprisal" in config.score.scorers and scorer_llm.backend == "openai":
+        raise ConfigError(f"{where}: the surprisal scorer reads log-probabilities of prompt tokens, which the openai "
+                          "backend does not give; set score.llm to backend 'local' or 'vllm', or drop surprisal "
+                          "from score.scorers")
 
 
 def _check_planted(planted: PlantedConfig, where: str) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import PRETRAINED_HOLDOUT_FRACTION, PipelineConfig
 from .prompts import SCORERS as PROMPTED_SCORERS
-from .prompts import explainer_version, scorer_version
+from .prompts import explainer_version, scorer_version, surprisal_version
 
 if TYPE_CHECKING:
     from .lake import Lake
@@ -106,6 +106,8 @@ def _score_settings(cfg: PipelineConfig, key) -> dict:
     settings = {k: v for k, v in dataclasses.asdict(score).items() if k not in ("llm", "bootstrap")}
     settings["llm"] = (score.llm or cfg.explain.llm).identity()
     settings["prompt_versions"] = {s: scorer_version(s) for s in score.scorers if s in PROMPTED_SCORERS}
+    if "surprisal" in score.scorers:
+        settings["prompt_versions"]["surprisal"] = surprisal_version()
     settings.update(n_quantiles=cfg.examples.n_quantiles, seed=cfg.seed,
                     highlight_threshold=cfg.explain.prompt.highlight_threshold)
     return settings

@@ -8,6 +8,7 @@ without it is kept raw and flagged by the caller, never dropped.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import PromptConfig
+from .llm.base import OutputFormat
 
 OPEN, CLOSE = "<<", ">>"
 ANSWER_MARKER = "Explanation:"
@@ -225,13 +227,13 @@ def parse_explanation(completion: str) -> str | None:
 
 DETECTION_SYSTEM = """You test an explanation of a feature inside a language model. You get the explanation \
 and numbered text excerpts. For each excerpt, decide whether the feature is active anywhere in it, judging \
-only by the explanation. Reply with one line: "Answer:" followed by a list with one number per excerpt, in \
-order, 1 if the feature is active and 0 if not."""
+only by the explanation. Reply with JSON only: {"answers": [...]} with one number per excerpt, in order, 1 if \
+the feature is active and 0 if not."""
 
 FUZZING_SYSTEM = """You test an explanation of a feature inside a language model. You get the explanation \
 and numbered text excerpts in which some tokens are wrapped in << and >>. For each excerpt, decide whether the \
-marked tokens are the ones the explanation describes. Reply with one line: "Answer:" followed by a list with \
-one number per excerpt, in order, 1 if the marking fits the explanation and 0 if not."""
+marked tokens are the ones the explanation describes. Reply with JSON only: {"answers": [...]} with one number \
+per excerpt, in order, 1 if the marking fits the explanation and 0 if not."""
 
 # The worked example has as many excerpts as the real batch (taken in order, cycling), so its answer shows
 # a list of the right length: small models copy the example's format, and a list of another length
@@ -266,7 +268,7 @@ def scorer_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> tup
     system, pool = SCORERS[kind]
     shown = [pool[i % len(pool)] for i in range(len(excerpts))]
     example = "\n".join(f"Excerpt {i}: {text}" for i, (text, _) in enumerate(shown, 1))
-    answer = "Answer: [" + ", ".join(str(label) for _, label in shown) + "]"
+    answer = format_answers([bool(label) for _, label in shown])
     body = "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(excerpts, 1))
     return (("system", system), ("user", f"Explanation: {EXAMPLE_EXPLANATION}\n{example}"),
             ("assistant", answer), ("user", f"Explanation: {explanation}\n{body}"))
@@ -274,7 +276,28 @@ def scorer_messages(kind: str, explanation: str, excerpts: Sequence[str]) -> tup
 
 def scorer_version(kind: str) -> str:
     system, pool = SCORERS[kind]
-    return version(system, EXAMPLE_EXPLANATION, repr(pool))
+    return version(system, EXAMPLE_EXPLANATION, repr(pool), format_answers([True, False]))
+
+
+ANSWERS_OPEN, ANSWER_SEPARATOR, ANSWERS_CLOSE = '{"answers": [', ", ", "]}"
+
+
+def format_answers(answers: Sequence[bool]) -> str:
+    """A scorer reply as the prompt's worked example shows it and constrained decoding produces it."""
+    return ANSWERS_OPEN + ANSWER_SEPARATOR.join("1" if a else "0" for a in answers) + ANSWERS_CLOSE
+
+
+def answer_format(n: int) -> OutputFormat:
+    """The only replies a constrained backend may give to a scorer prompt of n excerpts: n digits 0/1 in the
+    worked example's JSON, character for character."""
+    digits = [("0", "1")] * n
+    slots = [(ANSWERS_OPEN,), digits[0]]
+    for digit in digits[1:]:
+        slots += [(ANSWER_SEPARATOR,), digit]
+    schema = {"type": "object", "additionalProperties": False, "required": ["answers"],
+              "properties": {"answers": {"type": "array", "items": {"type": "integer", "enum": [0, 1]},
+                                         "minItems": n, "maxItems": n}}}
+    return OutputFormat(f"answers_{n}", tuple(slots) + ((ANSWERS_CLOSE,),), json.dumps(schema, sort_keys=True))
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
@@ -282,14 +305,35 @@ _YES, _NO = {"1", "yes", "true", "y"}, {"0", "no", "false", "n"}
 
 
 def parse_answers(completion: str, n: int) -> list[bool] | None:
-    """The n yes/no answers of a scorer reply: the last bracketed list (or the text after "Answer:") whose
-    first n entries are each 1/0, yes/no or true/false. Entries beyond the n-th are ignored: small models run
-    on past the end of the list, and the first n still answer the n excerpts in order. None when it cannot be
-    read."""
+    """The n yes/no answers of a scorer reply: the last bracketed list (or a list left open at the end)
+    whose first n entries are each 1/0, yes/no or true/false. A constrained reply is {"answers": [...]}
+    exactly (a server that takes only the JSON schema may space it otherwise); the lenient reading is for
+    servers that ignore the constraint. Entries beyond the n-th are ignored: unconstrained small models run
+    on past the end of the list, and the first n still answer the n excerpts in order. None when it cannot
+    be read."""
     candidates = _LIST.findall(completion)
-    tail = re.findall(r"answer\W*:\s*(.+)", completion, re.IGNORECASE)
-    for text in reversed(candidates + tail[-1:] if tail else candidates):
-        items = [t.strip(" .'\"*").lower() for t in re.split(r"[,\s;]+", text.strip(" []")) if t.strip(" .'\"*")]
+    unclosed = completion.rpartition("[")[2]
+    if "[" in completion and "]" not in unclosed:  # cut by max_tokens inside the list
+        candidates.append(unclosed)
+    for text in reversed(candidates):
+        items = [t.strip(" .'\"*").lower() for t in re.split(r"[,\s;]+", text) if t.strip(" .'\"*")]
         if len(items) >= n and all(i in _YES | _NO for i in items[:n]):
             return [i in _YES for i in items[:n]]
     return None
+
+
+# surprisal ----------------------------------------------------------------------------------------------
+
+# Raw text, no chat turns: the scorer model reads a window after one of two contexts, and only the window's
+# tokens are scored. The plain context gives the first token something to follow, as the explained one does.
+SURPRISAL_PLAIN = "Text:\n"
+SURPRISAL_EXPLAINED = "The text below features {explanation}.\nText:\n"
+
+
+def surprisal_contexts(explanation: str) -> tuple[str, str]:
+    """The contexts a window is read after: without the explanation, and with it."""
+    return SURPRISAL_PLAIN, SURPRISAL_EXPLAINED.format(explanation=explanation.rstrip(". "))
+
+
+def surprisal_version() -> str:
+    return version(SURPRISAL_PLAIN, SURPRISAL_EXPLAINED)

@@ -1,6 +1,5 @@
--- Per-latent headline score (AUC for the embedding scorer, balanced accuracy for the LLM scorers) for the
--- summary's histograms. Reads the `scores` view.
-SELECT layer, sae, explainer, scorer, source,
-       CASE WHEN scorer = 'embedding' THEN auc ELSE balanced_accuracy END AS value
+-- Per-latent scores for the summary's histograms (each scorer's headline metric is picked from these by
+-- PRIMARY_METRIC in sae/scoring/metrics.py). Reads the `scores` view.
+SELECT layer, sae, explainer, scorer, source, balanced_accuracy, auc
 FROM scores
 ORDER BY layer, sae, explainer, scorer, source, latent

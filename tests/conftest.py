@@ -17,6 +17,15 @@ def converted_model(tmp_path_factory) -> Path:
     return builtin_model_folder(tmp_path_factory.mktemp("shared-lake"))
 
 
+@pytest.fixture(scope="module")
+def model_lake(tmp_path_factory, converted_model) -> Path:
+    """A lake whose built-in model is the session's converted one (no second conversion)."""
+    root = tmp_path_factory.mktemp("llm-lake")
+    (root / "models").mkdir()
+    (root / "models" / BUILTIN_MODEL).symlink_to(converted_model, target_is_directory=True)
+    return root
+
+
 def write_config(root: Path, converted_model: Path, **overrides) -> Path:
     """A tiny pipeline config whose lake reuses the converted model (no second conversion)."""
     lake = root / "lake"

@@ -20,16 +20,94 @@ class BackendError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class OutputFormat:
+    """A constraint on a completion: exactly the strings made of one choice from each slot, in order.
+
+    E.g. slots (('[',), ('0', '1'), (']',)) admit "[0]" and "[1]". Each backend enforces it in its own terms:
+    a GBNF grammar (llama.cpp), a regular expression (vLLM), a logits processor (transformers), or, for
+    servers that take no grammar (OpenAI's response_format), `json_schema`, which describes the same JSON
+    value but lets the server choose the whitespace.
+    """
+
+    name: str  # what the format is called where a server wants a name (OpenAI's response_format)
+    slots: tuple[tuple[str, ...], ...]
+    json_schema: str  # JSON text of the schema
+
+    def __post_init__(self):
+        if not self.slots or not all(self.slots) or not all(choice for slot in self.slots for choice in slot):
+            raise ValueError(f"output format {self.name!r} needs non-empty slots of non-empty choices")
+
+    @property
+    def max_length(self) -> int:
+        """Characters in the longest admitted string: no tokenization takes more tokens than this."""
+        return sum(max(map(len, slot)) for slot in self.slots)
+
+    def gbnf(self) -> str:
+        """The format as a llama.cpp (GBNF) grammar."""
+        def literal(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+        return "root ::= " + " ".join("(" + " | ".join(map(literal, slot)) + ")" for slot in self.slots)
+
+    def regex(self) -> str:
+        """The format as a regular expression (only the characters special in every regex dialect escaped)."""
+        def literal(text: str) -> str:
+            return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+        return "".join("(" + "|".join(map(literal, slot)) + ")" for slot in self.slots)
+
+    # Reading text against the format, for runtimes that mask tokens themselves. A state is (slot, choice,
+    # characters of that choice read); slot == len(slots) is the end.
+    def start(self) -> frozenset[tuple[int, int, int]]:
+        return self._enter(0)
+
+    def _enter(self, slot: int) -> frozenset[tuple[int, int, int]]:
+        if slot == len(self.slots):
+            return frozenset({(slot, 0, 0)})
+        return frozenset((slot, choice, 0) for choice in range(len(self.slots[slot])))
+
+    def advance(self, states: frozenset, text: str) -> frozenset:
+        """The states after reading `text` from `states`; empty when `text` leaves the format."""
+        for char in text:
+            following = set()
+            for slot, choice, offset in states:
+                if slot < len(self.slots) and self.slots[slot][choice][offset] == char:
+                    if offset + 1 == len(self.slots[slot][choice]):
+                        following |= self._enter(slot + 1)
+                    else:
+                        following.add((slot, choice, offset + 1))
+            states = frozenset(following)
+            if not states:
+                break
+        return states
+
+    def next_chars(self, states: frozenset) -> set[str]:
+        return {self.slots[slot][choice][offset] for slot, choice, offset in states if slot < len(self.slots)}
+
+    def is_complete(self, states: frozenset) -> bool:
+        return any(slot == len(self.slots) for slot, _, _ in states)
+
+    def matches(self, text: str) -> bool:
+        return self.is_complete(self.advance(self.start(), text))
+
+
+_REGEX_SPECIAL = frozenset("\\.^$*+?{}[]|()")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     max_tokens: int = 128
     seed: int = 0
-    # > 0: return this many most likely tokens (with log-probabilities) at every generated position.
+    # > 0: return this many most likely tokens (with log-probabilities) at every generated position, from
+    # the model's own distribution (before `output_format` masks it).
     top_logprobs: int = 0
+    output_format: OutputFormat | None = None  # constrained decoding: only strings of this format
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings, without unset ones: a request without a constraint keeps its old cache key."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -68,6 +146,17 @@ class Completion:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ScoredText:
+    """A text whose every token the model scores, read after a context that is not scored."""
+
+    context: str  # not empty: the text's first token is predicted from it
+    text: str
+
+
+PROMPT_LOGPROB_BACKENDS = "llm.backend 'local' (transformers) or 'vllm'"
+
+
 class LLMClient(abc.ABC):
     backend: str  # local | openai | vllm
     model: str  # the model's name as the backend knows it; part of every cache key
@@ -76,6 +165,18 @@ class LLMClient(abc.ABC):
     @abc.abstractmethod
     def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
         """Complete every request; the result is in the order of `requests`."""
+
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        """For each request, the log-probability of every token of its text given the context and the text's
+        earlier tokens. Context and text are tokenized apart, so a text has the same tokens in any context."""
+        raise BackendError(f"the {self.backend} backend gives no log-probabilities of prompt tokens, which the "
+                           f"surprisal scorer needs; score with {PROMPT_LOGPROB_BACKENDS} (score.llm), or drop "
+                           "surprisal from score.scorers")
+
+    @property
+    def prompt_logprobs_model(self) -> str:
+        """The model that answers prompt_logprobs (a local client may use another runtime's copy)."""
+        return self.model
 
     def close(self) -> None:
         """Release the engine, server connection or model weights."""

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
-from .base import BackendError, ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
+from .base import (BackendError, ChatRequest, Completion, LLMClient, OutputFormat, SamplingParams, ScoredText,
+                   TokenLogprobs)
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,20 @@ def choose_runtime(cfg: LLMConfig, device: torch.device) -> str:
     return "transformers"
 
 
+def transformers_runtime(cfg: LLMConfig, lake_root: Path, device: torch.device) -> TransformersRuntime:
+    """The transformers runtime of `cfg`: the built-in from its converted folder, a GGUF dequantized on load,
+    or a Hub id / local folder."""
+    gguf = Path(cfg.model).expanduser() if cfg.model.endswith(".gguf") else None
+    if cfg.model == BUILTIN_MODEL:
+        source, gguf_file = str(builtin_model_folder(Path(lake_root))), None
+    elif gguf is not None:  # transformers dequantizes a GGUF on load
+        source, gguf_file = str(gguf.parent), gguf.name
+    else:
+        source, gguf_file = cfg.model, None
+    return TransformersRuntime(source, cfg.revision, device, resolve_dtype(cfg.dtype, device), cfg.batch_size,
+                               gguf_file=gguf_file)
+
+
 class LocalClient(LLMClient):
     backend = "local"
     supports_logprobs = True
@@ -77,7 +92,9 @@ class LocalClient(LLMClient):
             device = resolve_device(cfg.device)
         except RuntimeError as err:
             raise BackendError(str(err)) from None
+        self.cfg, self.lake_root, self.device = cfg, Path(lake_root), device
         self.runtime = choose_runtime(cfg, device)
+        self._transformers: TransformersRuntime | None = None  # for prompt log-probs, which llama.cpp lacks
         if self.runtime == "llamacpp":
             gguf = gguf_path(cfg)
             self._engine = LlamaCppRuntime(gguf, slots=cfg.batch_size, device=device,
@@ -85,15 +102,7 @@ class LocalClient(LLMClient):
             # Another model file (here: 4-bit weights), so another cache key than the transformers model's.
             self.model = f"{cfg.model}@llamacpp:{gguf.name}"
         else:
-            gguf = Path(cfg.model).expanduser() if cfg.model.endswith(".gguf") else None
-            if cfg.model == BUILTIN_MODEL:
-                source, gguf_file = str(builtin_model_folder(Path(lake_root))), None
-            elif gguf is not None:  # transformers dequantizes a GGUF on load
-                source, gguf_file = str(gguf.parent), gguf.name
-            else:
-                source, gguf_file = cfg.model, None
-            self._engine = TransformersRuntime(source, cfg.revision, device, resolve_dtype(cfg.dtype, device),
-                                               cfg.batch_size, gguf_file=gguf_file)
+            self._engine = self._transformers = transformers_runtime(cfg, self.lake_root, device)
             self.model = cfg.model
         log.info("local LLM %s on %s with the %s runtime", cfg.model, device, self.runtime)
 
@@ -102,8 +111,26 @@ class LocalClient(LLMClient):
             return []
         return self._engine.complete(list(requests), progress)
 
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        """From a transformers forward pass. llama.cpp's server gives no prompt log-probs, so on that runtime
+        the same model is also loaded with transformers, once, for these calls (for the built-in: its
+        converted float32 copy, so these numbers come from `prompt_logprobs_model`, not the 4-bit GGUF)."""
+        if not requests:
+            return []
+        if self._transformers is None:
+            log.info("prompt log-probs of %s come from the transformers runtime (llama.cpp gives none)",
+                     self.cfg.model)
+            self._transformers = transformers_runtime(self.cfg, self.lake_root, self.device)
+        return self._transformers.prompt_logprobs(list(requests), progress)
+
+    @property
+    def prompt_logprobs_model(self) -> str:
+        return self.cfg.model  # the transformers runtime's identity, whichever runtime completes
+
     def close(self) -> None:
         self._engine.close()
+        if self._transformers is not None and self._transformers is not self._engine:
+            self._transformers.close()
 
 
 class SeededSampler:
@@ -138,6 +165,52 @@ class SeededSampler:
         return scores
 
 
+class Vocabulary:
+    """Every token's text, and the tokens by their first character, for masking by output format."""
+
+    def __init__(self, tokenizer):
+        self.texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
+        self.starting_with: dict[str, list[int]] = {}
+        for token, text in enumerate(self.texts):
+            if text:
+                self.starting_with.setdefault(text[0], []).append(token)
+
+
+class FormatConstraint:
+    """A logits processor that lets each row with an output format generate only that format's strings, then
+    an end-of-sequence token; rows without one are left alone. The tokens allowed in each state of a format
+    are found once (the tokens that start with a character the state accepts, read through) and kept."""
+
+    def __init__(self, formats: Sequence[OutputFormat | None], prompt_width: int, vocabulary: Vocabulary,
+                 eos: Sequence[int], allowed: dict):
+        self.formats, self.prompt_width, self.vocabulary, self.eos = formats, prompt_width, vocabulary, list(eos)
+        self.allowed = allowed  # (format, states) -> mask over the vocabulary, shared across calls
+
+    def mask(self, output_format: OutputFormat, states: frozenset, width: int, device) -> torch.Tensor:
+        key = (output_format, states)
+        if key not in self.allowed:
+            mask = torch.zeros(width, dtype=torch.bool)
+            for char in output_format.next_chars(states):
+                for token in self.vocabulary.starting_with.get(char, ()):
+                    if output_format.advance(states, self.vocabulary.texts[token]):
+                        mask[token] = True
+            if output_format.is_complete(states) or not states:  # done (or lost): only the end may follow
+                mask[self.eos] = True
+            self.allowed[key] = mask.to(device)
+        return self.allowed[key]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()  # generate keeps the raw logits (for logprobs) in this very tensor
+        for row, output_format in enumerate(self.formats):
+            generated = input_ids[row, self.prompt_width:].tolist()
+            if output_format is None or any(token in self.eos for token in generated):
+                continue  # unconstrained, or finished (generate pads it from here on)
+            text = "".join(self.vocabulary.texts[token] for token in generated)
+            states = output_format.advance(output_format.start(), text)
+            scores[row, ~self.mask(output_format, states, scores.shape[-1], scores.device)] = float("-inf")
+        return scores
+
+
 class TransformersRuntime:
     def __init__(self, source: str, revision: str | None, device: torch.device, dtype: torch.dtype,
                  batch_size: int, gguf_file: str | None = None):
@@ -165,6 +238,8 @@ class TransformersRuntime:
         self.eos_list = eos
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
         self._token_text: dict[int, str] = {}
+        self._vocabulary: Vocabulary | None = None  # built on the first constrained request
+        self._allowed: dict = {}  # FormatConstraint's masks, kept across calls
 
     def encode(self, request: ChatRequest) -> list[int]:
         text = self.tokenizer.apply_chat_template(request.as_openai_messages(), add_generation_prompt=True,
@@ -206,6 +281,11 @@ class TransformersRuntime:
             output_logits=want_logprobs,
         )
         processors = LogitsProcessorList()
+        formats = [s.output_format for s in sampling]
+        if any(formats):
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary(self.tokenizer)
+            processors.append(FormatConstraint(formats, width, self._vocabulary, self.eos_list, self._allowed))
         if any(s.temperature > 0 for s in sampling):
             processors.append(SeededSampler(sampling, self.device))
         out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
@@ -235,6 +315,40 @@ class TransformersRuntime:
                 prompt_tokens=len(prompt), completion_tokens=len(tokens), latency_s=latency, logprobs=logprobs,
             ))
         return completions
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, requests: list[ScoredText], progress: bool) -> list[list[float]]:
+        """Log-probabilities of each text's tokens after its context, by forward passes of similar lengths."""
+        encoded = []
+        for request in requests:
+            if not request.context:
+                raise ValueError("a scored text needs a context: its first token is predicted from it")
+            context = self.tokenizer(request.context)["input_ids"]  # with the BOS token, if the model has one
+            encoded.append((context, self.tokenizer(request.text, add_special_tokens=False)["input_ids"]))
+        order = sorted(range(len(requests)), key=lambda i: sum(map(len, encoded[i])), reverse=True)
+        results: list[list[float] | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc=f"log-probs {self.model.name_or_path}", unit="text",
+                  disable=not progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                sequences = [encoded[i][0] + encoded[i][1] for i in rows]
+                width = max(map(len, sequences))
+                input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+                attention = torch.zeros((len(rows), width), dtype=torch.long)
+                for row, sequence in enumerate(sequences):  # right padding: positions start at 0 in every row
+                    input_ids[row, :len(sequence)] = torch.tensor(sequence)
+                    attention[row, :len(sequence)] = 1
+                logits = self.model(input_ids=input_ids.to(self.device),
+                                    attention_mask=attention.to(self.device)).logits
+                for row, i in enumerate(rows):
+                    context, text = encoded[i]
+                    # Position p predicts token p + 1: the text's tokens are predicted from len(context) - 1 on.
+                    predicting = logits[row, len(context) - 1:len(context) + len(text) - 1].float()
+                    logprobs = torch.log_softmax(predicting, dim=-1)
+                    target = torch.tensor(text, device=logprobs.device).unsqueeze(1)
+                    results[i] = logprobs.gather(1, target).squeeze(1).tolist()
+                bar.update(len(rows))
+        return results  # type: ignore[return-value]
 
     @staticmethod
     def _top_logprobs(logits: tuple[torch.Tensor, ...], k: int) -> tuple[list, list]:
@@ -306,6 +420,11 @@ class LlamaCppRuntime:
         # Only temperature and top-p shape sampling, as with the other backends (llama.cpp's server would also
         # apply its default top-k 40 and min-p 0.05).
         payload.update(top_k=0, min_p=0.0)
+        output_format = request.sampling.output_format
+        if output_format is not None:
+            # The exact grammar rather than the JSON schema, which would leave the whitespace to the model.
+            del payload["response_format"]
+            payload["grammar"] = output_format.gbnf()
         return payload
 
     def one(self, request: ChatRequest) -> Completion:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import json
 import logging
 import os
 import random
@@ -42,6 +43,11 @@ def build_payload(model: str, request: ChatRequest) -> dict:
     if sampling.top_logprobs > 0:
         payload["logprobs"] = True
         payload["top_logprobs"] = sampling.top_logprobs
+    if sampling.output_format is not None:
+        # Structured outputs: the server decodes only replies that fit the schema.
+        payload["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": sampling.output_format.name, "strict": True,
+            "schema": json.loads(sampling.output_format.json_schema)}}
     return payload
 
 

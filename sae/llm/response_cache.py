@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from ..lake import write_parquet
-from .base import ChatRequest, Completion, LLMClient, request_key
+from .base import ChatRequest, Completion, LLMClient, ScoredText, request_key
 
 SCHEMA = pa.schema([("key", pa.string()), ("backend", pa.string()), ("model", pa.string()),
                     ("request", pa.string()), ("completion", pa.string()),
@@ -76,6 +76,14 @@ class CachedClient(LLMClient):
         self.folder.mkdir(parents=True, exist_ok=True)
         write_parquet(table, self.folder / f"part-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
         self._entries.update(zip(keys, texts))
+
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        # Not cached: a forward pass costs about what reading a cached row would, and its floats are large.
+        return self.inner.prompt_logprobs(requests, progress=progress)
+
+    @property
+    def prompt_logprobs_model(self) -> str:
+        return self.inner.prompt_logprobs_model
 
     def close(self) -> None:
         self.inner.close()

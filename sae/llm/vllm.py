@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import BUILTIN_MODEL, LLMConfig
 from ..models import builtin_model_folder
-from .base import BackendError, ChatRequest, Completion, LLMClient, TokenLogprobs
+from .base import BackendError, ChatRequest, Completion, LLMClient, ScoredText, TokenLogprobs
 
 INSTALL_HINT = "pip install 'saelake[vllm]' (vLLM needs a CUDA GPU; on CPU use llm.backend 'local')"
 
@@ -65,6 +65,10 @@ def build_sampling_params(request: ChatRequest) -> dict[str, Any]:
     }
     if sampling.top_logprobs > 0:
         kwargs["logprobs"] = sampling.top_logprobs
+    if sampling.output_format is not None:
+        # The arguments of vllm's StructuredOutputsParams: a regex, which every structured-output backend of
+        # vLLM (xgrammar, guidance) reads, and which admits exactly the format's strings.
+        kwargs["structured_outputs"] = {"regex": sampling.output_format.regex()}
     return kwargs
 
 
@@ -106,9 +110,11 @@ class VLLMClient(LLMClient):
     supports_logprobs = True
 
     def __init__(self, cfg: LLMConfig, lake_root: Path, *, engine: Any = None,
-                 sampling_params: Callable[..., Any] | None = None):
-        """`engine` (anything with vllm.LLM's `chat`) and `sampling_params` (a SamplingParams factory) replace
-        vLLM's own; without them vllm is imported and the engine built from the config."""
+                 sampling_params: Callable[..., Any] | None = None,
+                 structured_outputs: Callable[..., Any] | None = None):
+        """`engine` (anything with vllm.LLM's `chat`), `sampling_params` (a SamplingParams factory) and
+        `structured_outputs` (a StructuredOutputsParams factory) replace vLLM's own; without them vllm is
+        imported and the engine built from the config."""
         self.model = cfg.model
         if engine is None:
             vllm = load_vllm()
@@ -124,18 +130,50 @@ class VLLMClient(LLMClient):
             sampling_params = load_vllm().SamplingParams
         self._engine = engine
         self._sampling_params = sampling_params
+        self._structured_outputs = structured_outputs
+
+    def sampling_params(self, request: ChatRequest) -> Any:
+        kwargs = build_sampling_params(request)
+        if "structured_outputs" in kwargs:
+            if self._structured_outputs is None:
+                load_vllm()
+                from vllm.sampling_params import StructuredOutputsParams
+
+                self._structured_outputs = StructuredOutputsParams
+            kwargs["structured_outputs"] = self._structured_outputs(**kwargs["structured_outputs"])
+        return self._sampling_params(**kwargs)
 
     def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
         if not requests:
             return []
         conversations = [request.as_openai_messages() for request in requests]
-        params = [self._sampling_params(**build_sampling_params(request)) for request in requests]
+        params = [self.sampling_params(request) for request in requests]
         start = time.perf_counter()
         outputs = self._engine.chat(conversations, sampling_params=params, use_tqdm=progress)
         latency = time.perf_counter() - start
         if len(outputs) != len(requests):
             raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         return [parse_request_output(output, request, latency) for output, request in zip(outputs, requests)]
+
+    def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
+        """vLLM's prompt_logprobs over token-id prompts: the scored token is always among each position's
+        entries, so asking for 0 more gives exactly its log-probability."""
+        if not requests:
+            return []
+        tokenizer = self._engine.get_tokenizer()
+        prompts, spans = [], []
+        for request in requests:
+            context = tokenizer(request.context)["input_ids"]
+            text = tokenizer(request.text, add_special_tokens=False)["input_ids"]
+            prompts.append({"prompt_token_ids": context + text})
+            spans.append(len(context))
+        params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self._engine.generate(prompts, sampling_params=params, use_tqdm=progress)
+        if len(outputs) != len(requests):
+            raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        return [[steps[position][prompt["prompt_token_ids"][position]].logprob
+                 for position in range(start, len(prompt["prompt_token_ids"]))]
+                for prompt, start, steps in zip(prompts, spans, (output.prompt_logprobs for output in outputs))]
 
     def close(self) -> None:
         self._engine = None

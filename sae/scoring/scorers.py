@@ -6,7 +6,13 @@
   windows marked at their truly active tokens are correct; silent windows (and, optionally, activating
   windows marked at inactive tokens) with as many tokens marked at random are not;
 - embedding: the AUC of cosine(explanation, window) between activating and silent windows; its hard
-  predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune.
+  predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune;
+- surprisal: the AUC of how much the explanation, read before a window, lowers the LLM's loss on it, between
+  activating and silent windows (hard predictions by R-precision, as for embedding).
+
+Detection and fuzzing answers are constrained to {"answers": [...]} on every backend that decodes by a
+format, so every answer reads; where the backend gives log-probs, P(1) at each answer digit gives the AUC.
+Metrics that nothing could define (no answer read, no window of a class or bin) are NULL.
 
 Every latent is also scored with another latent's explanation (a fixed, seeded derangement, `source` =
 control); a scorer whose control is not near chance measures something else than the explanation.
@@ -18,6 +24,7 @@ deranges its own explanations among the latents it explained.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import defaultdict
@@ -29,17 +36,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from ..config import LLM_SCORERS, ScoreConfig
+from ..config import ANSWER_SCORERS, ScoreConfig
 from ..explanations.explainer import LLM, Decode
 from ..frames import frame
-from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, TokenLogprobs
-from ..prompts import Window, clean_piece, marked_text, parse_answers, scorer_messages, scorer_version
+from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams, ScoredText, TokenLogprobs
+from ..prompts import (Window, answer_format, clean_piece, marked_text, parse_answers, scorer_messages,
+                       scorer_version, surprisal_contexts, surprisal_version)
 from .metrics import classification_metrics, roc_auc
 
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
     ("explainer", pa.string()),  # which explainer's explanations were scored: llm | tokens | truth
-    ("scorer", pa.string()),  # detection | fuzzing | embedding
+    ("scorer", pa.string()),  # detection | fuzzing | embedding | surprisal
     ("source", pa.string()),  # real: the latent's own explanation; control: another latent's
     ("explanation_latent", pa.int32()),  # whose explanation was scored
     ("balanced_accuracy", pa.float32()),
@@ -48,7 +56,7 @@ SCHEMA = pa.schema([
     ("recall", pa.float32()),
     ("accuracy", pa.float32()),
     ("auc", pa.float32()),  # null where the backend gave no probabilities
-    ("bin_accuracy", pa.list_(pa.float32())),  # accuracy on activating windows per quantile bin (NaN: none)
+    ("bin_accuracy", pa.list_(pa.float32())),  # accuracy on activating windows per quantile bin (null: none)
     ("silent_accuracy", pa.float32()),  # accuracy on silent windows
     ("n_examples", pa.int32()),  # windows with an answer
     ("n_activating", pa.int32()),
@@ -147,18 +155,29 @@ def fuzzing_items(activating: list[dict], silent: list[dict], decode: Decode, th
     return items
 
 
+# Most likely tokens asked for at each answer position: enough that both digits are usually among them
+# (the model's raw distribution there also holds list-like tokens such as "2" or "..."), and OpenAI's limit.
+TOP_LOGPROBS = 20
+
+
+def _digit(text: str) -> str:
+    return text.strip(" ,[]")  # a tokenizer may fold the list's punctuation into the digit's token
+
+
 def yes_probabilities(logprobs: list[TokenLogprobs] | None, n: int) -> list[float] | None:
-    """P(1) at each of the first n answer digits of a reply (as `parse_answers` reads them), from the top
-    log-probabilities there; None unless the reply has n digit tokens with 0 or 1 among their alternatives."""
+    """P(1) / (P(0) + P(1)) at each of the first n answer digits of a reply (as `parse_answers` reads them),
+    from the top log-probabilities there: the choice that constrained decoding leaves the model. A digit
+    missing from the top ones counts as improbable. None unless the reply has n digit tokens with 0 or 1
+    among their alternatives."""
     if not logprobs:
         return None
     probs = []
     for token in logprobs:
-        if token.token.strip() not in ("0", "1") or len(probs) == n:
+        if _digit(token.token) not in ("0", "1") or len(probs) == n:
             continue
         top = {}
         for text, logprob in token.top.items():
-            top.setdefault(text.strip(), logprob)
+            top.setdefault(_digit(text), logprob)
         if "0" not in top and "1" not in top:
             return None
         yes, no = math.exp(top.get("1", -math.inf)), math.exp(top.get("0", -math.inf))
@@ -181,7 +200,11 @@ def llm_batches(key: tuple[int, str, str, str], explanation: str, items: list[It
     for first in range(0, len(order), cfg.batch_size):
         chunk = order[first : first + cfg.batch_size]
         messages = scorer_messages(key[2], explanation, [item.text for item in chunk])
-        batches.append(Batch(key, chunk, ChatRequest(messages, sampling)))
+        # Constrained: on backends that decode by the format every reply reads (max_tokens fits the longest).
+        output_format = answer_format(len(chunk))
+        constrained = dataclasses.replace(sampling, output_format=output_format,
+                                          max_tokens=max(sampling.max_tokens, output_format.max_length + 1))
+        batches.append(Batch(key, chunk, ChatRequest(messages, constrained)))
     return batches
 
 
@@ -201,22 +224,28 @@ def judge(batches: list[Batch], completions: list[Completion], judged: dict) -> 
             record.probabilities.append(probs[i] if probs else math.nan)
 
 
+def defined(value: float) -> float | None:
+    """A metric as the lake stores it: NULL, never NaN, where it is not defined."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def metrics_row(key: tuple[int, str, str, str], explanation_latent: int, record: Judged, n_bins: int,
                 scorer_model: str, prompt_version: str, now: datetime) -> dict:
+    """The scores row of one (latent, explainer, scorer, source); NULL wherever nothing could be judged (no
+    answers, no window of a class or bin, no probabilities)."""
     latent, explainer, scorer, source = key
     labels, preds = np.array(record.labels, bool), np.array(record.predictions, bool)
-    metrics = classification_metrics(labels, preds)
+    metrics = {name: defined(value) for name, value in classification_metrics(labels, preds).items()}
     probs = np.array(record.probabilities, dtype=np.float64)
     auc = roc_auc(labels, probs) if probs.size and not np.isnan(probs).any() else None
     correct = labels == preds
     bins = np.array([-1 if b is None else b for b in record.bins], dtype=np.int64)
-    bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else math.nan
+    bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else None
                     for b in range(n_bins)]
     silent = ~labels & (bins < 0)
     return {"latent": latent, "explainer": explainer, "scorer": scorer, "source": source,
-            "explanation_latent": explanation_latent,
-            **metrics, "auc": None if auc is None or math.isnan(auc) else auc, "bin_accuracy": bin_accuracy,
-            "silent_accuracy": float(correct[silent].mean()) if silent.any() else math.nan,
+            "explanation_latent": explanation_latent, **metrics, "auc": defined(auc), "bin_accuracy": bin_accuracy,
+            "silent_accuracy": float(correct[silent].mean()) if silent.any() else None,
             "n_examples": int(labels.size), "n_activating": int(labels.sum()), "n_failures": record.failures,
             "failed_answers": record.failed_answers, "scorer_model": scorer_model,
             "prompt_version": prompt_version, "created_at": now}
@@ -269,11 +298,12 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     windows = test_windows(examples, latents)
     now = datetime.now(timezone.utc)
     rows = []
-    llm_scorers = [s for s in cfg.scorers if s in LLM_SCORERS]
+    llm_scorers = [s for s in cfg.scorers if s in ANSWER_SCORERS]
     if llm_scorers and latents:
         if client is None:
             raise ValueError(f"scorers {llm_scorers} need an LLM client")
-        sampling = SamplingParams(max_tokens=cfg.max_tokens, top_logprobs=5 if client.supports_logprobs else 0)
+        sampling = SamplingParams(max_tokens=cfg.max_tokens,
+                                  top_logprobs=TOP_LOGPROBS if client.supports_logprobs else 0)
         batches = []
         for latent in latents:
             # The same windows, in the same order, for every explainer and source of a latent.
@@ -299,9 +329,20 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
             rows.append(metrics_row(key, mapping[latent], record, n_bins, client.model, scorer_version(scorer), now))
     if "embedding" in cfg.scorers and latents:
         rows += embedding_rows(by_explainer, windows, decode, embedder, n_bins, now)
+    if "surprisal" in cfg.scorers and latents:
+        rows += surprisal_rows(by_explainer, windows, cfg, decode, client, seed, n_bins, now, progress,
+                               batch_requests)
     # One row per (latent, explainer, scorer, source), each the verdict of model calls: built as rows, not shaped.
     return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([
         ("latent", "ascending"), ("explainer", "ascending"), ("scorer", "ascending"), ("source", "descending")])
+
+
+def ranked(labels: np.ndarray, values: np.ndarray, bins: list[int | None]) -> Judged:
+    """Windows judged by a score: R-precision calls the n_activating highest activating (no threshold to
+    tune), and the score itself gives the AUC."""
+    predictions = np.zeros_like(labels)
+    predictions[np.argsort(-values, kind="stable")[: labels.sum()]] = True
+    return Judged(labels.tolist(), predictions.tolist(), values.tolist(), bins)
 
 
 def embedding_rows(by_explainer: dict[str, Explained], windows, decode: Decode, embedder, n_bins: int,
@@ -326,11 +367,63 @@ def embedding_rows(by_explainer: dict[str, Explained], windows, decode: Decode, 
                 if latent not in mapping:
                     continue
                 cosine = window_vecs[lo:hi] @ explanation_vecs[mapping[latent]]
-                # R-precision: the n_activating most similar windows are called activating.
-                predictions = np.zeros_like(labels)
-                predictions[np.argsort(-cosine, kind="stable")[: labels.sum()]] = True
-                record = Judged(labels.tolist(), predictions.tolist(), cosine.tolist(),
-                                [r["bin"] if r["kind"] == "quantile" else None for r in rows])
+                record = ranked(labels, cosine, [r["bin"] if r["kind"] == "quantile" else None for r in rows])
                 out.append(metrics_row((latent, explainer, "embedding", source), mapping[latent], record, n_bins,
                                        embedder.name, "embedding", now))
+    return out
+
+
+def window_text(row: dict, decode: Decode) -> str:
+    """The window as running text (line breaks kept), for a model to read rather than a prompt to show."""
+    return "".join(decode(row["tokens"])).strip()
+
+
+def surprisal_rows(by_explainer: dict[str, Explained], windows, cfg: ScoreConfig, decode: Decode,
+                   client: LLMClient | None, seed: int, n_bins: int, now: datetime, progress: bool,
+                   batch_requests: int) -> list[dict]:
+    """Surprisal (Paulo et al.): per window, how much the explanation read before it lowers the scorer model's
+    loss on it, NLL(window | plain context) - NLL(window | explanation); the score is the AUC of that reduction
+    between activating and silent windows (the same windows detection judges), per explainer, real and control.
+
+    The NLL is the mean over all of the window's tokens, in the scorer model's tokenization: silent windows
+    have no activating tokens, and both classes must be measured alike; the scorer's tokens also need not be
+    the subject model's, so activating positions would not carry over."""
+    if client is None:
+        raise ValueError("the surprisal scorer needs an LLM client")
+    latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
+    chosen: dict[int, tuple[list[dict], list[str]]] = {}
+    for latent in latents:
+        activating, silent = sample_for_llm(windows[latent], cfg, random.Random(f"{seed}/{latent}"))
+        shown = [(row, window_text(row, decode)) for row in activating + silent]
+        shown = [(row, text) for row, text in shown if text]
+        chosen[latent] = ([row for row, _ in shown], [text for _, text in shown])
+    requests: dict[ScoredText, None] = {}  # each distinct (context, window) once, in order
+    for explained in by_explainer.values():
+        for latent in sorted(explained.text_of):
+            for text in chosen[latent][1]:
+                for _, mapping in explained.sources:
+                    if latent in mapping:
+                        for context in surprisal_contexts(explained.text_of[mapping[latent]]):
+                            requests.setdefault(ScoredText(context, text))
+    ordered = list(requests)
+    mean_logprob = {}
+    for first in range(0, len(ordered), batch_requests):
+        part = ordered[first : first + batch_requests]
+        for request, logprobs in zip(part, client.prompt_logprobs(part, progress=progress)):
+            mean_logprob[request] = float(np.mean(logprobs))
+    out = []
+    for explainer, explained in by_explainer.items():
+        for latent in sorted(explained.text_of):
+            rows, texts = chosen[latent]
+            labels = np.array([row["kind"] == "quantile" for row in rows], bool)
+            bins = [row["bin"] if row["kind"] == "quantile" else None for row in rows]
+            for source, mapping in explained.sources:
+                if latent not in mapping:
+                    continue
+                plain, with_explanation = surprisal_contexts(explained.text_of[mapping[latent]])
+                reduction = np.array([mean_logprob[ScoredText(with_explanation, text)]
+                                      - mean_logprob[ScoredText(plain, text)] for text in texts])
+                out.append(metrics_row((latent, explainer, "surprisal", source), mapping[latent],
+                                       ranked(labels, reduction, bins), n_bins, client.prompt_logprobs_model,
+                                       surprisal_version(), now))
     return out

@@ -68,6 +68,7 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
     the LLM's real rows also hold its difference from the token baseline (VS_TOKENS). Returns the summary and
     the calibration."""
     from .metrics import bootstrap_mean_ci
+    from .scorers import defined
 
     calibration = scorer_calibration(cfg)
     calibrated = {(r["scorer"], r["scorer_model"]): r["calibrated"] for r in calibration.to_pylist()}
@@ -81,8 +82,9 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
         row["planted"] = cfg.sae(g["sae"]).planted is not None
         for metric in ("balanced_accuracy", "f1", "auc"):
             values = [math.nan if v is None else v for v in g[metric]]
-            mean, lo, hi = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
-            row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
+            interval = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
+            # NULL, not NaN, where no latent has the metric.
+            row.update(zip((metric, f"{metric}_lo", f"{metric}_hi"), (defined(v) for v in interval)))
         row["bin_accuracy"] = g["bin_accuracy"]
         paired = versus.get((g["layer"], g["sae"], g["scorer"])) if (g["explainer"], g["source"]) == (LLM, "real") \
             else None
@@ -156,15 +158,17 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     from collections import defaultdict
 
     from ..plots import accuracy_by_quantile, markdown_image, score_histograms
+    from .metrics import PRIMARY_METRIC
 
     lake = lake_for(cfg)
     with connect_fresh(cfg, "scores") as con:
         points = run_query(con, "score_points").to_arrow_table().to_pylist()
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
-        label = "AUC" if p["scorer"] == "embedding" else "balanced accuracy"
+        metric = PRIMARY_METRIC[p["scorer"]]
+        label = "AUC" if metric == "auc" else "balanced accuracy"
         by = "" if p["explainer"] == LLM else f", {p['explainer']}"  # the LLM's panels keep their plain names
-        panels[f"{p['scorer']}{by} ({label})"][p["source"]].append(math.nan if p["value"] is None else p["value"])
+        panels[f"{p['scorer']}{by} ({label})"][p["source"]].append(math.nan if p[metric] is None else p[metric])
     plots = {"score_histograms": markdown_image(
         score_histograms(panels, metric="score", path=lake.root / "plots" / "score_histograms.png"), "scores")}
     by_scorer = defaultdict(dict)

@@ -231,7 +231,7 @@ DTYPE_VALUES = "valid: auto, float32, bfloat16, float16"
         ({"score": {"llm": {"device": "cpu:0"}}}, "score.llm.device 'cpu:0'", "cpu", DEVICE_VALUES),
         ({"explain": {"latents": "sampel"}}, "explain.latents 'sampel'", "sample", "valid: all, first, sample, list"),
         ({"score": {"scorers": ["detection", "fuzing"]}}, "score.scorers 'fuzing'", "fuzzing",
-         "valid: detection, fuzzing, embedding"),
+         "valid: detection, fuzzing, embedding, surprisal"),
         ({"score": {"embedder_device": "mpss"}}, "score.embedder_device 'mpss'", "mps",
          "valid: auto, cpu, mps, cuda, cuda:N"),
     ],
@@ -360,3 +360,14 @@ def test_the_token_baseline_alone_needs_an_llm_for_the_llm_scorers():
     assert "score.llm.backend 'tokens' is unknown" in _error(_raw(score={"llm": {"backend": "tokens"}}))
     assert "n_latents caps" in _error(_raw(score={"n_latents": 0}))
     assert "exceeds the tokens" in _error(_raw(explain={"n_logit_tokens": 3, "prompt": {"promoted_tokens": 5}}))
+
+
+def test_surprisal_needs_a_backend_with_prompt_log_probs():
+    scores = {"scorers": ["detection", "surprisal"]}
+    assert parse_config(_raw(score=scores)).score.scorers == ("detection", "surprisal")
+    openai = {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}
+    for changes in ({"score": {**scores, "llm": openai}}, {"score": scores, "explain": {"llm": openai}}):
+        message = _error(_raw(**changes))
+        assert "surprisal" in message and "'local' or 'vllm'" in message
+    # The scorer's own LLM decides: an openai explainer with a local scorer is fine.
+    parse_config(_raw(score={**scores, "llm": {"backend": "local"}}, explain={"llm": openai}))

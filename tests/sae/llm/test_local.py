@@ -27,17 +27,8 @@ def ask(question: str, max_tokens: int = 8, top_logprobs: int = 3, **sampling) -
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory, converted_model) -> Path:
-    """A lake whose built-in model is the session's converted one (no second conversion)."""
-    root = tmp_path_factory.mktemp("llm-lake")
-    (root / "models").mkdir()
-    (root / "models" / BUILTIN_MODEL).symlink_to(converted_model, target_is_directory=True)
-    return root
-
-
-@pytest.fixture(scope="module")
-def transformers_client(lake):
-    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=3), lake)
+def transformers_client(model_lake):
+    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=3), model_lake)
     yield client
     client.close()
 

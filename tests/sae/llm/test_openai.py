@@ -4,6 +4,7 @@ SmolLM2 GGUF on 127.0.0.1, with a real HTTP proxy in front that injects failures
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -159,3 +160,20 @@ def test_explaining_over_the_server_survives_a_503_and_a_rerun_sends_nothing(ser
         again = explain_partition(client=client_for(proxy.base_url), **run)
         assert (proxy.failed, proxy.forwarded) == (1, 3)  # nothing new went over the wire
     assert again.equals(first)
+
+
+def test_structured_output_over_the_server(server):
+    """response_format json_schema to llama.cpp's server: every reply is the JSON the schema admits (the server
+    may space it otherwise than the grammar would) and reads as n answers."""
+    from sae.prompts import answer_format, parse_answers
+
+    from .test_output_format import scorer_requests
+
+    requests = scorer_requests(6, seed=2)
+    done = client_for(server.base_url).complete(requests)
+    for request, completion in zip(requests, done):
+        n = len(request.sampling.output_format.slots) // 2
+        assert request.sampling.output_format == answer_format(n)
+        answers = json.loads(completion.text)["answers"]
+        assert len(answers) == n and set(answers) <= {0, 1}
+        assert parse_answers(completion.text, n) == [a == 1 for a in answers]

@@ -143,3 +143,62 @@ def test_builtin_model_is_the_converted_folder(tmp_path, converted_model):
 def test_missing_vllm_says_how_to_install():
     with pytest.raises(BackendError, match=r"pip install 'saelake\[vllm\]'.*CUDA GPU"):
         make_client(LLMConfig(backend="vllm"), Path("unused"))
+
+
+def test_constrained_requests_carry_structured_outputs():
+    from sae.prompts import answer_format
+
+    @dataclass
+    class StructuredOutputs:  # vllm.sampling_params.StructuredOutputsParams
+        regex: str
+
+    @dataclass
+    class Params(StandInSamplingParams):
+        structured_outputs: StructuredOutputs | None = None
+
+    engine = StandInEngine()
+    client = VLLMClient(LLMConfig(backend="vllm"), Path("unused"), engine=engine, sampling_params=Params,
+                        structured_outputs=StructuredOutputs)
+    fmt = answer_format(3)
+    constrained = ChatRequest((("user", "judge"),), SamplingParams(max_tokens=4, output_format=fmt))
+    client.complete([constrained, request(2, 4, seed=1)])
+    first, second = engine.calls[0]["sampling_params"]
+    assert first.structured_outputs == StructuredOutputs(fmt.regex()) and second.structured_outputs is None
+
+
+def test_prompt_logprobs_are_read_at_the_texts_tokens():
+    from sae.llm import ScoredText
+
+    class WordTokenizer:  # an id per word (its length + 100); a BOS id 1 first, as many tokenizers add
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": ([1] if add_special_tokens else []) + [100 + len(w) for w in text.split()]}
+
+    @dataclass
+    class Params(StandInSamplingParams):
+        prompt_logprobs: int | None = None
+
+    @dataclass
+    class PromptOutput(RequestOutput):
+        prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+
+    class Engine(StandInEngine):
+        def get_tokenizer(self):
+            return WordTokenizer()
+
+        def generate(self, prompts, sampling_params=None, use_tqdm=True):
+            self.calls.append({"prompts": prompts, "sampling_params": sampling_params})
+            # Position p holds its own token at log-prob -p, and a likelier alternative (id 7).
+            return [PromptOutput(str(i), prompt["prompt_token_ids"], [], [None] + [
+                {token: Logprob(-float(p)), 7: Logprob(-0.01)}
+                for p, token in enumerate(prompt["prompt_token_ids"]) if p > 0])
+                for i, prompt in enumerate(prompts)]
+
+    engine = Engine()
+    client = VLLMClient(LLMConfig(backend="vllm"), Path("unused"), engine=engine, sampling_params=Params)
+    done = client.prompt_logprobs([ScoredText("Text:", "one three"), ScoredText("a b c", "x")])
+    # "Text:" is [BOS, id], so the text's tokens sit at positions 2 and 3; after "a b c" (4 tokens) "x" is at 4.
+    assert done == [[-2.0, -3.0], [-4.0]]
+    (call,) = engine.calls
+    assert call["prompts"][0] == {"prompt_token_ids": [1, 105, 103, 105]}
+    params = call["sampling_params"]
+    assert (params.prompt_logprobs, params.max_tokens, params.temperature) == (0, 1, 0.0)

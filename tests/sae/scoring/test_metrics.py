@@ -111,3 +111,12 @@ def test_bootstrap_level_widens_the_interval():
     _, lo90, hi90 = bootstrap_mean_ci(values, level=0.9)
     _, lo99, hi99 = bootstrap_mean_ci(values, level=0.99)
     assert lo99 < lo90 and hi90 < hi99
+
+
+def test_every_scorer_has_a_primary_metric_of_the_scores_table():
+    from sae.config import SCORERS
+    from sae.scoring.metrics import PRIMARY_METRIC
+    from sae.scoring.scorers import SCHEMA
+
+    assert set(PRIMARY_METRIC) == set(SCORERS)
+    assert set(PRIMARY_METRIC.values()) <= set(SCHEMA.names)

@@ -10,8 +10,8 @@ import pytest
 
 from sae.config import ScoreConfig
 from sae.explanations.explainer import SCHEMA as EXPLANATIONS
-from sae.llm.base import TokenLogprobs
-from sae.prompts import parse_answers
+from sae.llm.base import Completion, LLMClient, TokenLogprobs
+from sae.prompts import format_answers, parse_answers
 from sae.scoring.scorers import derangement, fuzzing_items, score_partition, scored_latents, yes_probabilities
 
 WORDS = ["volcano", "the", "river", "budget", "music", "train", "school", "paper", "green", "city", "winter"]
@@ -31,13 +31,13 @@ def test_derangement_moves_every_latent_and_is_fixed_by_the_seed():
 
 
 @pytest.mark.parametrize("reply, expected", [
-    ("Answer: [1, 0, 1]", [True, False, True]),
-    ("Sure.\nAnswer: 1 0 1", [True, False, True]),
-    ("Answer: [yes, no, Yes]", [True, False, True]),
-    ("[1, 1]\nAnswer: [0, 0, 1]", [False, False, True]),
-    ("Answer: [1, 0]", None),
-    ("Answer: [1, 0, 1, 1, 0, 1,", [True, False, True]),  # ran on past the list, cut by max_tokens
-    ("Answer: [2, 0, 1]", None),
+    ('{"answers": [1, 0, 1]}', [True, False, True]),
+    ('{"answers":[1,0,1]}', [True, False, True]),  # a server that takes only the schema may space it so
+    ('Sure.\n{"answers": [yes, no, Yes]}', [True, False, True]),  # unconstrained replies are read leniently
+    ('[1, 1]\n{"answers": [0, 0, 1]}', [False, False, True]),
+    ('{"answers": [1, 0]}', None),
+    ('{"answers": [1, 0, 1, 1, 0, 1,', [True, False, True]),  # ran on past the list, cut by max_tokens
+    ('{"answers": [2, 0, 1]}', None),
     ("I think the first one.", None),
 ])
 def test_scorer_answers_are_read_robustly(reply, expected):
@@ -120,3 +120,82 @@ def test_the_scored_latents_are_the_llms_and_a_cap_keeps_those_first():
     assert scored_latents(explanations, 5, seed=0)[:4] == [1, 2, 3, 4]  # every LLM latent, one more
     three = scored_latents(explanations, 3, seed=0)
     assert len(three) == 3 and set(three) < {1, 2, 3, 4} and three == scored_latents(explanations, 3, seed=0)
+
+
+class ScriptedClient(LLMClient):
+    """Answers "every window activates" in the constrained format, except to prompts whose explanation is
+    UNREADABLE, where it rambles. A stand-in: a real constrained backend cannot give an unreadable answer,
+    and this test is about what the lake holds when nothing could be judged."""
+
+    backend, model = "scripted", "scripted"
+
+    def complete(self, requests, progress=False):
+        out = []
+        for request in requests:
+            n = len(request.sampling.output_format.slots) // 2
+            text = "I cannot tell." if UNREADABLE in request.messages[-1][1] else format_answers([True] * n)
+            out.append(Completion(text, 10, 5, 0.0))
+        return out
+
+
+UNREADABLE = "an explanation the judge cannot use"
+FLOAT_COLUMNS = ("balanced_accuracy", "f1", "precision", "recall", "accuracy", "auc", "silent_accuracy")
+
+
+def test_scores_hold_null_not_nan_where_nothing_could_be_judged(tmp_path):
+    import duckdb
+
+    from sae.lake import write_parquet
+
+    explanations = pa.Table.from_pylist(
+        [{"latent": 0, "explanation": UNREADABLE, "parsed": True, "explainer": "llm"},
+         {"latent": 1, "explanation": "the word volcano", "parsed": True, "explainer": "llm"}], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("detection",), batch_size=4)
+    table = score_partition(_examples(np.random.default_rng(0)), explanations, cfg, decode, seed=0, n_bins=4,
+                            fuzz_threshold=0.0, client=ScriptedClient())
+    path = tmp_path / "scores.parquet"
+    write_parquet(table, path)
+    with duckdb.connect() as con:
+        scores = f"read_parquet('{path}')"
+        nan = " + ".join(f"count(*) FILTER (isnan({c}))" for c in FLOAT_COLUMNS)
+        assert con.execute(f"SELECT {nan} FROM {scores}").fetchone()[0] == 0
+        assert con.execute(f"SELECT count(*) FILTER (isnan(b)) FROM {scores}, unnest(bin_accuracy) AS t(b)"
+                           ).fetchone()[0] == 0
+        rows = con.execute(f"SELECT latent, source, {', '.join(FLOAT_COLUMNS)}, bin_accuracy, n_examples, n_failures "
+                           f"FROM {scores} ORDER BY latent, source").fetchall()
+        # avg() over the column is the mean of the judged rows, not NaN.
+        assert con.execute(f"SELECT avg(balanced_accuracy) FROM {scores}").fetchone()[0] == 0.5
+    judged = {(0, "control"), (1, "real")}
+    for latent, source, *floats, bins, n_examples, n_failures in rows:
+        if (latent, source) in judged:  # every answer read: all defined but AUC (no log-probs) and bin 3 (empty)
+            assert n_failures == 0 and n_examples == 12 and floats[0] == 0.5 and floats[-1] == 0.0
+            assert floats[FLOAT_COLUMNS.index("auc")] is None
+            assert bins == [1.0, 1.0, 1.0, None]
+        else:  # nothing could be read: nothing is defined
+            assert (n_examples, n_failures) == (0, 12)
+            assert floats == [None] * len(FLOAT_COLUMNS) and bins == [None] * 4
+
+
+def test_llm_scorers_through_llamacpp_read_every_answer_and_give_an_auc():
+    """Detection and fuzzing with the real SmolLM2 on llama.cpp: the constrained answers all read, and the
+    log-probs at the answer digits give every row an AUC."""
+    pytest.importorskip("xllamacpp")
+    from pathlib import Path
+
+    from sae.config import LLMConfig
+    from sae.llm import make_client
+
+    explanations = pa.Table.from_pylist(
+        [{"latent": 0, "explanation": "the word volcano", "parsed": True, "explainer": "llm"},
+         {"latent": 1, "explanation": "mentions of a volcano", "parsed": True, "explainer": "llm"}], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("detection", "fuzzing"), n_activating=3, n_silent=3, batch_size=6)
+    client = make_client(LLMConfig(runtime="llamacpp", device="cpu", batch_size=2), Path("unused"))
+    try:
+        table = score_partition(_examples(np.random.default_rng(0)), explanations, cfg, decode, seed=0, n_bins=3,
+                                fuzz_threshold=0.0, client=client)
+    finally:
+        client.close()
+    assert table.num_rows == 8
+    for row in table.to_pylist():
+        assert row["n_failures"] == 0 and row["n_examples"] == 6, row
+        assert row["auc"] is not None and 0.0 <= row["auc"] <= 1.0, row
