@@ -73,8 +73,9 @@ before them. Answer with one short phrase that would let someone predict where t
 repeat the excerpts. Finish with a line that starts with "Explanation:" followed by your phrase."""
 
 EVIDENCE_ADDENDUM = """ After the excerpts, you also get the tokens the feature fires on most often in a large \
-text, with how many times, and the tokens it makes the model more likely to write next. Name what they \
-share; each feature is different, so do not reuse an earlier answer."""
+text, with how many times, and the tokens it makes the model more likely to write next. Name the commonest \
+tokens where they are words, and what they share, in at most eight words. Each feature is different: never \
+reuse an earlier answer."""
 
 CONTRASTIVE_ADDENDUM = """ You also get excerpts in which the feature stays silent; use them to tell the \
 feature apart from things that merely look related."""
@@ -116,7 +117,7 @@ EXAMPLE_POOL = (
         ("the delegation flew on to <<Paris>>, where talks resumed",
          "exports through <<Rotterdam>> and <<Antwerp>> fell sharply", "she was born in <<Lisbon>> in 1921"),
         Evidence((("Paris", 41), ("London", 30), ("Rome", 12), ("Lisbon", 6)), ("France", "where", "Italy")),
-        "names of European cities",
+        'European cities such as "Paris", "London"',
         "- every marked word is a city\n- all the cities are in Europe"),
     WorkedExample(
         ("the river kept ris<<ing>> through the night", "they were still argu<<ing>> about the fee",
@@ -127,22 +128,22 @@ EXAMPLE_POOL = (
     WorkedExample(
         ("he did <<not>> want to leave", "it was <<never>> found again", "we <<don't>> know yet"),
         Evidence((("not", 52), ("never", 14), ("n't", 11), ("no", 9)), ("be", "have", "only")),
-        "negation: not, never, n't",
+        'negations: "not", "never", "n\'t"',
         "- the marked words deny something\n- they come before a verb"),
     WorkedExample(
         ("<<She>> moved to Boston in 1990", "the queen and <<her>> sister", "when <<she>> returned, <<her>> house"),
         Evidence((("she", 48), ("her", 37), ("She", 20), ("herself", 2)), ("was", "had", "husband")),
-        "female pronouns (she, her)",
+        'the female pronouns "she" and "her"',
         "- every marked word refers to a woman\n- subject and object forms both fire"),
     WorkedExample(
         ("the <<album>> reached number two", "their second <<single>> was released", "a <<song>> about the war"),
         Evidence((("album", 33), ("song", 21), ("single", 15), ("track", 6)), ("was", "by", "released")),
-        "music releases: album, single, song",
+        'music releases: "album", "song", "single"',
         "- the marked words are kinds of recordings\n- the texts are about bands"),
     WorkedExample(
         ("a road of 12 <<km>> through the hills", "the tower is 300 <<metres>> tall", "about 40 <<miles>> north"),
         Evidence((("km", 29), ("metres", 18), ("miles", 16), ("feet", 9)), ("long", "high", "(")),
-        "units of length after a number",
+        'units of length ("km", "metres", "miles") after a number',
         "- each marked word is a unit of distance\n- a number comes just before it"),
 )
 EXAMPLES_SHOWN = 2
@@ -215,11 +216,14 @@ _ANSWER = re.compile(r"^\W*explanation\W*:\s*(.+)$", re.IGNORECASE | re.MULTILIN
 
 
 def parse_explanation(completion: str) -> str | None:
-    """The text after the last "Explanation:" marker, trimmed of quotes and markup; None if absent or empty."""
+    """The text after the last "Explanation:" marker, trimmed of markup and of quotes around the whole answer
+    (a quoted token at its end keeps its quote); None if absent or empty."""
     found = _ANSWER.findall(completion)
     if not found:
         return None
-    answer = found[-1].strip().strip("*_`\"' ").strip()
+    answer = found[-1].strip().strip("*_` ").strip()
+    if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "\"'":
+        answer = answer[1:-1].strip()
     return answer or None
 
 

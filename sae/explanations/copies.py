@@ -1,4 +1,5 @@
-"""Catching an explainer that copies a worked example's answer instead of explaining the latent.
+"""Catching an explainer that copies a worked example's answer (or its template) instead of explaining the
+latent.
 
 Texts are compared after normalising (lower case, every run of non-alphanumerics one space), by difflib's
 ratio: twice the matched characters over both lengths. A copy with one word swapped, the template a small model
@@ -18,6 +19,12 @@ from collections.abc import Sequence
 # most 0.37 apart, so a copy of one is never taken for a copy of another.
 COPY_SIMILARITY = 0.8
 
+# An answer that opens with the same three words as an example fills the example's template with other tokens
+# ('the female pronouns "we" and "right"' for 'the female pronouns "she" and "her"'); the pool's answers open
+# with different words, and a genuine answer that happens to share an opening is asked again with other examples,
+# where it no longer does.
+TEMPLATE_WORDS = 3
+
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
 
@@ -33,10 +40,19 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, left, right, autojunk=False).ratio()
 
 
+def same_opening(a: str, b: str, words: int = TEMPLATE_WORDS) -> bool:
+    """Whether both texts open with the same `words` normalised words."""
+    left, right = normalised(a).split()[:words], normalised(b).split()[:words]
+    return len(left) == words and left == right
+
+
 def copied_example(answer: str | None, shown: Sequence[str], threshold: float = COPY_SIMILARITY) -> str | None:
-    """The worked example's answer (among those `shown` in the prompt) that `answer` copies, exactly or nearly;
-    None for a genuine (or missing) answer."""
+    """The worked example's answer (among those `shown` in the prompt) that `answer` copies: exactly, nearly
+    (similarity at or above `threshold`), or as a template (the example's opening words with other tokens
+    after them); None for a genuine (or missing) answer."""
     if answer is None:
         return None
-    best = max(shown, key=lambda example: similarity(answer, example), default=None)
-    return best if best is not None and similarity(answer, best) >= threshold else None
+    for example in sorted(shown, key=lambda example: -similarity(answer, example)):
+        if similarity(answer, example) >= threshold or same_opening(answer, example):
+            return example
+    return None

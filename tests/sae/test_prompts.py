@@ -43,6 +43,8 @@ def test_the_answer_is_read_from_the_last_marker_line():
     assert parse_explanation("explanation: first\nExplanation: second") == "second"
     assert parse_explanation("It fires on cities.") is None
     assert parse_explanation("Explanation:   ") is None
+    assert parse_explanation('Explanation: the words "not", "never"') == 'the words "not", "never"'
+    assert parse_explanation("Explanation: 'who'") == "who"
 
 
 def test_the_scorer_example_has_as_many_excerpts_as_the_batch():

@@ -17,32 +17,36 @@ from sae.prompts import EXAMPLE_POOL, example_rotation
 from .test_explainer import train_examples
 from ..scoring.test_scorers import decode
 
-SHOWN = [example.answer for example in EXAMPLE_POOL[:2]]  # 'names of European cities', 'the suffix "ing" ...'
+CITIES, SUFFIX = EXAMPLE_POOL[0].answer, EXAMPLE_POOL[1].answer
+SHOWN = [CITIES, SUFFIX]  # 'European cities such as "Paris", "London"', 'the suffix "ing" completing a verb'
 
 
-@pytest.mark.parametrize("answer", ["names of European cities", "  Names of european cities.", "NAMES OF EUROPEAN CITIES"])
+@pytest.mark.parametrize("answer", [CITIES, '  european cities such as Paris, London.', CITIES.upper()])
 def test_an_exact_copy_is_caught_whatever_its_case_and_punctuation(answer):
-    assert copied_example(answer, SHOWN) == "names of European cities"
+    assert copied_example(answer, SHOWN) == CITIES
 
 
 @pytest.mark.parametrize("answer, copied", [
-    ('the suffix "ed" completing a verb', 'the suffix "ing" completing a verb'),  # the template, one word swapped
-    ("names of Asian cities", "names of European cities"),
-    ("name of European city", "names of European cities"),
+    ('the suffix "ed" completing a verb', SUFFIX),  # one word swapped
+    ('European cities such as "Rome", "London"', CITIES),
+    ('the suffix "ing" completing verbs', SUFFIX),
+    ('the suffix "ing" in "Greenanarchy" and in "right"', SUFFIX),  # the example's opening, then anything
 ])
 def test_a_near_copy_is_caught(answer, copied):
     assert copied_example(answer, SHOWN) == copied
 
 
 @pytest.mark.parametrize("answer", ["relative pronouns: who, which, whom", "city names", "the Trojan War and Achilles",
-                                    'the token "ing" after a verb stem', None])
+                                    'the token "ing" after a verb stem', 'cities such as "Madrid"', None])
 def test_a_genuine_answer_passes(answer):
     assert copied_example(answer, SHOWN) is None
 
 
-def test_a_copy_is_judged_only_against_the_examples_shown():
-    assert copied_example("female pronouns (she, her)", SHOWN) is None  # in the pool, not in this prompt
+def test_a_copy_is_judged_only_against_the_examples_shown_and_no_two_examples_look_alike():
+    assert copied_example(EXAMPLE_POOL[3].answer, SHOWN) is None  # in the pool, not in this prompt
+    assert copied_example(EXAMPLE_POOL[3].answer, [EXAMPLE_POOL[3].answer]) == EXAMPLE_POOL[3].answer
     assert similarity("female pronouns (she, her)", "Female pronouns: she, her") == 1.0
+    assert all(copied_example(a.answer, [b.answer]) is None for a in EXAMPLE_POOL for b in EXAMPLE_POOL if a is not b)
     assert COPY_SIMILARITY > max(similarity(a.answer, b.answer) for a in EXAMPLE_POOL for b in EXAMPLE_POOL
                                  if a is not b)
 
