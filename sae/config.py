@@ -304,6 +304,10 @@ class ScoreConfig:
     # None: those the LLM explained (all explained ones where no LLM ran). A number: at most that many, those the
     # LLM explained first, then others the token baseline explained.
     n_latents: int | None = None
+    # Of those, the latents the scorer LLM judges (detection, fuzzing, surprisal: a model call per window batch,
+    # explainer and source): None, all of them; a number, at most that many, drawn with the seed. Embedding
+    # scores every scored latent. Planted latents are all judged (calibration needs them).
+    llm_n_latents: int | None = None
     batch_size: int = 5  # windows per LLM prompt
     # Generated tokens per answer; raised to fit the constrained answer ({"answers": [...]}) of a full batch.
     max_tokens: int = 32
@@ -370,9 +374,10 @@ class PipelineConfig:
         return self.explain
 
     def score_for(self, name: str) -> ScoreConfig:
-        """The score settings of one variant: every planted latent is scored, whatever `n_latents` says."""
+        """The score settings of one variant: every planted latent is scored, whatever `n_latents` and
+        `llm_n_latents` say."""
         if self.sae(name).planted is not None:
-            return dataclasses.replace(self.score, n_latents=None)
+            return dataclasses.replace(self.score, n_latents=None, llm_n_latents=None)
         return self.score
 
     def layer(self, hookpoint: str) -> LayerConfig:
@@ -621,6 +626,9 @@ def _check_score(score: ScoreConfig, examples: ExamplesConfig, explain_backend: 
     if score.n_latents is not None and score.n_latents < 1:
         raise ConfigError(f"{where}.n_latents caps the latents scored per partition: a positive number, or null "
                           "for every explained latent")
+    if score.llm_n_latents is not None and score.llm_n_latents < 1:
+        raise ConfigError(f"{where}.llm_n_latents caps the latents the scorer LLM judges per partition: a positive "
+                          "number, or null for every scored latent")
     if not score.scorers:
         return
     # Every metric compares activating with silent test windows: without either class none is defined.

@@ -274,6 +274,15 @@ def scored_latents(explanations: pl.DataFrame, cap: int | None, seed: int) -> li
     return sorted(picked + rng.sample(rest, cap - len(picked)))
 
 
+def llm_judged_latents(latents: list[int], cap: int | None, seed: int) -> list[int]:
+    """The scored latents that the scorer LLM also judges (detection, fuzzing, surprisal): all of them, or at
+    most `cap` drawn with the seed. The LLM scorers cost a model call per window batch, explainer and source,
+    the embedding scorer almost nothing, so a small machine can embed-score every latent and LLM-score a few."""
+    if cap is None or cap >= len(latents):
+        return latents
+    return sorted(random.Random(f"{seed}/llm-judged").sample(latents, cap))
+
+
 def explained_by(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> dict[str, Explained]:
     """Per explainer present in the partition (parsed rows of the scored latents): texts, real and control."""
     parsed = frame(explanations).filter(pl.col("parsed"))
@@ -295,6 +304,7 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     """Scores of every parsed explanation of one partition, per explainer, real and (if configured) control."""
     by_explainer = explained_by(explanations, cfg, seed)
     latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
+    judged_latents = llm_judged_latents(latents, cfg.llm_n_latents, seed)
     windows = test_windows(examples, latents)
     now = datetime.now(timezone.utc)
     rows = []
@@ -305,7 +315,7 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
         sampling = SamplingParams(max_tokens=cfg.max_tokens,
                                   top_logprobs=TOP_LOGPROBS if client.supports_logprobs else 0)
         batches = []
-        for latent in latents:
+        for latent in judged_latents:
             # The same windows, in the same order, for every explainer and source of a latent.
             rng = random.Random(f"{seed}/{latent}")
             activating, silent = sample_for_llm(windows[latent], cfg, rng)
@@ -330,8 +340,8 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     if "embedding" in cfg.scorers and latents:
         rows += embedding_rows(by_explainer, windows, decode, embedder, n_bins, now)
     if "surprisal" in cfg.scorers and latents:
-        rows += surprisal_rows(by_explainer, windows, cfg, decode, client, seed, n_bins, now, progress,
-                               batch_requests)
+        rows += surprisal_rows(by_explainer, judged_latents, windows, cfg, decode, client, seed, n_bins, now,
+                               progress, batch_requests)
     # One row per (latent, explainer, scorer, source), each the verdict of model calls: built as rows, not shaped.
     return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([
         ("latent", "ascending"), ("explainer", "ascending"), ("scorer", "ascending"), ("source", "descending")])
@@ -378,8 +388,8 @@ def window_text(row: dict, decode: Decode) -> str:
     return "".join(decode(row["tokens"])).strip()
 
 
-def surprisal_rows(by_explainer: dict[str, Explained], windows, cfg: ScoreConfig, decode: Decode,
-                   client: LLMClient | None, seed: int, n_bins: int, now: datetime, progress: bool,
+def surprisal_rows(by_explainer: dict[str, Explained], latents: list[int], windows, cfg: ScoreConfig,
+                   decode: Decode, client: LLMClient | None, seed: int, n_bins: int, now: datetime, progress: bool,
                    batch_requests: int) -> list[dict]:
     """Surprisal (Paulo et al.): per window, how much the explanation read before it lowers the scorer model's
     loss on it, NLL(window | plain context) - NLL(window | explanation); the score is the AUC of that reduction
@@ -390,7 +400,6 @@ def surprisal_rows(by_explainer: dict[str, Explained], windows, cfg: ScoreConfig
     the subject model's, so activating positions would not carry over."""
     if client is None:
         raise ValueError("the surprisal scorer needs an LLM client")
-    latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
     chosen: dict[int, tuple[list[dict], list[str]]] = {}
     for latent in latents:
         activating, silent = sample_for_llm(windows[latent], cfg, random.Random(f"{seed}/{latent}"))
@@ -399,7 +408,7 @@ def surprisal_rows(by_explainer: dict[str, Explained], windows, cfg: ScoreConfig
         chosen[latent] = ([row for row, _ in shown], [text for _, text in shown])
     requests: dict[ScoredText, None] = {}  # each distinct (context, window) once, in order
     for explained in by_explainer.values():
-        for latent in sorted(explained.text_of):
+        for latent in sorted(chosen.keys() & explained.text_of.keys()):
             for text in chosen[latent][1]:
                 for _, mapping in explained.sources:
                     if latent in mapping:
@@ -413,7 +422,7 @@ def surprisal_rows(by_explainer: dict[str, Explained], windows, cfg: ScoreConfig
             mean_logprob[request] = float(np.mean(logprobs))
     out = []
     for explainer, explained in by_explainer.items():
-        for latent in sorted(explained.text_of):
+        for latent in sorted(chosen.keys() & explained.text_of.keys()):
             rows, texts = chosen[latent]
             labels = np.array([row["kind"] == "quantile" for row in rows], bool)
             bins = [row["bin"] if row["kind"] == "quantile" else None for row in rows]

@@ -199,3 +199,21 @@ def test_llm_scorers_through_llamacpp_read_every_answer_and_give_an_auc():
     for row in table.to_pylist():
         assert row["n_failures"] == 0 and row["n_examples"] == 6, row
         assert row["auc"] is not None and 0.0 <= row["auc"] <= 1.0, row
+
+
+def test_llm_n_latents_caps_the_latents_the_scorer_llm_judges_and_embedding_scores_all():
+    from sae.embedding import Embedder
+
+    explanations = pa.Table.from_pylist(
+        [{"latent": latent, "explainer": "llm", "explanation": "the word volcano", "parsed": True}
+         for latent in (0, 1)], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("detection", "embedding"), batch_size=4, llm_n_latents=1)
+    table = score_partition(_examples(np.random.default_rng(0)), explanations, cfg, decode, seed=0, n_bins=4,
+                            fuzz_threshold=0.0, client=ScriptedClient(), embedder=Embedder())
+    latents_of = {scorer: {r["latent"] for r in table.to_pylist() if r["scorer"] == scorer}
+                  for scorer in ("detection", "embedding")}
+    assert latents_of["embedding"] == {0, 1} and len(latents_of["detection"]) == 1
+    # The judged latent keeps its control, another latent's explanation.
+    (judged,) = latents_of["detection"]
+    sources = {r["source"] for r in table.to_pylist() if r["scorer"] == "detection"}
+    assert sources == {"real", "control"} and judged in (0, 1)
