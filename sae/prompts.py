@@ -109,9 +109,11 @@ class WorkedExample:
     notes: str  # the observations of the chain-of-thought prompt
 
 
-# The pool the worked examples are drawn from, two per prompt, rotated per latent and per attempt: a small
-# model tends to copy the last example it saw, and a copy of one rotated example is caught and asked again
-# with others (sae/explanations/copies.py). The answers differ in form, so no single template is taught.
+# The pool the worked examples are drawn from, two per prompt, rotated per attempt: a small model tends to copy
+# the last example it saw, and a copy is caught and asked again with others (sae/explanations/copies.py). The
+# first attempt shows every latent the same two, so that the backends' prefix caches (llama.cpp's slots, vLLM's)
+# reuse the instructions and the examples across latents. The answers differ in form, so no single template is
+# taught.
 EXAMPLE_POOL = (
     WorkedExample(
         ("the delegation flew on to <<Paris>>, where talks resumed",
@@ -149,11 +151,10 @@ EXAMPLE_POOL = (
 EXAMPLES_SHOWN = 2
 
 
-def example_rotation(latent: int, attempt: int) -> tuple[WorkedExample, ...]:
-    """The worked examples shown for a latent's attempt (0 first): consecutive pool entries, shifted by the
-    latent so that latents see different ones, and by EXAMPLES_SHOWN per attempt so that a retry shows none of
-    the examples of the attempt before."""
-    first = (latent + attempt * EXAMPLES_SHOWN) % len(EXAMPLE_POOL)
+def example_rotation(attempt: int) -> tuple[WorkedExample, ...]:
+    """The worked examples shown at an attempt (0 first): consecutive pool entries, shifted by EXAMPLES_SHOWN
+    per attempt so that a retry shows none of the examples of the attempt before."""
+    first = (attempt * EXAMPLES_SHOWN) % len(EXAMPLE_POOL)
     return tuple(EXAMPLE_POOL[(first + i) % len(EXAMPLE_POOL)] for i in range(EXAMPLES_SHOWN))
 
 

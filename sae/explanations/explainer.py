@@ -129,7 +129,7 @@ def build_prompts(examples: pa.Table | pl.DataFrame, latents: list[int], cfg: Ex
         if shows_evidence:
             known = stats.get(latent, TokenStats((), 0, ()))
             evidence = known.evidence(cfg.prompt.frequent_tokens, cfg.prompt.promoted_tokens)
-        worked = example_rotation(latent, attempt)
+        worked = example_rotation(attempt)
         messages = explainer_messages(_windows(shown, decode), cfg.prompt, _windows(silent, decode),
                                       activating["peak_act"].max(), evidence, worked)
         used = pl.concat([shown, silent]) if cfg.prompt.contrastive else shown
