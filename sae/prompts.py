@@ -113,8 +113,30 @@ class WorkedExample:
 # the last example it saw, and a copy is caught and asked again with others (sae/explanations/copies.py). The
 # first attempt shows every latent the same two, so that the backends' prefix caches (llama.cpp's slots, vLLM's)
 # reuse the instructions and the examples across latents. The answers differ in form, so no single template is
-# taught.
+# taught. Order matters: on the demo's layers.3/topk-x4, shown the cities and "ing" examples first, SmolLM2
+# copied one for 20 of 48 latents (and filled the "the suffix ..." template for most others), while the 18
+# latents later shown the music and units examples copied neither; so those two come first.
 EXAMPLE_POOL = (
+    WorkedExample(
+        ("the <<album>> reached number two", "their second <<single>> was released", "a <<song>> about the war"),
+        Evidence((("album", 33), ("song", 21), ("single", 15), ("track", 6)), ("was", "by", "released")),
+        'music releases: "album", "song", "single"',
+        "- the marked words are kinds of recordings\n- the texts are about bands"),
+    WorkedExample(
+        ("a road of 12 <<km>> through the hills", "the tower is 300 <<metres>> tall", "about 40 <<miles>> north"),
+        Evidence((("km", 29), ("metres", 18), ("miles", 16), ("feet", 9)), ("long", "high", "(")),
+        'units of length ("km", "metres", "miles") after a number',
+        "- each marked word is a unit of distance\n- a number comes just before it"),
+    WorkedExample(
+        ("he did <<not>> want to leave", "it was <<never>> found again", "we <<don't>> know yet"),
+        Evidence((("not", 52), ("never", 14), ("n't", 11), ("no", 9)), ("be", "have", "only")),
+        'negations: "not", "never", "n\'t"',
+        "- the marked words deny something\n- they come before a verb"),
+    WorkedExample(
+        ("<<She>> moved to Boston in 1990", "the queen and <<her>> sister", "when <<she>> returned, <<her>> house"),
+        Evidence((("she", 48), ("her", 37), ("She", 20), ("herself", 2)), ("was", "had", "husband")),
+        'the female pronouns "she" and "her"',
+        "- every marked word refers to a woman\n- subject and object forms both fire"),
     WorkedExample(
         ("the delegation flew on to <<Paris>>, where talks resumed",
          "exports through <<Rotterdam>> and <<Antwerp>> fell sharply", "she was born in <<Lisbon>> in 1921"),
@@ -127,26 +149,6 @@ EXAMPLE_POOL = (
         Evidence((("ing", 95), ("ings", 7)), ("the", "to", "a")),
         'the suffix "ing" completing a verb',
         '- the marked token is always "ing"\n- it ends a verb split into pieces'),
-    WorkedExample(
-        ("he did <<not>> want to leave", "it was <<never>> found again", "we <<don't>> know yet"),
-        Evidence((("not", 52), ("never", 14), ("n't", 11), ("no", 9)), ("be", "have", "only")),
-        'negations: "not", "never", "n\'t"',
-        "- the marked words deny something\n- they come before a verb"),
-    WorkedExample(
-        ("<<She>> moved to Boston in 1990", "the queen and <<her>> sister", "when <<she>> returned, <<her>> house"),
-        Evidence((("she", 48), ("her", 37), ("She", 20), ("herself", 2)), ("was", "had", "husband")),
-        'the female pronouns "she" and "her"',
-        "- every marked word refers to a woman\n- subject and object forms both fire"),
-    WorkedExample(
-        ("the <<album>> reached number two", "their second <<single>> was released", "a <<song>> about the war"),
-        Evidence((("album", 33), ("song", 21), ("single", 15), ("track", 6)), ("was", "by", "released")),
-        'music releases: "album", "song", "single"',
-        "- the marked words are kinds of recordings\n- the texts are about bands"),
-    WorkedExample(
-        ("a road of 12 <<km>> through the hills", "the tower is 300 <<metres>> tall", "about 40 <<miles>> north"),
-        Evidence((("km", 29), ("metres", 18), ("miles", 16), ("feet", 9)), ("long", "high", "(")),
-        'units of length ("km", "metres", "miles") after a number',
-        "- each marked word is a unit of distance\n- a number comes just before it"),
 )
 EXAMPLES_SHOWN = 2
 

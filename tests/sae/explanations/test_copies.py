@@ -17,7 +17,8 @@ from sae.prompts import EXAMPLE_POOL, example_rotation
 from .test_explainer import train_examples
 from ..scoring.test_scorers import decode
 
-CITIES, SUFFIX = EXAMPLE_POOL[0].answer, EXAMPLE_POOL[1].answer
+CITIES, SUFFIX = (next(e.answer for e in EXAMPLE_POOL if e.answer.startswith(opening))
+                  for opening in ('European cities', 'the suffix'))
 SHOWN = [CITIES, SUFFIX]  # 'European cities such as "Paris", "London"', 'the suffix "ing" completing a verb'
 
 
@@ -55,7 +56,7 @@ class CopiesUnlessPaired:
     """Answers with the first shown example's answer unless the prompt shows EXAMPLE_POOL[PAIRED]."""
 
     backend, model, supports_logprobs = "scripted", "scripted", False
-    PAIRED = 4
+    PAIRED = 2
 
     def __init__(self):
         self.calls = []
