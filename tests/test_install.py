@@ -77,9 +77,9 @@ def test_the_wheel_runs_the_pipeline_from_any_folder(tmp_path, converted_model):
     assert f"Lake: {work / 'lake'}" in done.stdout
     assert (work / ".dagster" / "dagster.yaml").is_file() and (work / ".dagster" / "history").is_dir()
     assert list((work / "lake" / "explanations").glob("layer=*/sae=*/*.parquet"))
-    query = saelake("sql", "SELECT count(*) || ' explained' AS n FROM explanations")
+    query = saelake("sql", "SELECT count(*) || ' explained' AS n FROM explanations WHERE explainer = 'llm'")
     assert query.returncode == 0, query.stderr
-    assert "2 explained" in query.stdout  # one latent in each of the two layer x sae partitions
+    assert "2 explained" in query.stdout  # one latent by the LLM in each of the two layer x sae partitions
 
     assert snapshot(REPO) == repo_before, "the run wrote into the source tree"
     assert snapshot(site) == site_before, "the run wrote into site-packages"
