@@ -305,8 +305,10 @@ def check_export(config_path, out_dir, cfg, lake, capsys):
     with open_readonly(lake.root) as con:
         expected = {table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                     for table in ("examples", "latent_stats", "scores", "score_summary", "similarity",
-                                  "similarity_summary")}
-    expected["explanations"] = n_partitions * cfg.explain.n_latents
+                                  "similarity_summary", "explanations")}
+        # One exported row per latent and explainer: the LLM's sample and the token baseline's every latent.
+        assert con.execute("SELECT count(*) FROM explanations WHERE explainer = 'llm'").fetchone()[0] == \
+            n_partitions * cfg.explain.n_latents
     for config, rows in expected.items():
         loaded = datasets.load_dataset(str(out_dir), config, split="train", cache_dir=str(out_dir.parent / "hf"))
         assert loaded.num_rows == rows, config
