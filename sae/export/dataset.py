@@ -32,7 +32,7 @@ import yaml
 from ..config import SCORERS, PipelineConfig, SaeSpec
 from ..lake import PARQUET_OPTIONS, PROVENANCE_FILE, UNPARTITIONED, Lake, replace_folder
 from ..lake.sql import run_query
-from ..scoring.metrics import versus_baseline
+from ..scoring.metrics import PRIMARY_METRIC, versus_baseline
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +369,7 @@ def summary_table(summary: pl.DataFrame, card: CardInfo) -> list[str]:
     for (layer, sae, scorer, explainer), group in ordered.partition_by(
             ["layer", "sae", "scorer", "explainer"], as_dict=True).items():
         by_source = {row["source"]: row for row in group.to_dicts()}
-        # The embedding scorer ranks windows by cosine: its AUC is the meaningful figure, not hard predictions.
-        metric = "auc" if scorer == "embedding" else "balanced_accuracy"
+        metric = PRIMARY_METRIC[scorer]  # the metric the summary's LLM-minus-baseline column is computed on
         real, control = by_source.get("real"), by_source.get("control")
         latents = (real or control or {}).get("n_latents", "")
         lines.append(f"| {_cell(layer)} | {_cell(sae)} | {_cell(scorer)} | {_cell(explainer)} | {metric} | "
@@ -389,8 +388,8 @@ INTRO = (
 )
 SUMMARY_NOTE = (
     "Mean per-latent score with a bootstrap 95% interval, for the latent's own explanation (real) and for another "
-    "latent's by the same explainer (control). Balanced accuracy for the LLM scorers, ROC AUC for the embedding "
-    "scorer; chance is 0.5 for both. The explainer `tokens` is the LLM-free token baseline (the latent's commonest "
+    "latent's by the same explainer (control). Balanced accuracy for detection and fuzzing, ROC AUC for the "
+    "embedding and surprisal scorers, which rank windows; chance is 0.5 for both. The explainer `tokens` is the LLM-free token baseline (the latent's commonest "
     "activating tokens); on the LLM's rows, the last column is the LLM's score minus the baseline's on the same "
     "latents, with its 95% interval: the LLM earns its cost only where that interval lies above 0."
 )

@@ -52,7 +52,7 @@ def llm_minus_tokens(con, n_boot: int, seed: int) -> dict[tuple[str, str, str], 
 
     out = {}
     for g in run_query(con, "score_llm_minus_tokens").to_arrow_table().to_pylist():
-        values = [math.nan if v is None else v for v in g[PRIMARY_METRIC.get(g["scorer"], "balanced_accuracy")]]
+        values = [math.nan if v is None else v for v in g[PRIMARY_METRIC[g["scorer"]]]]
         mean, lo, hi = bootstrap_mean_ci(values, n_boot=n_boot, seed=seed)
         defined = not math.isnan(mean)
         out[(g["layer"], g["sae"], g["scorer"])] = {
