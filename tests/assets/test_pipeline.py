@@ -228,7 +228,7 @@ def check_incremental_runs(config_path, cfg, lake, capsys):
     config_path.write_text(yaml.safe_dump(config))
     assert main(["--config", str(config_path), "status"]) == 0
     status = capsys.readouterr().out
-    assert "  build saes: 2 stale, 6 fresh" in status and "20 of 71 partitions to build" in status
+    assert "  build saes: 2 stale, 6 fresh" in status and "22 of 79 partitions to build" in status
     assert main(["--config", str(config_path), "run"]) == 0
     out = capsys.readouterr().out
     assert "  skip  contexts: 1 fresh" in out and "  skip  activations: 2 fresh" in out
