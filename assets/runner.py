@@ -239,13 +239,20 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
 
 
 def print_calibration(cfg: PipelineConfig) -> None:
-    """A line per scorer: calibrated, UNCALIBRATED or unchecked on the planted latents (sae/scoring/calibration.py)."""
+    """A line per scorer: calibrated, UNCALIBRATED or unchecked on the planted latents (sae/scoring/calibration.py);
+    and a line per explainer: how often it names the planted word."""
+    from sae.explanations.stage import naming_lines
     from sae.scoring.calibration import calibration_lines
     from sae.scoring.stage import stored_calibration
 
     print("scorer calibration (true vs wrong explanation on planted latents):")
     for line in calibration_lines(stored_calibration(cfg)):
         print(f"  {line}")
+    explainers = naming_lines(cfg)
+    if explainers:
+        print("explainer calibration (does an explanation of a planted latent name its word?):")
+        for line in explainers:
+            print(f"  {line}")
 
 
 def recheck(cfg: PipelineConfig, select: Sequence[str] = (), partitions: Sequence[str] = ()) -> int:

@@ -73,8 +73,8 @@ before them. Answer with one short phrase that would let someone predict where t
 repeat the excerpts. Finish with a line that starts with "Explanation:" followed by your phrase."""
 
 EVIDENCE_ADDENDUM = """ After the excerpts, you also get the tokens the feature fires on most often in a large \
-text, with how many times, and the tokens it makes the model more likely to write next. Name the commonest \
-tokens where they are words, and what they share, in at most eight words. Each feature is different: never \
+text, with how many times, and the tokens it makes the model more likely to write next. Begin your phrase with \
+the two commonest of those tokens in quotes, then say in a few words what they share. Each feature is different: never \
 reuse an earlier answer."""
 
 CONTRASTIVE_ADDENDUM = """ You also get excerpts in which the feature stays silent; use them to tell the \
@@ -112,42 +112,44 @@ class WorkedExample:
 # The pool the worked examples are drawn from, two per prompt, rotated per attempt: a small model tends to copy
 # the last example it saw, and a copy is caught and asked again with others (sae/explanations/copies.py). The
 # first attempt shows every latent the same two, so that the backends' prefix caches (llama.cpp's slots, vLLM's)
-# reuse the instructions and the examples across latents. The answers differ in form, so no single template is
-# taught. Order matters: on the demo's layers.3/topk-x4, shown the cities and "ing" examples first, SmolLM2
-# copied one for 20 of 48 latents (and filled the "the suffix ..." template for most others), while the 18
-# latents later shown the music and units examples copied neither; so those two come first.
+# reuse the instructions and the examples across latents. Every answer has one form, the two commonest tokens in
+# quotes and then what they share: shown answers that opened with a description, SmolLM2 paraphrased its
+# excerpts and named a planted latent's word in 3 of 8; shown this form, in 7 of 8, and in 8 of 8 families held
+# out from the tuning. Order matters: on the demo's layers.3/topk-x4, shown the cities and "ing" examples first,
+# SmolLM2 copied one for 20 of 48 latents, while the 18 latents later shown the music and units examples copied
+# neither; so those two come first.
 EXAMPLE_POOL = (
     WorkedExample(
         ("the <<album>> reached number two", "their second <<single>> was released", "a <<song>> about the war"),
         Evidence((("album", 33), ("song", 21), ("single", 15), ("track", 6)), ("was", "by", "released")),
-        'music releases: "album", "song", "single"',
+        '"album" and "song": names of music releases',
         "- the marked words are kinds of recordings\n- the texts are about bands"),
     WorkedExample(
         ("a road of 12 <<km>> through the hills", "the tower is 300 <<metres>> tall", "about 40 <<miles>> north"),
         Evidence((("km", 29), ("metres", 18), ("miles", 16), ("feet", 9)), ("long", "high", "(")),
-        'units of length ("km", "metres", "miles") after a number',
+        '"km" and "metres": units of length after a number',
         "- each marked word is a unit of distance\n- a number comes just before it"),
     WorkedExample(
         ("he did <<not>> want to leave", "it was <<never>> found again", "we <<don't>> know yet"),
         Evidence((("not", 52), ("never", 14), ("n't", 11), ("no", 9)), ("be", "have", "only")),
-        'negations: "not", "never", "n\'t"',
+        '"not" and "never": words that negate a verb',
         "- the marked words deny something\n- they come before a verb"),
     WorkedExample(
-        ("<<She>> moved to Boston in 1990", "the queen and <<her>> sister", "when <<she>> returned, <<her>> house"),
-        Evidence((("she", 48), ("her", 37), ("She", 20), ("herself", 2)), ("was", "had", "husband")),
-        'the female pronouns "she" and "her"',
-        "- every marked word refers to a woman\n- subject and object forms both fire"),
+        ("a blade of <<iron>> with a <<bronze>> hilt", "the <<copper>> mines closed in 1912", "rings of <<gold>>"),
+        Evidence((("iron", 38), ("copper", 25), ("gold", 19), ("bronze", 7)), ("ore", "and", "mines")),
+        '"iron" and "copper": names of metals',
+        "- every marked word is a metal\n- the texts are about tools and mining"),
     WorkedExample(
         ("the delegation flew on to <<Paris>>, where talks resumed",
          "exports through <<Rotterdam>> and <<Antwerp>> fell sharply", "she was born in <<Lisbon>> in 1921"),
         Evidence((("Paris", 41), ("London", 30), ("Rome", 12), ("Lisbon", 6)), ("France", "where", "Italy")),
-        'European cities such as "Paris", "London"',
+        '"Paris" and "London": cities of Europe',
         "- every marked word is a city\n- all the cities are in Europe"),
     WorkedExample(
         ("the river kept ris<<ing>> through the night", "they were still argu<<ing>> about the fee",
          "after years of train<<ing>>, he"),
         Evidence((("ing", 95), ("ings", 7)), ("the", "to", "a")),
-        'the suffix "ing" completing a verb',
+        '"ing" and "ings": the suffix that completes a verb',
         '- the marked token is always "ing"\n- it ends a verb split into pieces'),
 )
 EXAMPLES_SHOWN = 2
@@ -163,7 +165,7 @@ def example_rotation(attempt: int) -> tuple[WorkedExample, ...]:
 def evidence_lines(evidence: Evidence) -> list[str]:
     lines = []
     if evidence.frequent:
-        lines.append(f"{FREQUENT_LABEL} " + ", ".join(f'"{text}" {n}' for text, n in evidence.frequent))
+        lines.append(f"{FREQUENT_LABEL} " + ", ".join(f'"{text}" {n} times' for text, n in evidence.frequent))
     if evidence.promoted:
         lines.append(f"{PROMOTED_LABEL} " + ", ".join(f'"{text}"' for text in evidence.promoted))
     return lines
@@ -220,12 +222,13 @@ _ANSWER = re.compile(r"^\W*explanation\W*:\s*(.+)$", re.IGNORECASE | re.MULTILIN
 
 def parse_explanation(completion: str) -> str | None:
     """The text after the last "Explanation:" marker, trimmed of markup and of quotes around the whole answer
-    (a quoted token at its end keeps its quote); None if absent or empty."""
+    (an answer that quotes tokens, such as `"he" and "his": ...`, keeps its quotes); None if absent or empty."""
     found = _ANSWER.findall(completion)
     if not found:
         return None
     answer = found[-1].strip().strip("*_` ").strip()
-    if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "\"'":
+    quote = answer[:1]
+    if len(answer) >= 2 and quote in "\"'" and answer[-1] == quote and quote not in answer[1:-1]:
         answer = answer[1:-1].strip()
     return answer or None
 

@@ -2,10 +2,11 @@
 latent.
 
 Texts are compared after normalising (lower case, every run of non-alphanumerics one space), by difflib's
-ratio: twice the matched characters over both lengths. A copy with one word swapped, the template a small model
-falls back on ('the suffix "ed" completing a verb' for the example's 'the suffix "ing" completing a verb'),
-keeps 0.92 of it; answers that only share a word or two with an example ('city names' beside 'names of European
-cities': 0.29; 'relative pronouns who, which, whom' beside 'female pronouns (she, her)': 0.58) stay below it.
+ratio: twice the matched characters over both lengths. The example's template with its tokens swapped, which a
+small model falls back on ('"ed" and "eds": the suffix that completes a verb' for the example's '"ing" and
+"ings": the suffix that completes a verb'), keeps 0.89 of it; answers that share only the form and a word or two
+with an example ('"which" and "who": pronouns that open a clause' beside '"not" and "never": words that negate a
+verb': 0.51; 'city names' beside '"Paris" and "London": cities of Europe': 0.23) stay below it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import re
 from collections.abc import Sequence
 
 # At or above this similarity an answer is a copy. 0.8 flags a template with one word changed (0.8-0.95) and
-# passes a real answer that reuses a part of an example's phrasing (0.3-0.65); the pool's own answers are at
-# most 0.37 apart, so a copy of one is never taken for a copy of another.
+# passes a real answer that reuses a part of an example's phrasing and the shared `"x" and "y":` form (0.2-0.65);
+# the pool's own answers are at most 0.63 apart, so a copy of one is never taken for a copy of another.
 COPY_SIMILARITY = 0.8
 
 # An answer that opens with the same three words as an example fills the example's template with other tokens
-# ('the female pronouns "we" and "right"' for 'the female pronouns "she" and "her"'); the pool's answers open
+# ('"ing" and "right": ...' for '"ing" and "ings": the suffix that completes a verb'); the pool's answers open
 # with different words, and a genuine answer that happens to share an opening is asked again with other examples,
 # where it no longer does.
 TEMPLATE_WORDS = 3

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import LLMConfig, PipelineConfig
 from ..lake import lake_for
-from ..lineage import fresh_files, lineage_of
+from ..lineage import StaleDataError, fresh_files, lineage_of
 from ..llm.response_cache import CachedClient
 from ..models import load_tokenizer
 
@@ -103,12 +103,42 @@ def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: 
             for row in main[:n]]
 
 
-CHECKS = (CheckSpec("parse_failure_rate", WARN, "at most 20% of the answers lack an `Explanation:` line"),)
+CHECKS = (CheckSpec("parse_failure_rate", WARN, "at most 20% of the answers lack an `Explanation:` line"),
+          CheckSpec("names_planted_words", WARN,
+                    "on planted latents, each explainer names the family's word in at least 80% of its explanations"))
+
+
+def planted_families(cfg: PipelineConfig, hookpoint: str, name: str):
+    """The families of a planted variant as the lake defines them, None for any other variant."""
+    from ..saes.stage import load_planted
+
+    return load_planted(cfg, hookpoint, name).families if cfg.sae(name).planted is not None else None
 
 
 def check_explanations(cfg: PipelineConfig, key: tuple[str, str]) -> list[CheckOutcome]:
     """The partition's data checks, recorded in the lake's `checks` table."""
-    from .checks import parse_failure_rate
+    from .checks import names_planted_words, parse_failure_rate
 
-    outcomes = [parse_failure_rate(lake_for(cfg).files("explanations", *key))]
+    files = lake_for(cfg).files("explanations", *key)
+    outcomes = [parse_failure_rate(files), names_planted_words(pq.read_table(files), planted_families(cfg, *key))]
     return record_checks(cfg, "explanations", key, outcomes)
+
+
+def naming_lines(cfg: PipelineConfig) -> list[str]:
+    """A line per planted partition and explainer: how often its explanations name the planted word."""
+    from .checks import MIN_NAMING_RATE, planted_naming
+
+    lines = []
+    for hookpoint in cfg.hookpoints:
+        for spec in cfg.saes:
+            if spec.planted is None:
+                continue
+            try:
+                table = pq.read_table(fresh_files(cfg, "explanations", (hookpoint, spec.name)))
+            except StaleDataError:  # missing or stale: `saelake status` says so elsewhere
+                continue
+            for explainer, (named, total) in planted_naming(table, planted_families(cfg, hookpoint, spec.name)).items():
+                verdict = "ok" if total and named / total >= MIN_NAMING_RATE else "WEAK"
+                lines.append(f"{explainer} on {hookpoint}|{spec.name}: {verdict} — names the planted word in "
+                             f"{named} of {total} explanations (wanted: {MIN_NAMING_RATE:.0%})")
+    return lines

@@ -45,6 +45,8 @@ def test_the_answer_is_read_from_the_last_marker_line():
     assert parse_explanation("Explanation:   ") is None
     assert parse_explanation('Explanation: the words "not", "never"') == 'the words "not", "never"'
     assert parse_explanation("Explanation: 'who'") == "who"
+    # An answer that opens and ends with a quoted token is not one quoted answer: its quotes stay balanced.
+    assert parse_explanation('Explanation: "he" and "his"') == '"he" and "his"'
 
 
 def test_the_scorer_example_has_as_many_excerpts_as_the_batch():

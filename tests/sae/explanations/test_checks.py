@@ -55,3 +55,27 @@ def test_many_failures_fail_and_copied_texts_are_counted(tmp_path):
     # The token baseline's rows (always parsed, one text per latent) are not the LLM's answers: not counted.
     with_baseline = pa.concat_tables([table, explanations([f"the tokens {i}" for i in range(10)], "tokens")])
     assert parse_failure_rate(with_baseline).metadata == outcome.metadata
+
+
+def test_an_explainer_that_does_not_name_the_planted_words_is_flagged():
+    from sae.config import DEFAULT_PLANTED_FAMILIES as FAMILIES
+    from sae.explanations.checks import names_a_word, names_planted_words
+
+    assert names_a_word('"which" and "who": pronouns', FAMILIES[0].words)
+    assert not names_a_word("whichever witch", FAMILIES[0].words)  # a word inside another is not named
+    assert names_a_word('the token "("', FAMILIES[4].words) and not names_a_word("brackets", FAMILIES[4].words)
+    assert not names_a_word("titles (of books)", FAMILIES[4].words)  # a bracket of the text, not a named token
+    assert names_a_word("ABRAHAM LINCOLN", FAMILIES[6].words)
+    # The baseline names every family; the LLM 6 of 8 (it misses the digits and the parentheses).
+    truth = [family.explanation for family in FAMILIES]
+    naming = [f'"{family.words[0]}" and more' for family in FAMILIES]
+    llm = ["years of the last century", "text in brackets"] + naming[2:]
+    table = pa.concat_tables([explanations(naming, "tokens"), explanations(llm, "llm"), explanations(truth, "truth")])
+    outcome = names_planted_words(table, FAMILIES)
+    assert not outcome.passed and outcome.severity == "warn"
+    assert outcome.metadata["llm_named"] == 6 and outcome.metadata["tokens_named"] == 8
+    assert "truth_named" not in outcome.metadata  # the truth is what is named, not an explainer judged
+    assert "llm: 6 of 8" in outcome.description and "llm under 80%" in outcome.description
+    passing = pa.concat_tables([explanations(naming, "tokens"), explanations(naming[:7] + llm[1:2], "llm")])
+    assert names_planted_words(passing, FAMILIES).passed  # 7 of 8 is over 80 %
+    assert names_planted_words(table, None).passed  # not a planted variant

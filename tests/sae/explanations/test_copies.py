@@ -18,27 +18,28 @@ from .test_explainer import train_examples
 from ..scoring.test_scorers import decode
 
 CITIES, SUFFIX = (next(e.answer for e in EXAMPLE_POOL if e.answer.startswith(opening))
-                  for opening in ('European cities', 'the suffix'))
-SHOWN = [CITIES, SUFFIX]  # 'European cities such as "Paris", "London"', 'the suffix "ing" completing a verb'
+                  for opening in ('"Paris"', '"ing"'))
+SHOWN = [CITIES, SUFFIX]  # '"Paris" and "London": cities of Europe', '"ing" and "ings": the suffix that completes a verb'
 
 
-@pytest.mark.parametrize("answer", [CITIES, '  european cities such as Paris, London.', CITIES.upper()])
+@pytest.mark.parametrize("answer", [CITIES, '  paris and London -- cities of Europe.', CITIES.upper()])
 def test_an_exact_copy_is_caught_whatever_its_case_and_punctuation(answer):
     assert copied_example(answer, SHOWN) == CITIES
 
 
 @pytest.mark.parametrize("answer, copied", [
-    ('the suffix "ed" completing a verb', SUFFIX),  # one word swapped
-    ('European cities such as "Rome", "London"', CITIES),
-    ('the suffix "ing" completing verbs', SUFFIX),
-    ('the suffix "ing" in "Greenanarchy" and in "right"', SUFFIX),  # the example's opening, then anything
+    ('"ed" and "eds": the suffix that completes a verb', SUFFIX),  # the template, its tokens swapped
+    ('"Rome" and "London": cities of Europe', CITIES),
+    ('"ing" and "ings": the suffix completing verbs', SUFFIX),
+    ('"ing" and "ings" in "Greenanarchy" and in "right"', SUFFIX),  # the example's opening, then anything
 ])
 def test_a_near_copy_is_caught(answer, copied):
     assert copied_example(answer, SHOWN) == copied
 
 
 @pytest.mark.parametrize("answer", ["relative pronouns: who, which, whom", "city names", "the Trojan War and Achilles",
-                                    'the token "ing" after a verb stem', 'cities such as "Madrid"', None])
+                                    'the token "ing" after a verb stem', 'cities such as "Madrid"',
+                                    '"which" and "who": pronouns that open a clause', None])
 def test_a_genuine_answer_passes(answer):
     assert copied_example(answer, SHOWN) is None
 
@@ -46,7 +47,7 @@ def test_a_genuine_answer_passes(answer):
 def test_a_copy_is_judged_only_against_the_examples_shown_and_no_two_examples_look_alike():
     assert copied_example(EXAMPLE_POOL[3].answer, SHOWN) is None  # in the pool, not in this prompt
     assert copied_example(EXAMPLE_POOL[3].answer, [EXAMPLE_POOL[3].answer]) == EXAMPLE_POOL[3].answer
-    assert similarity("female pronouns (she, her)", "Female pronouns: she, her") == 1.0
+    assert similarity("she and her: the female pronouns", '"She" and "her" -- the female pronouns') == 1.0
     assert all(copied_example(a.answer, [b.answer]) is None for a in EXAMPLE_POOL for b in EXAMPLE_POOL if a is not b)
     assert COPY_SIMILARITY > max(similarity(a.answer, b.answer) for a in EXAMPLE_POOL for b in EXAMPLE_POOL
                                  if a is not b)

@@ -71,7 +71,7 @@ def test_the_prompt_shows_the_evidence_after_the_excerpts():
     cfg = ExplainConfig(n_examples=2, prompt=PromptConfig(frequent_tokens=1, promoted_tokens=2))
     messages = build_prompts(train_examples(), [0], cfg, lambda ids: [f" w{i}" for i in ids], stats)[0].request.messages
     last = messages[-1][1].splitlines()
-    assert last[-2:] == ['Fires most on: "who" 40', 'Makes likely next: "was", "is"']
+    assert last[-2:] == ['Fires most on: "who" 40 times', 'Makes likely next: "was", "is"']
     assert messages[1][1].splitlines()[-2].startswith("Fires most on:")  # the worked examples show it too
     plain = build_prompts(train_examples(), [0], dataclasses.replace(cfg, prompt=PromptConfig(
         frequent_tokens=0, promoted_tokens=0)), lambda ids: [f" w{i}" for i in ids], stats)[0].request.messages
