@@ -170,7 +170,7 @@ def check_data_checks(cfg, lake, instance):
     """Every asset check ran and is recorded in the instance (the UI) and in the lake's `checks` table."""
     checks = {"latents": {"readable_parts", "bytes_per_non_zero"},
               "examples": {"train_test_disjoint", "silent_windows_silent"},
-              "explanations": {"parse_failure_rate"}, "scores": {"controls_near_chance"}}
+              "explanations": {"parse_failure_rate", "names_planted_words"}, "scores": {"controls_near_chance"}}
     for asset, names in checks.items():
         for name in names:
             record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
