@@ -22,7 +22,7 @@ def test_demo_definitions_load_with_every_asset_and_partition():
         assert source.is_observable and source.partitions_def == node.partitions_def, name
     checks = {key.name for key in graph.asset_check_keys}
     assert checks == {"readable_parts", "bytes_per_non_zero", "train_test_disjoint", "silent_windows_silent",
-                      "parse_failure_rate", "controls_near_chance", "scorers_calibrated"}
+                      "parse_failure_rate", "names_planted_words", "controls_near_chance", "scorers_calibrated"}
     assert {job.name for job in defs.resolve_all_job_defs()} >= {
         "corpus", "dense_activations", "layer_sae_partitions", "summaries_and_export"}
     cfg = load_config(DEFAULT_CONFIG)
