@@ -133,7 +133,7 @@ ASSETS: tuple[AssetLineage, ...] = (
                  lambda cfg, key: {"n_logit_tokens": cfg.explain.n_logit_tokens,
                                    "model": {"name": cfg.model.name, "revision": cfg.model.revision}},
                  lambda cfg, key: [("saes", key)] if cfg.sae(key[1]).has_decoder else []),
-    AssetLineage("examples", "layer_sae", "1",
+    AssetLineage("examples", "layer_sae", "2",
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},
                  _per_partition("latents")),
     AssetLineage("explanations", "layer_sae", "2", _explain_settings, _explain_inputs),

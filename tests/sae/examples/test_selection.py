@@ -1,5 +1,7 @@
 """Example selection in DuckDB against a brute-force Python reference on a small synthetic lake."""
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,11 +65,19 @@ def test_windows_carry_the_right_tokens_and_activations(small_lake, examples):
             assert max(ex["acts"]) == pytest.approx(ex["peak_act"], rel=1e-3)
 
 
+def _train_cap(n_contexts: int) -> int:
+    """Train windows a latent firing in `n_contexts` contexts gets: all it asks for, or its share when scarce."""
+    if n_contexts >= CFG.n_train + CFG.n_test:
+        return CFG.n_train
+    return max(1, min(n_contexts - 1, math.ceil(n_contexts * CFG.n_train / (CFG.n_train + CFG.n_test))))
+
+
 def test_top_windows_are_the_true_top(small_lake, examples):
     _, _, dense, _ = small_lake
     for latent in range(N_LATENTS):
         peaks = dense[latent].max(axis=1)
-        truth = sorted(peaks[peaks > 0], reverse=True)[: CFG.n_top]
+        n_contexts = int((peaks > 0).sum())
+        truth = sorted(peaks[peaks > 0], reverse=True)[: min(CFG.n_top, _train_cap(n_contexts))]
         got = sorted((ex["peak_act"] for ex in examples if ex["latent"] == latent and ex["kind"] == "top"),
                      reverse=True)
         np.testing.assert_allclose(got, truth, rtol=1e-3)
@@ -113,6 +123,23 @@ def test_sizes_and_flags_for_latents_that_fire_rarely(examples):
     assert rare and all(row["reason"] for row in rare)
     assert any("fires in too few contexts" in row["reason"] for row in rare)
     assert not table[0]["complete"] and "fires almost everywhere" in table[0]["reason"]
+
+
+def test_latents_in_few_contexts_split_them_between_train_and_test(small_lake, examples):
+    """A rare latent must not spend every context on the explainer and leave the scorers none to test on."""
+    _, _, dense, _ = small_lake
+    scarce = 0
+    for latent in range(N_LATENTS - 1):
+        n_contexts = int((dense[latent].max(axis=1) > 0).sum())
+        mine = [e for e in examples if e["latent"] == latent and e["kind"] in ("top", "quantile")]
+        n_train = sum(e["split"] == "train" for e in mine)
+        n_test = sum(e["split"] == "test" for e in mine)
+        assert n_train == _train_cap(n_contexts)
+        assert n_test == min(CFG.n_test, n_contexts - n_train)
+        if 2 <= n_contexts < CFG.n_train + CFG.n_test:
+            scarce += 1
+            assert n_train >= 1 and n_test >= 1, (latent, n_contexts)
+    assert scarce >= 3  # the lake does hold latents this rare
 
 
 def test_same_seed_same_examples_other_seed_other_examples(small_lake, examples):
