@@ -347,3 +347,142 @@ def surprisal_contexts(explanation: str) -> tuple[str, str]:
 
 def surprisal_version() -> str:
     return version(SURPRISAL_PLAIN, SURPRISAL_EXPLAINED)
+
+
+# intruder -----------------------------------------------------------------------------------------------
+
+INTRUDER_SYSTEM = """You test features inside a language model. You get numbered text excerpts; in each, the \
+tokens where a feature fires are wrapped in << and >>. Every excerpt but one shows the same feature; one shows \
+another feature. Find the odd one out: the excerpt whose marked tokens have least in common with the others'. \
+Reply with JSON only: {"intruder": N} with N the number of that excerpt."""
+
+# The worked example has as many excerpts as the real question: sea birds marked, and one odd excerpt.
+INTRUDER_POOL = (
+    "<<gulls>> and <<terns>> circled above the harbour",
+    "a colony of <<puffins>> nests on the cliffs",
+    "an <<albatross>> can glide for hours",
+    "<<cormorants>> dried their wings on the rocks",
+    "a <<pelican>> scooped up the fish",
+    "the <<heron>> stood still in the shallows",
+    "<<gannets>> dived into the waves",
+    "we counted forty <<kittiwakes>> on the ledge",
+)
+INTRUDER_ODD = "the committee <<approved>> the budget on Monday"
+INTRUDER_OPEN, INTRUDER_CLOSE = '{"intruder": ', "}"
+
+
+def intruder_example(n: int) -> tuple[list[str], int]:
+    """The worked example's n excerpts and the (1-based) number of its odd one: the second, so that a small
+    model copying the example's answer does not copy the first or last position, where ties fall."""
+    odd = min(2, n)
+    birds = [INTRUDER_POOL[i % len(INTRUDER_POOL)] for i in range(n - 1)]
+    return birds[: odd - 1] + [INTRUDER_ODD] + birds[odd - 1 :], odd
+
+
+def intruder_messages(excerpts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """An intruder question: instructions and a worked example of as many excerpts, then the excerpts (marked)."""
+    example, odd = intruder_example(len(excerpts))
+
+    def body(texts: Sequence[str]) -> str:
+        return "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(texts, 1))
+
+    return (("system", INTRUDER_SYSTEM), ("user", body(example)), ("assistant", f"{INTRUDER_OPEN}{odd}{INTRUDER_CLOSE}"),
+            ("user", body(excerpts)))
+
+
+def intruder_format(n: int) -> OutputFormat:
+    """The replies a constrained backend may give to an intruder question of n excerpts: one excerpt number."""
+    choices = tuple(str(i) for i in range(1, n + 1))
+    schema = {"type": "object", "additionalProperties": False, "required": ["intruder"],
+              "properties": {"intruder": {"type": "integer", "minimum": 1, "maximum": n}}}
+    return OutputFormat(f"intruder_{n}", ((INTRUDER_OPEN,), choices, (INTRUDER_CLOSE,)),
+                        json.dumps(schema, sort_keys=True))
+
+
+def parse_intruder(completion: str, n: int) -> int | None:
+    """The 0-based excerpt an intruder reply names: the number after "intruder" (else the reply's first number),
+    if it is between 1 and n; None when it cannot be read."""
+    named = re.findall(r"intruder\W*(\d+)", completion, re.IGNORECASE) or re.findall(r"\d+", completion)[:1]
+    if named and 1 <= int(named[0]) <= n:
+        return int(named[0]) - 1
+    return None
+
+
+def intruder_version() -> str:
+    return version(INTRUDER_SYSTEM, repr(INTRUDER_POOL), INTRUDER_ODD, INTRUDER_OPEN, INTRUDER_CLOSE)
+
+
+# simulation ---------------------------------------------------------------------------------------------
+
+SIMULATION_SYSTEM = """You predict a feature inside a language model from its explanation. You get the \
+explanation and numbered text excerpts, each split into its tokens by "|". For every token of every excerpt, \
+predict how strongly the feature fires there, judging only by the explanation: 0 where it is silent (most \
+tokens), up to 10 where it fires most. Reply with JSON only: {"activations": [[...], ...]}, one list per excerpt \
+in order, with one number per token."""
+
+SIMULATION_EXAMPLE = (("gulls", " and", " terns", " circled", " the", " harbour"), (8, 0, 9, 0, 0, 0)), \
+    ((" the", " train", " left", " at", " noon"), (0, 0, 0, 0, 0))
+SIMULATION_MAX = 10
+SIMULATION_OPEN, SIMULATION_SEPARATOR, SIMULATION_NEXT, SIMULATION_CLOSE = '{"activations": [[', ", ", "], [", "]]}"
+
+
+def format_simulation(predictions: Sequence[Sequence[int]]) -> str:
+    """A simulation reply as the worked example shows it and constrained decoding produces it."""
+    return SIMULATION_OPEN + SIMULATION_NEXT.join(
+        SIMULATION_SEPARATOR.join(str(v) for v in window) for window in predictions) + SIMULATION_CLOSE
+
+
+def token_line(pieces: Sequence[str]) -> str:
+    return "|".join(clean_piece(piece) for piece in pieces)
+
+
+def simulation_messages(explanation: str, windows: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    """A simulation prompt: instructions and a worked example, then the explanation and each window's tokens."""
+    def body(text: str, excerpts: Sequence[Sequence[str]]) -> str:
+        lines = [f"Explanation: {text}"]
+        lines += [f"Excerpt {i} ({len(pieces)} tokens): {token_line(pieces)}" for i, pieces in enumerate(excerpts, 1)]
+        return "\n".join(lines)
+
+    example = body(EXAMPLE_EXPLANATION, [pieces for pieces, _ in SIMULATION_EXAMPLE])
+    answer = format_simulation([acts for _, acts in SIMULATION_EXAMPLE])
+    return (("system", SIMULATION_SYSTEM), ("user", example), ("assistant", answer),
+            ("user", body(explanation, windows)))
+
+
+def simulation_format(lengths: Sequence[int]) -> OutputFormat:
+    """The replies a constrained backend may give: one list per window, of one 0-10 number per token."""
+    values = tuple(str(v) for v in range(SIMULATION_MAX + 1))
+    slots: list[tuple[str, ...]] = [(SIMULATION_OPEN,)]
+    for w, length in enumerate(lengths):
+        if w:
+            slots.append((SIMULATION_NEXT,))
+        for t in range(length):
+            if t:
+                slots.append((SIMULATION_SEPARATOR,))
+            slots.append(values)
+    slots.append((SIMULATION_CLOSE,))
+    window = lambda n: {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": SIMULATION_MAX},
+                        "minItems": n, "maxItems": n}
+    schema = {"type": "object", "additionalProperties": False, "required": ["activations"],
+              "properties": {"activations": {"type": "array", "prefixItems": [window(n) for n in lengths],
+                                             "items": False, "minItems": len(lengths), "maxItems": len(lengths)}}}
+    return OutputFormat(f"simulation_{len(lengths)}", tuple(slots), json.dumps(schema, sort_keys=True))
+
+
+def parse_simulation(completion: str, lengths: Sequence[int]) -> list[list[float]] | None:
+    """Each window's predicted activations (0-10) from a simulation reply: the first len(lengths) bracketed lists
+    of numbers, each with at least its window's tokens (numbers past them are dropped, as for parse_answers;
+    values are clipped to 0-10). None when it cannot be read."""
+    lists = []
+    for text in _LIST.findall(completion):
+        try:
+            lists.append([min(max(float(v), 0.0), SIMULATION_MAX) for v in text.replace(",", " ").split()])
+        except ValueError:
+            continue
+    if len(lists) < len(lengths) or any(len(found) < n for found, n in zip(lists, lengths)):
+        return None
+    return [found[:n] for found, n in zip(lists, lengths)]
+
+
+def simulation_version() -> str:
+    return version(SIMULATION_SYSTEM, EXAMPLE_EXPLANATION, repr(SIMULATION_EXAMPLE), format_simulation([[0, 1]]))

@@ -67,7 +67,7 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
     intervals, whether the variant is planted, and whether its scorer is calibrated (see `scorer_calibration`);
     the LLM's real rows also hold its difference from the token baseline (VS_TOKENS). Returns the summary and
     the calibration."""
-    from .metrics import bootstrap_mean_ci
+    from .metrics import SUMMARY_METRICS, bootstrap_mean_ci
     from .scorers import defined
 
     calibration = scorer_calibration(cfg)
@@ -80,7 +80,7 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
         row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "scorer_model", "source", "n_latents",
                                  "n_examples", "n_failures")}
         row["planted"] = cfg.sae(g["sae"]).planted is not None
-        for metric in ("balanced_accuracy", "f1", "auc"):
+        for metric in SUMMARY_METRICS:
             values = [math.nan if v is None else v for v in g[metric]]
             interval = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
             # NULL, not NaN, where no latent has the metric.
@@ -136,8 +136,9 @@ def mean_scores(table: pa.Table) -> list[dict]:
 def summary_rows(table: pa.Table) -> list[dict]:
     """The summary for display: each mean with its interval, real and control of a scorer side by side, and
     whether the scorer is calibrated."""
+    from ..config import DECODER_SCORERS
     from .calibration import verdict
-    from .metrics import versus_baseline
+    from .metrics import PRIMARY_METRIC, versus_baseline
 
     def cell(row: dict, metric: str) -> str:
         if row[metric] is None or math.isnan(row[metric]):
@@ -146,10 +147,13 @@ def summary_rows(table: pa.Table) -> list[dict]:
 
     return [{"layer": r["layer"], "sae": r["sae"], "explainer": r["explainer"], "scorer": r["scorer"],
              "source": r["source"],
-             "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
+             "latents": r["n_latents"], "metric": PRIMARY_METRIC[r["scorer"]],
+             "score": cell(r, PRIMARY_METRIC[r["scorer"]]), "balanced_accuracy": cell(r, "balanced_accuracy"),
+             "auc": cell(r, "auc"),
              "llm_minus_tokens": versus_baseline(r),
              "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}",
-             "scorer_calibration": verdict(r["calibrated"])} for r in table.to_pylist()]
+             "scorer_calibration": verdict(r["calibrated"], r["scorer"] not in DECODER_SCORERS)}
+            for r in table.to_pylist()]
 
 
 def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
@@ -166,7 +170,7 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
         metric = PRIMARY_METRIC[p["scorer"]]
-        label = "AUC" if metric == "auc" else "balanced accuracy"
+        label = {"auc": "AUC"}.get(metric, metric.replace("_", " "))
         by = "" if p["explainer"] == LLM else f", {p['explainer']}"  # the LLM's panels keep their plain names
         panels[f"{p['scorer']}{by} ({label})"][p["source"]].append(math.nan if p[metric] is None else p[metric])
     plots = {"score_histograms": markdown_image(
@@ -194,13 +198,16 @@ def check_summary(cfg: PipelineConfig, key=None) -> list[CheckOutcome]:
 
     calibration = stored_calibration(cfg)
     rows = [] if calibration is None else calibration.to_pylist()
-    failing = [r for r in rows if not r["calibrated"]]
+    checkable = [r for r in rows if r["applicable"]]
+    failing = [r for r in checkable if not r["calibrated"]]
     if not rows:
         outcome = CheckOutcome("scorers_calibrated", False, WARN, "no scores to calibrate: run `saelake run`")
     else:
-        lines = [calibration_line(r) for r in (failing or rows)]
-        verdict = f"{len(failing)} of {len(rows)} scorers are not shown to work" if failing else \
-            f"all {len(rows)} scorers are calibrated"
+        # Failing ones first; a scorer planted latents cannot check is always named, as not applicable.
+        lines = [calibration_line(r) for r in failing or checkable] + [
+            calibration_line(r) for r in rows if not r["applicable"]]
+        verdict = f"{len(failing)} of {len(checkable)} scorers are not shown to work" if failing else \
+            f"all {len(checkable)} scorers are calibrated"
         outcome = CheckOutcome("scorers_calibrated", not failing, WARN, f"{verdict}: " + "; ".join(lines),
                                {r["scorer"] + "/" + r["scorer_model"]: r["calibrated"] for r in rows})
     return record_checks(cfg, "score_summary", None, [outcome])

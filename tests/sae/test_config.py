@@ -231,7 +231,7 @@ DTYPE_VALUES = "valid: auto, float32, bfloat16, float16"
         ({"score": {"llm": {"device": "cpu:0"}}}, "score.llm.device 'cpu:0'", "cpu", DEVICE_VALUES),
         ({"explain": {"latents": "sampel"}}, "explain.latents 'sampel'", "sample", "valid: all, first, sample, list"),
         ({"score": {"scorers": ["detection", "fuzing"]}}, "score.scorers 'fuzing'", "fuzzing",
-         "valid: detection, fuzzing, embedding, surprisal"),
+         "valid: detection, fuzzing, embedding, surprisal, intruder, simulation, intervention"),
         ({"score": {"embedder_device": "mpss"}}, "score.embedder_device 'mpss'", "mps",
          "valid: auto, cpu, mps, cuda, cuda:N"),
     ],

@@ -126,7 +126,7 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
              **{f"{name}{suffix}": value + {"": 0, "_lo": -0.05, "_hi": 0.05}[suffix]
                 for name, value in (("true", true), ("explainer", 0.6), ("baseline", 0.7), ("wrong", 0.5))
                 for suffix in ("", "_lo", "_hi")},
-             "calibrated": calibrated}
+             "calibrated": calibrated, "applicable": True}
             for scorer, true, calibrated in (("detection", 0.52, False), ("embedding", 0.9, True))],
             CALIBRATION_SCHEMA)
     if "similarity" in tables:

@@ -21,7 +21,9 @@ def scores(scorer: str, source: str, balanced_accuracy, auc=None, explainer: str
         "bin_accuracy": [[0.5, 0.5]] * n, "silent_accuracy": [0.5] * n, "n_examples": [20] * n,
         "n_activating": [10] * n, "n_failures": [0] * n, "failed_answers": [[]] * n,
         "scorer_model": ["smollm2-135m-instruct"] * n, "prompt_version": ["v1"] * n,
-        "created_at": [datetime.now(timezone.utc)] * n,
+        "created_at": [datetime.now(timezone.utc)] * n, "chance": [0.5] * n,
+        **{name: [None] * n for name in ("correlation", "correlation_activating", "strength_accuracy", "n_requests",
+                                         "prompt_tokens", "completion_tokens")},
     }, schema=SCHEMA)
 
 
