@@ -289,6 +289,10 @@ class ExplainConfig:
     token_baseline: bool = True
 
 
+# Openings that favour no topic, so that what a steered latent adds to the continuation stands out.
+DEFAULT_INTERVENTION_PROMPTS = ("I think that", "The next thing to say is", "Here is a short story:", "Yesterday,")
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """How explanations are scored on each latent's held-out test windows (see sae/scoring/scorers.py)."""
@@ -328,6 +332,12 @@ class ScoreConfig:
     # gives a 0-10 activation from the explanation, all in one request.
     simulation_activating: int = 4
     simulation_silent: int = 2
+    # intervention: neutral prompts the subject model continues (`intervention_tokens` new tokens, greedy), clean
+    # and with strength x the latent's max_act x its decoder direction added where it writes, for each strength;
+    # the scorer LLM gets the explanation and each (clean, steered) pair in random order and names the steered one.
+    intervention_prompts: tuple[str, ...] = DEFAULT_INTERVENTION_PROMPTS
+    intervention_strengths: tuple[float, ...] = (1.0, 4.0)
+    intervention_tokens: int = 12
     bootstrap: int = 1000  # resamples for the summary's confidence intervals
 
 
@@ -648,6 +658,11 @@ def _check_score(score: ScoreConfig, examples: ExamplesConfig, explain_backend: 
     if min(score.simulation_activating, score.simulation_silent) < 0 or score.simulation_activating < 1:
         raise ConfigError(f"{where}: simulation_activating must be positive and simulation_silent 0 or more (the "
                           "windows the simulation scorer predicts per latent)")
+    if not score.intervention_prompts or not all(p.strip() for p in score.intervention_prompts):
+        raise ConfigError(f"{where}.intervention_prompts: list at least one prompt, none of them empty")
+    if not score.intervention_strengths or min(score.intervention_strengths) <= 0 or score.intervention_tokens < 1:
+        raise ConfigError(f"{where}: intervention_strengths must be a non-empty list of positive multiples of the "
+                          "latent's max_act, and intervention_tokens positive")
     if not score.scorers:
         return
     # Every metric compares activating with silent test windows: without either class none is defined.

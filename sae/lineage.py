@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from .config import PRETRAINED_HOLDOUT_FRACTION, PipelineConfig
 from .prompts import SCORERS as PROMPTED_SCORERS
-from .prompts import explainer_version, intruder_version, scorer_version, simulation_version, surprisal_version
+from .prompts import (explainer_version, intervention_version, intruder_version, scorer_version, simulation_version,
+                      surprisal_version)
 
 if TYPE_CHECKING:
     from .lake import Lake
@@ -107,7 +108,7 @@ def _score_settings(cfg: PipelineConfig, key) -> dict:
     settings["llm"] = (score.llm or cfg.explain.llm).identity()
     settings["prompt_versions"] = {s: scorer_version(s) for s in score.scorers if s in PROMPTED_SCORERS}
     for scorer, prompt_version in (("surprisal", surprisal_version), ("intruder", intruder_version),
-                                   ("simulation", simulation_version)):
+                                   ("simulation", simulation_version), ("intervention", intervention_version)):
         if scorer in score.scorers:
             settings["prompt_versions"][scorer] = prompt_version()
     settings.update(n_quantiles=cfg.examples.n_quantiles, seed=cfg.seed,
@@ -445,7 +446,7 @@ def _matches(key: PartitionKey, wanted: Sequence[str]) -> bool:
 
 # Tables written by an asset of another name, beside its own.
 TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity",
-                "scorer_calibration": "score_summary"}
+                "scorer_calibration": "score_summary", "steered_generations": "scores"}
 
 
 def fresh_table_files(cfg: PipelineConfig, table: str) -> list[Path]:

@@ -486,3 +486,67 @@ def parse_simulation(completion: str, lengths: Sequence[int]) -> list[list[float
 
 def simulation_version() -> str:
     return version(SIMULATION_SYSTEM, EXAMPLE_EXPLANATION, repr(SIMULATION_EXAMPLE), format_simulation([[0, 1]]))
+
+
+# intervention -------------------------------------------------------------------------------------------
+
+INTERVENTION_SYSTEM = """You test an explanation of a feature inside a language model. The model continued \
+each prompt twice: once as it is, and once with the feature switched on, which pushes its text toward what the \
+feature stands for (strongly switched on, it may also garble the text). You get the explanation and numbered \
+pairs of continuations of a prompt. For each pair, decide which continuation was written with the feature on, \
+judging by the explanation. Reply with JSON only: {"steered": [...]} with one number per pair, in order, 1 if \
+the first continuation was steered and 2 if the second was."""
+
+# (prompt, clean continuation, steered continuation, which one is shown first): cycled to the real batch's size.
+INTERVENTION_POOL = (
+    ("I think that", " we should leave early tomorrow.", " gulls and terns nest on the cliffs.", 2),
+    ("Yesterday,", " a puffin and an albatross flew over the sea.", " the council met to discuss the budget.", 1),
+    ("Here is a short story:", " a heron stood in the reeds, and a gull", " once there was a king who ruled a", 1),
+    ("The next thing to say is", " that the meeting is moved to Monday.", " that cormorants dive for fish.", 2),
+)
+STEERED_OPEN, STEERED_CLOSE = '{"steered": [', "]}"
+
+
+def format_steered(answers: Sequence[int]) -> str:
+    return STEERED_OPEN + ANSWER_SEPARATOR.join(str(a) for a in answers) + STEERED_CLOSE
+
+
+def intervention_messages(explanation: str, pairs: Sequence[tuple[str, str, str]]) -> tuple[tuple[str, str], ...]:
+    """An intervention prompt: instructions and a worked example of as many pairs, then the explanation and the
+    pairs, each (prompt, first continuation, second continuation)."""
+    def body(text: str, shown: Sequence[tuple[str, str, str]]) -> str:
+        lines = [f"Explanation: {text}"]
+        for i, (prompt, first, second) in enumerate(shown, 1):
+            lines.append(f"Pair {i}: the prompt {json.dumps(prompt)} continued as 1: {json.dumps(clean_piece(first))} "
+                         f"or as 2: {json.dumps(clean_piece(second))}")
+        return "\n".join(lines)
+
+    examples = [INTERVENTION_POOL[i % len(INTERVENTION_POOL)] for i in range(len(pairs))]
+    shown = [(p, steered, clean) if first == 1 else (p, clean, steered) for p, clean, steered, first in examples]
+    return (("system", INTERVENTION_SYSTEM), ("user", body(EXAMPLE_EXPLANATION, shown)),
+            ("assistant", format_steered([first for *_, first in examples])), ("user", body(explanation, pairs)))
+
+
+def intervention_format(n: int) -> OutputFormat:
+    """The replies a constrained backend may give to an intervention prompt of n pairs: n numbers 1/2."""
+    slots: list[tuple[str, ...]] = [(STEERED_OPEN,), ("1", "2")]
+    for _ in range(n - 1):
+        slots += [(ANSWER_SEPARATOR,), ("1", "2")]
+    schema = {"type": "object", "additionalProperties": False, "required": ["steered"],
+              "properties": {"steered": {"type": "array", "items": {"type": "integer", "enum": [1, 2]},
+                                         "minItems": n, "maxItems": n}}}
+    return OutputFormat(f"steered_{n}", (*slots, (STEERED_CLOSE,)), json.dumps(schema, sort_keys=True))
+
+
+def parse_steered(completion: str, n: int) -> list[int] | None:
+    """The n picks (0: the first continuation, 1: the second) of an intervention reply: the last bracketed list
+    whose first n entries are each 1 or 2; None when it cannot be read."""
+    for text in reversed(_LIST.findall(completion)):
+        items = [t.strip(" .'\"") for t in re.split(r"[,\s;]+", text) if t.strip(" .'\"")]
+        if len(items) >= n and all(i in ("1", "2") for i in items[:n]):
+            return [int(i) - 1 for i in items[:n]]
+    return None
+
+
+def intervention_version() -> str:
+    return version(INTERVENTION_SYSTEM, EXAMPLE_EXPLANATION, repr(INTERVENTION_POOL), format_steered([1, 2]))

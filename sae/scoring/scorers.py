@@ -320,6 +320,12 @@ def llm_judged_latents(latents: list[int], cap: int | None, seed: int) -> list[i
     return sorted(random.Random(f"{seed}/llm-judged").sample(latents, cap))
 
 
+def judged_latents_of(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> list[int]:
+    """The latents of a partition that the scorer LLM judges (as score_partition picks them)."""
+    latents = sorted({latent for e in explained_by(explanations, cfg, seed).values() for latent in e.text_of})
+    return llm_judged_latents(latents, cfg.llm_n_latents, seed)
+
+
 def explained_by(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> dict[str, Explained]:
     """Per explainer present in the partition (parsed rows of the scored latents): texts, real and control."""
     parsed = frame(explanations).filter(pl.col("parsed"))
@@ -370,10 +376,11 @@ class Scoring:
 
 def request_scorers() -> dict:
     """The scorers that build their own rows from a `Scoring` (one module each), by name."""
+    from .intervention import intervention_rows
     from .intruder import intruder_rows
     from .simulation import simulation_rows
 
-    return {"intruder": intruder_rows, "simulation": simulation_rows}
+    return {"intruder": intruder_rows, "simulation": simulation_rows, "intervention": intervention_rows}
 
 
 def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig, decode: Decode, seed: int,

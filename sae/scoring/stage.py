@@ -24,18 +24,60 @@ def open_embedder(cfg: PipelineConfig):
 
 def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, embedder,
                        progress: bool = True) -> pa.Table:
-    """Score one partition's explanations on its test windows; written to `scores`."""
-    from .scorers import score_partition
+    """Score one partition's explanations on its test windows; written to `scores` (and, for the intervention
+    scorer, its generations to `steered_generations` first)."""
+    from .scorers import judged_latents_of, score_partition
 
     key = (hookpoint, name)
     examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
-    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score_for(name),
-                            token_decoder(cfg), cfg.seed, cfg.examples.n_quantiles,
-                            cfg.explain.prompt.highlight_threshold, client=client, embedder=embedder,
-                            progress=progress)
+    explanations, score = pq.read_table(explained[0]), cfg.score_for(name)
+    generations = None
+    if "intervention" in score.scorers and cfg.sae(name).has_decoder:
+        generations = write_steered_generations(cfg, hookpoint, name, judged_latents_of(explanations, score, cfg.seed))
+    table = score_partition(pq.read_table(examples[0]), explanations, score, token_decoder(cfg), cfg.seed,
+                            cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold, client=client,
+                            embedder=embedder, progress=progress, generations=generations)
     lake_for(cfg).write_partition(table, "scores", hookpoint, name,
                                   provenance=lineage_of(cfg).provenance("scores", key))
     return table
+
+
+def write_steered_generations(cfg: PipelineConfig, hookpoint: str, name: str, latents: list[int]) -> pa.Table:
+    """The clean and steered continuations of the intervention scorer for `latents` (sae/scoring/steering.py),
+    committed to `steered_generations` after every batch of generations, so that an interrupted run resumes
+    where it stopped: rows made with the same settings (model, SAE, prompt, strength, tokens, typical activation)
+    are reused, whatever else changed."""
+    import polars as pl
+
+    from ..lake import lake_for
+    from ..models import load_model, load_tokenizer
+    from ..saes.logits import residual_directions
+    from ..saes.stage import load_stored_sae, reads_from
+    from .steering import SCHEMA, steered_rows, steering_site
+
+    lake, key, score = lake_for(cfg), (hookpoint, name), cfg.score_for(name)
+    stats = pl.read_parquet(fresh_files(cfg, "latent_stats", key)).filter(pl.col("latent").is_in(latents))
+    typical = dict(zip(stats["latent"].to_list(), stats["max_act"].to_list()))
+    stored = {row["settings_key"]: row for f in lake.files("steered_generations", hookpoint, name)
+              for row in pq.read_table(f, schema=SCHEMA).to_pylist()}
+    sae = load_stored_sae(cfg, hookpoint, name)
+    site = steering_site(hookpoint, sae.cfg.transcode, cfg.sae(name).neurons is not None)
+    base = {"saes": lineage_of(cfg).fingerprint("saes", key), "site": site,
+            "model": {"name": cfg.model.name, "revision": cfg.model.revision}}
+    model, tokenizer = load_model(cfg.model, lake.root), load_tokenizer(cfg.model, lake.root)
+    # What each latent writes per unit of activation, in the space of the site (a transcoder's: its MLP output).
+    space = hookpoint if sae.cfg.transcode else reads_from(cfg, hookpoint, name, sae)
+    directions = residual_directions(model, sae.to(next(model.parameters()).device), space)
+
+    def commit(rows: list[dict]) -> pa.Table:
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        lake.write_partition(table, "steered_generations", hookpoint, name,
+                             provenance=lineage_of(cfg).provenance("scores", key))
+        return table
+
+    rows = steered_rows(model, tokenizer, directions, typical, site, score.intervention_prompts,
+                        score.intervention_strengths, score.intervention_tokens, base, stored, save=commit)
+    return commit(rows)
 
 
 # Columns of the LLM's real rows in score_summary: its primary metric minus the token baseline's, paired by latent.
