@@ -240,7 +240,11 @@ def _table(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, paths: list[P
 
 
 def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
-    """The pivoted columns of one scorer: name -> (source, metric)."""
+    """The pivoted columns of one scorer: name -> (source, metric). A scorer whose primary metric is neither
+    balanced accuracy nor AUC (intruder, simulation, intervention) is pivoted by that metric alone."""
+    metric = PRIMARY_METRIC.get(scorer)
+    if metric not in (None, "balanced_accuracy", "auc"):
+        return {f"{scorer}_{metric}": ("real", metric), f"{scorer}_control_{metric}": ("control", metric)}
     return {f"{scorer}_balanced_accuracy": ("real", "balanced_accuracy"), f"{scorer}_f1": ("real", "f1"),
             f"{scorer}_auc": ("real", "auc"),
             f"{scorer}_control_balanced_accuracy": ("control", "balanced_accuracy"),
