@@ -8,7 +8,9 @@
 - embedding: the AUC of cosine(explanation, window) between activating and silent windows; its hard
   predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune;
 - surprisal: the AUC of how much the explanation, read before a window, lowers the LLM's loss on it, between
-  activating and silent windows (hard predictions by R-precision, as for embedding).
+  activating and silent windows (hard predictions by R-precision, as for embedding);
+- intruder, simulation, intervention: one module each (sae/scoring/intruder.py, simulation.py, intervention.py),
+  each building its rows from a `Scoring` (request_scorers is the registry).
 
 Detection and fuzzing answers are constrained to {"answers": [...]} on every backend that decodes by a
 format, so every answer reads; where the backend gives log-probs, P(1) at each answer digit gives the AUC.
