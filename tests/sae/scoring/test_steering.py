@@ -105,3 +105,44 @@ def test_a_steered_generation_differs_from_the_clean_one_and_stored_rows_are_reu
     # Zero vectors leave generation untouched.
     (zero,) = generate(model, tokenizer, ["I think that"], "layers.1", torch.zeros(1, width), 6)
     assert zero == own
+
+
+def test_the_scores_step_writes_steered_generations_of_a_neuron_variant_and_reuses_them(tmp_path, converted_model,
+                                                                                       monkeypatch):
+    """A tiny real lake of MLP neurons (no training): the generations are committed to the lake, steered at the
+    MLP output, and a second call with one more strength generates only the new rows."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from sae.config import load_config
+    from sae.corpus.stage import build_contexts
+    from sae.lake import lake_for
+    from sae.latents.stage import cache_latents, compute_latent_stats
+    from sae.saes.stage import build_sae
+    from sae.scoring import steering as steering_module
+    from sae.scoring.stage import write_steered_generations
+    from tests.conftest import write_config
+
+    score = {"intervention_prompts": ["I think that"], "intervention_strengths": [4.0], "intervention_tokens": 4}
+    cfg = load_config(write_config(tmp_path, converted_model, n_tokens=1024, layers=[{"hookpoint": "layers.1"}],
+                                   saes=[{"name": "neurons", "neurons": {"k": 8}}], score=score))
+    build_contexts(cfg)
+    build_sae(cfg, "layers.1", "neurons", progress=False)
+    cache_latents(cfg, [("layers.1", "neurons")], progress=False)
+    stats = compute_latent_stats(cfg, "layers.1", "neurons").to_pylist()
+    latents = [r["latent"] for r in stats if not r["dead"]][:2]
+    table = write_steered_generations(cfg, "layers.1", "neurons", latents)
+    rows = table.to_pylist()
+    assert [(r["latent"], r["strength"]) for r in rows] == [(None, 0.0)] + [(latent, 4.0) for latent in latents]
+    assert {r["site"] for r in rows} == {"layers.1.mlp"} and rows[1]["typical_act"] == stats[latents[0]]["max_act"]
+    stored = pq.read_table(lake_for(cfg).files("steered_generations", "layers.1", "neurons")).to_pylist()
+    assert [r["settings_key"] for r in stored] == [r["settings_key"] for r in rows]
+    generated = []
+    original = steering_module.generate
+    monkeypatch.setattr(steering_module, "generate", lambda model, tokenizer, prompts, *args: generated.append(
+        prompts) or original(model, tokenizer, prompts, *args))
+    more = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, intervention_strengths=(4.0, 1.0)))
+    again = write_steered_generations(more, "layers.1", "neurons", latents).to_pylist()
+    assert len(again) == 1 + 2 * len(latents) and generated == [["I think that"] * len(latents)]
+    assert [r for r in again if r["strength"] == 4.0] == rows[1:]
