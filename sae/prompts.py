@@ -386,8 +386,8 @@ def intruder_messages(excerpts: Sequence[str]) -> tuple[tuple[str, str], ...]:
     def body(texts: Sequence[str]) -> str:
         return "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(texts, 1))
 
-    return (("system", INTRUDER_SYSTEM), ("user", body(example)), ("assistant", f"{INTRUDER_OPEN}{odd}{INTRUDER_CLOSE}"),
-            ("user", body(excerpts)))
+    answer = f"{INTRUDER_OPEN}{odd}{INTRUDER_CLOSE}"
+    return (("system", INTRUDER_SYSTEM), ("user", body(example)), ("assistant", answer), ("user", body(excerpts)))
 
 
 def intruder_format(n: int) -> OutputFormat:

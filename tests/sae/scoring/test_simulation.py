@@ -87,7 +87,8 @@ def test_simulation_correlation_equals_numpys_over_all_windows_and_the_activatin
 def test_simulation_replies_are_constrained_and_read():
     fmt = simulation_format([3, 2])
     assert fmt.matches('{"activations": [[0, 10, 3], [7, 0]]}')
-    assert not fmt.matches('{"activations": [[0, 11, 3], [7, 0]]}') and not fmt.matches('{"activations": [[0, 1], [7, 0]]}')
+    assert not fmt.matches('{"activations": [[0, 11, 3], [7, 0]]}')  # above 10
+    assert not fmt.matches('{"activations": [[0, 1], [7, 0]]}')  # a token short
     assert parse_simulation('{"activations": [[0, 10, 3], [7, 0]]}', [3, 2]) == [[0, 10, 3], [7, 0]]
     assert parse_simulation('{"activations":[[0,12,3,4],[7,0]]}', [3, 2]) == [[0, 10, 3], [7, 0]]  # clipped, cut
     assert parse_simulation('{"activations": [[0, 1], [7, 0]]}', [3, 2]) is None
