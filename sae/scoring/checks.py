@@ -6,11 +6,11 @@ primary metric is another one (the intruder's and intervention's accuracy, simul
 level is the rows' `chance` (1 / (k + 1), 0.5, 0). The rule, per scorer and metric, over the control values of its
 latents:
 
-- with at least `min_latents` latents, the percentile bootstrap 95% interval of the mean must contain 0.5;
-  a mean within `min_effect` of 0.5 also passes, so a bias too small to matter is not flagged just because
+- with at least `min_latents` latents, the percentile bootstrap 95% interval of the mean must contain chance;
+  a mean within `min_effect` of chance also passes, so a bias too small to matter is not flagged just because
   many latents make it significant;
 - with fewer latents the bootstrap interval is unreliable (it undercovers: a handful of values cannot show
-  the spread of their mean), so the mean must instead lie within `tolerance` of 0.5.
+  the spread of their mean), so the mean must instead lie within `tolerance` of chance.
 """
 
 from __future__ import annotations

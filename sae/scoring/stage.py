@@ -49,7 +49,6 @@ def write_steered_generations(cfg: PipelineConfig, hookpoint: str, name: str, la
     are reused, whatever else changed."""
     import polars as pl
 
-    from ..lake import lake_for
     from ..models import load_model, load_tokenizer
     from ..saes.logits import residual_directions
     from ..saes.stage import load_stored_sae, reads_from
