@@ -1,5 +1,6 @@
-"""Scoring: `scores` per layer x sae (detection, fuzzing, embedding, surprisal; real and control explanations), and
-`score_summary` across every variant, the neuron baselines included."""
+"""Scoring: `scores` per layer x sae (every scorer of config.SCORERS; real and control explanations; the intervention
+scorer's continuations in `steered_generations`), and `score_summary` across every variant, the neuron baselines
+included."""
 
 import contextlib
 
@@ -21,7 +22,8 @@ def build_scoring_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
                 checks=scoring_stage.CHECKS, kinds={"parquet"})
     def scores(context: dg.AssetExecutionContext, pipeline_config: PipelineConfigResource) -> dg.MaterializeResult:
         """Per explained latent and scorer: balanced accuracy, F1, precision, recall, AUC (where there are
-        probabilities), accuracy per quantile bin, and failures, on test windows the explainer never saw.
+        probabilities), accuracy per quantile bin, and failures, on test windows the explainer never saw; the
+        intruder's and intervention's accuracy, simulation's correlation, and the LLM tokens behind each row.
         Each latent is scored with its own explanation (source real) and another latent's (control)."""
         cfg = pipeline_config.config
         llm = cfg.score.llm or cfg.explain.llm

@@ -38,9 +38,13 @@ LLM_RUNTIMES = ("auto", "transformers", "llamacpp")
 CORPUS_SOURCES = (BUILTIN_CORPUS, "huggingface", "files")
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
 LATENT_CHOICES = ("all", "first", "sample", "list")
-SCORERS = ("detection", "fuzzing", "embedding", "surprisal")
-LLM_SCORERS = ("detection", "fuzzing", "surprisal")  # the scorers that ask an LLM (embedding asks the embedder)
+SCORERS = ("detection", "fuzzing", "embedding", "surprisal", "intruder", "simulation", "intervention")
+# The scorers that ask an LLM (embedding asks the embedder).
+LLM_SCORERS = ("detection", "fuzzing", "surprisal", "intruder", "simulation", "intervention")
 ANSWER_SCORERS = ("detection", "fuzzing")  # the LLM answers per window (surprisal reads its log-probs instead)
+EXPLANATION_FREE_SCORERS = ("intruder",)  # judge the latent's windows alone: no explainer, no explanation
+NO_EXPLAINER = "none"  # the `explainer` of their scores rows
+DECODER_SCORERS = ("intervention",)  # steer with the latent's decoder direction: not for variants without one
 _GPU_INDEX = re.compile(r"cuda:\d+")
 
 
@@ -285,6 +289,10 @@ class ExplainConfig:
     token_baseline: bool = True
 
 
+# Openings that favour no topic, so that what a steered latent adds to the continuation stands out.
+DEFAULT_INTERVENTION_PROMPTS = ("I think that", "The next thing to say is", "Here is a short story:", "Yesterday,")
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """How explanations are scored on each latent's held-out test windows (see sae/scoring/scorers.py)."""
@@ -313,8 +321,23 @@ class ScoreConfig:
     max_tokens: int = 32
     # Fuzzing: besides silent windows marked at random, also activating windows marked at the wrong tokens.
     fuzz_wrong_in_activating: bool = False
-    # Also score each latent with another latent's explanation (a fixed, seeded derangement): the control.
+    # Also score each latent with another latent's explanation (a fixed, seeded derangement): the control; for
+    # the intruder, a question whose "intruder" is one more window of the latent itself (no answer can be right).
     control: bool = True
+    # intruder: questions per latent, each showing `intruder_k` of its activating test windows and one activating
+    # window of another scored latent, marked where each one's latent fires; the LLM names the odd one out.
+    intruder_questions: int = 5
+    intruder_k: int = 4
+    # simulation: test windows per latent (activating spread over the bins, and silent) whose every token the LLM
+    # gives a 0-10 activation from the explanation, all in one request.
+    simulation_activating: int = 4
+    simulation_silent: int = 2
+    # intervention: neutral prompts the subject model continues (`intervention_tokens` new tokens, greedy), clean
+    # and with strength x the latent's max_act x its decoder direction added where it writes, for each strength;
+    # the scorer LLM gets the explanation and each (clean, steered) pair in random order and names the steered one.
+    intervention_prompts: tuple[str, ...] = DEFAULT_INTERVENTION_PROMPTS
+    intervention_strengths: tuple[float, ...] = (1.0, 4.0)
+    intervention_tokens: int = 12
     bootstrap: int = 1000  # resamples for the summary's confidence intervals
 
 
@@ -629,6 +652,17 @@ def _check_score(score: ScoreConfig, examples: ExamplesConfig, explain_backend: 
     if score.llm_n_latents is not None and score.llm_n_latents < 1:
         raise ConfigError(f"{where}.llm_n_latents caps the latents the scorer LLM judges per partition: a positive "
                           "number, or null for every scored latent")
+    if min(score.intruder_questions, score.intruder_k) < 1:
+        raise ConfigError(f"{where}: intruder_questions and intruder_k (windows of the latent per question) must be "
+                          "positive")
+    if min(score.simulation_activating, score.simulation_silent) < 0 or score.simulation_activating < 1:
+        raise ConfigError(f"{where}: simulation_activating must be positive and simulation_silent 0 or more (the "
+                          "windows the simulation scorer predicts per latent)")
+    if not score.intervention_prompts or not all(p.strip() for p in score.intervention_prompts):
+        raise ConfigError(f"{where}.intervention_prompts: list at least one prompt, none of them empty")
+    if not score.intervention_strengths or min(score.intervention_strengths) <= 0 or score.intervention_tokens < 1:
+        raise ConfigError(f"{where}: intervention_strengths must be a non-empty list of positive multiples of the "
+                          "latent's max_act, and intervention_tokens positive")
     if not score.scorers:
         return
     # Every metric compares activating with silent test windows: without either class none is defined.

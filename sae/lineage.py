@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from .config import PRETRAINED_HOLDOUT_FRACTION, PipelineConfig
 from .prompts import SCORERS as PROMPTED_SCORERS
-from .prompts import explainer_version, scorer_version, surprisal_version
+from .prompts import (explainer_version, intervention_version, intruder_version, scorer_version, simulation_version,
+                      surprisal_version)
 
 if TYPE_CHECKING:
     from .lake import Lake
@@ -106,8 +107,10 @@ def _score_settings(cfg: PipelineConfig, key) -> dict:
     settings = {k: v for k, v in dataclasses.asdict(score).items() if k not in ("llm", "bootstrap")}
     settings["llm"] = (score.llm or cfg.explain.llm).identity()
     settings["prompt_versions"] = {s: scorer_version(s) for s in score.scorers if s in PROMPTED_SCORERS}
-    if "surprisal" in score.scorers:
-        settings["prompt_versions"]["surprisal"] = surprisal_version()
+    for scorer, prompt_version in (("surprisal", surprisal_version), ("intruder", intruder_version),
+                                   ("simulation", simulation_version), ("intervention", intervention_version)):
+        if scorer in score.scorers:
+            settings["prompt_versions"][scorer] = prompt_version()
     settings.update(n_quantiles=cfg.examples.n_quantiles, seed=cfg.seed,
                     highlight_threshold=cfg.explain.prompt.highlight_threshold)
     return settings
@@ -137,7 +140,7 @@ ASSETS: tuple[AssetLineage, ...] = (
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},
                  _per_partition("latents")),
     AssetLineage("explanations", "layer_sae", "2", _explain_settings, _explain_inputs),
-    AssetLineage("scores", "layer_sae", "2", _score_settings, _per_partition("explanations")),
+    AssetLineage("scores", "layer_sae", "3", _score_settings, _per_partition("explanations")),
     AssetLineage("explanation_embeddings", "layer_sae", "1",
                  lambda cfg, key: {"embedder": cfg.score.embedder}, _per_partition("explanations")),
     AssetLineage("sae_quality_summary", "none", "1", lambda cfg, key: {},
@@ -443,7 +446,7 @@ def _matches(key: PartitionKey, wanted: Sequence[str]) -> bool:
 
 # Tables written by an asset of another name, beside its own.
 TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity",
-                "scorer_calibration": "score_summary"}
+                "scorer_calibration": "score_summary", "steered_generations": "scores"}
 
 
 def fresh_table_files(cfg: PipelineConfig, table: str) -> list[Path]:

@@ -347,3 +347,206 @@ def surprisal_contexts(explanation: str) -> tuple[str, str]:
 
 def surprisal_version() -> str:
     return version(SURPRISAL_PLAIN, SURPRISAL_EXPLAINED)
+
+
+# intruder -----------------------------------------------------------------------------------------------
+
+INTRUDER_SYSTEM = """You test features inside a language model. You get numbered text excerpts; in each, the \
+tokens where a feature fires are wrapped in << and >>. Every excerpt but one shows the same feature; one shows \
+another feature. Find the odd one out: the excerpt whose marked tokens have least in common with the others'. \
+Reply with JSON only: {"intruder": N} with N the number of that excerpt."""
+
+# The worked example has as many excerpts as the real question: sea birds marked, and one odd excerpt.
+INTRUDER_POOL = (
+    "<<gulls>> and <<terns>> circled above the harbour",
+    "a colony of <<puffins>> nests on the cliffs",
+    "an <<albatross>> can glide for hours",
+    "<<cormorants>> dried their wings on the rocks",
+    "a <<pelican>> scooped up the fish",
+    "the <<heron>> stood still in the shallows",
+    "<<gannets>> dived into the waves",
+    "we counted forty <<kittiwakes>> on the ledge",
+)
+INTRUDER_ODD = "the committee <<approved>> the budget on Monday"
+INTRUDER_OPEN, INTRUDER_CLOSE = '{"intruder": ', "}"
+
+
+def intruder_example(n: int) -> tuple[list[str], int]:
+    """The worked example's n excerpts and the (1-based) number of its odd one: the second, so that a small
+    model copying the example's answer does not copy the first or last position, where ties fall."""
+    odd = min(2, n)
+    birds = [INTRUDER_POOL[i % len(INTRUDER_POOL)] for i in range(n - 1)]
+    return birds[: odd - 1] + [INTRUDER_ODD] + birds[odd - 1 :], odd
+
+
+def intruder_messages(excerpts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """An intruder question: instructions and a worked example of as many excerpts, then the excerpts (marked)."""
+    example, odd = intruder_example(len(excerpts))
+
+    def body(texts: Sequence[str]) -> str:
+        return "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(texts, 1))
+
+    answer = f"{INTRUDER_OPEN}{odd}{INTRUDER_CLOSE}"
+    return (("system", INTRUDER_SYSTEM), ("user", body(example)), ("assistant", answer), ("user", body(excerpts)))
+
+
+def intruder_format(n: int) -> OutputFormat:
+    """The replies a constrained backend may give to an intruder question of n excerpts: one excerpt number."""
+    choices = tuple(str(i) for i in range(1, n + 1))
+    schema = {"type": "object", "additionalProperties": False, "required": ["intruder"],
+              "properties": {"intruder": {"type": "integer", "minimum": 1, "maximum": n}}}
+    return OutputFormat(f"intruder_{n}", ((INTRUDER_OPEN,), choices, (INTRUDER_CLOSE,)),
+                        json.dumps(schema, sort_keys=True))
+
+
+def parse_intruder(completion: str, n: int) -> int | None:
+    """The 0-based excerpt an intruder reply names: the number after "intruder" (else the reply's first number),
+    if it is between 1 and n; None when it cannot be read."""
+    named = re.findall(r"intruder\W*(\d+)", completion, re.IGNORECASE) or re.findall(r"\d+", completion)[:1]
+    if named and 1 <= int(named[0]) <= n:
+        return int(named[0]) - 1
+    return None
+
+
+def intruder_version() -> str:
+    return version(INTRUDER_SYSTEM, repr(INTRUDER_POOL), INTRUDER_ODD, INTRUDER_OPEN, INTRUDER_CLOSE)
+
+
+# simulation ---------------------------------------------------------------------------------------------
+
+SIMULATION_SYSTEM = """You predict a feature inside a language model from its explanation. You get the \
+explanation and numbered text excerpts, each split into its tokens by "|". For every token of every excerpt, \
+predict how strongly the feature fires there, judging only by the explanation: 0 where it is silent (most \
+tokens), up to 10 where it fires most. Reply with JSON only: {"activations": [[...], ...]}, one list per excerpt \
+in order, with one number per token."""
+
+SIMULATION_EXAMPLE = (("gulls", " and", " terns", " circled", " the", " harbour"), (8, 0, 9, 0, 0, 0)), \
+    ((" the", " train", " left", " at", " noon"), (0, 0, 0, 0, 0))
+SIMULATION_MAX = 10
+SIMULATION_OPEN, SIMULATION_SEPARATOR, SIMULATION_NEXT, SIMULATION_CLOSE = '{"activations": [[', ", ", "], [", "]]}"
+
+
+def format_simulation(predictions: Sequence[Sequence[int]]) -> str:
+    """A simulation reply as the worked example shows it and constrained decoding produces it."""
+    return SIMULATION_OPEN + SIMULATION_NEXT.join(
+        SIMULATION_SEPARATOR.join(str(v) for v in window) for window in predictions) + SIMULATION_CLOSE
+
+
+def token_line(pieces: Sequence[str]) -> str:
+    return "|".join(clean_piece(piece) for piece in pieces)
+
+
+def simulation_messages(explanation: str, windows: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    """A simulation prompt: instructions and a worked example, then the explanation and each window's tokens."""
+    def body(text: str, excerpts: Sequence[Sequence[str]]) -> str:
+        lines = [f"Explanation: {text}"]
+        lines += [f"Excerpt {i} ({len(pieces)} tokens): {token_line(pieces)}" for i, pieces in enumerate(excerpts, 1)]
+        return "\n".join(lines)
+
+    example = body(EXAMPLE_EXPLANATION, [pieces for pieces, _ in SIMULATION_EXAMPLE])
+    answer = format_simulation([acts for _, acts in SIMULATION_EXAMPLE])
+    return (("system", SIMULATION_SYSTEM), ("user", example), ("assistant", answer),
+            ("user", body(explanation, windows)))
+
+
+def simulation_format(lengths: Sequence[int]) -> OutputFormat:
+    """The replies a constrained backend may give: one list per window, of one 0-10 number per token."""
+    values = tuple(str(v) for v in range(SIMULATION_MAX + 1))
+    slots: list[tuple[str, ...]] = [(SIMULATION_OPEN,)]
+    for w, length in enumerate(lengths):
+        if w:
+            slots.append((SIMULATION_NEXT,))
+        for t in range(length):
+            if t:
+                slots.append((SIMULATION_SEPARATOR,))
+            slots.append(values)
+    slots.append((SIMULATION_CLOSE,))
+    window = lambda n: {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": SIMULATION_MAX},
+                        "minItems": n, "maxItems": n}
+    schema = {"type": "object", "additionalProperties": False, "required": ["activations"],
+              "properties": {"activations": {"type": "array", "prefixItems": [window(n) for n in lengths],
+                                             "items": False, "minItems": len(lengths), "maxItems": len(lengths)}}}
+    return OutputFormat(f"simulation_{len(lengths)}", tuple(slots), json.dumps(schema, sort_keys=True))
+
+
+def parse_simulation(completion: str, lengths: Sequence[int]) -> list[list[float]] | None:
+    """Each window's predicted activations (0-10) from a simulation reply: the first len(lengths) bracketed lists
+    of numbers, each with at least its window's tokens (numbers past them are dropped, as for parse_answers;
+    values are clipped to 0-10). None when it cannot be read."""
+    lists = []
+    for text in _LIST.findall(completion):
+        try:
+            lists.append([min(max(float(v), 0.0), SIMULATION_MAX) for v in text.replace(",", " ").split()])
+        except ValueError:
+            continue
+    if len(lists) < len(lengths) or any(len(found) < n for found, n in zip(lists, lengths)):
+        return None
+    return [found[:n] for found, n in zip(lists, lengths)]
+
+
+def simulation_version() -> str:
+    return version(SIMULATION_SYSTEM, EXAMPLE_EXPLANATION, repr(SIMULATION_EXAMPLE), format_simulation([[0, 1]]))
+
+
+# intervention -------------------------------------------------------------------------------------------
+
+INTERVENTION_SYSTEM = """You test an explanation of a feature inside a language model. The model continued \
+each prompt twice: once as it is, and once with the feature switched on, which pushes its text toward what the \
+feature stands for (strongly switched on, it may also garble the text). You get the explanation and numbered \
+pairs of continuations of a prompt. For each pair, decide which continuation was written with the feature on, \
+judging by the explanation. Reply with JSON only: {"steered": [...]} with one number per pair, in order, 1 if \
+the first continuation was steered and 2 if the second was."""
+
+# (prompt, clean continuation, steered continuation, which one is shown first): cycled to the real batch's size.
+INTERVENTION_POOL = (
+    ("I think that", " we should leave early tomorrow.", " gulls and terns nest on the cliffs.", 2),
+    ("Yesterday,", " a puffin and an albatross flew over the sea.", " the council met to discuss the budget.", 1),
+    ("Here is a short story:", " a heron stood in the reeds, and a gull", " once there was a king who ruled a", 1),
+    ("The next thing to say is", " that the meeting is moved to Monday.", " that cormorants dive for fish.", 2),
+)
+STEERED_OPEN, STEERED_CLOSE = '{"steered": [', "]}"
+
+
+def format_steered(answers: Sequence[int]) -> str:
+    return STEERED_OPEN + ANSWER_SEPARATOR.join(str(a) for a in answers) + STEERED_CLOSE
+
+
+def intervention_messages(explanation: str, pairs: Sequence[tuple[str, str, str]]) -> tuple[tuple[str, str], ...]:
+    """An intervention prompt: instructions and a worked example of as many pairs, then the explanation and the
+    pairs, each (prompt, first continuation, second continuation)."""
+    def body(text: str, shown: Sequence[tuple[str, str, str]]) -> str:
+        lines = [f"Explanation: {text}"]
+        for i, (prompt, first, second) in enumerate(shown, 1):
+            lines.append(f"Pair {i}: the prompt {json.dumps(prompt)} continued as 1: {json.dumps(clean_piece(first))} "
+                         f"or as 2: {json.dumps(clean_piece(second))}")
+        return "\n".join(lines)
+
+    examples = [INTERVENTION_POOL[i % len(INTERVENTION_POOL)] for i in range(len(pairs))]
+    shown = [(p, steered, clean) if first == 1 else (p, clean, steered) for p, clean, steered, first in examples]
+    return (("system", INTERVENTION_SYSTEM), ("user", body(EXAMPLE_EXPLANATION, shown)),
+            ("assistant", format_steered([first for *_, first in examples])), ("user", body(explanation, pairs)))
+
+
+def intervention_format(n: int) -> OutputFormat:
+    """The replies a constrained backend may give to an intervention prompt of n pairs: n numbers 1/2."""
+    slots: list[tuple[str, ...]] = [(STEERED_OPEN,), ("1", "2")]
+    for _ in range(n - 1):
+        slots += [(ANSWER_SEPARATOR,), ("1", "2")]
+    schema = {"type": "object", "additionalProperties": False, "required": ["steered"],
+              "properties": {"steered": {"type": "array", "items": {"type": "integer", "enum": [1, 2]},
+                                         "minItems": n, "maxItems": n}}}
+    return OutputFormat(f"steered_{n}", (*slots, (STEERED_CLOSE,)), json.dumps(schema, sort_keys=True))
+
+
+def parse_steered(completion: str, n: int) -> list[int] | None:
+    """The n picks (0: the first continuation, 1: the second) of an intervention reply: the last bracketed list
+    whose first n entries are each 1 or 2; None when it cannot be read."""
+    for text in reversed(_LIST.findall(completion)):
+        items = [t.strip(" .'\"") for t in re.split(r"[,\s;]+", text) if t.strip(" .'\"")]
+        if len(items) >= n and all(i in ("1", "2") for i in items[:n]):
+            return [int(i) - 1 for i in items[:n]]
+    return None
+
+
+def intervention_version() -> str:
+    return version(INTERVENTION_SYSTEM, EXAMPLE_EXPLANATION, repr(INTERVENTION_POOL), format_steered([1, 2]))

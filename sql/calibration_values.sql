@@ -5,7 +5,8 @@
 -- latent. Reads the `scores` view.
 WITH per_latent AS (
     SELECT scorer, scorer_model, explainer, source, sae, latent,
-           avg(balanced_accuracy) AS balanced_accuracy, avg(auc) AS auc
+           avg(balanced_accuracy) AS balanced_accuracy, avg(auc) AS auc, avg(accuracy) AS accuracy,
+           avg(correlation) AS correlation
     FROM scores
     WHERE list_contains($planted::VARCHAR[], sae)
     GROUP BY ALL
@@ -16,7 +17,9 @@ judges AS (
 SELECT j.scorer, j.scorer_model, p.explainer, p.source,
        coalesce(list(p.balanced_accuracy ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), [])
            AS balanced_accuracy,
-       coalesce(list(p.auc ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), []) AS auc
+       coalesce(list(p.auc ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), []) AS auc,
+       coalesce(list(p.accuracy ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), []) AS accuracy,
+       coalesce(list(p.correlation ORDER BY p.sae, p.latent) FILTER (p.latent IS NOT NULL), []) AS correlation
 FROM judges AS j LEFT JOIN per_latent AS p USING (scorer, scorer_model)
 GROUP BY ALL
 ORDER BY j.scorer, j.scorer_model, p.explainer, p.source

@@ -4,7 +4,9 @@ SELECT
     l.layer, l.sae, l.scorer,
     count(*) AS n_latents,
     list(l.balanced_accuracy - t.balanced_accuracy ORDER BY l.latent) AS balanced_accuracy,
-    list(l.auc - t.auc ORDER BY l.latent) AS auc
+    list(l.auc - t.auc ORDER BY l.latent) AS auc,
+    list(l.accuracy - t.accuracy ORDER BY l.latent) AS accuracy,
+    list(l.correlation - t.correlation ORDER BY l.latent) AS correlation
 FROM scores AS l JOIN scores AS t USING (layer, sae, latent, scorer, source)
 WHERE l.explainer = 'llm' AND t.explainer = 'tokens' AND l.source = 'real'
 GROUP BY ALL

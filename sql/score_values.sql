@@ -15,6 +15,8 @@ SELECT
     list(balanced_accuracy ORDER BY latent) AS balanced_accuracy,
     list(f1 ORDER BY latent) AS f1,
     coalesce(list(auc ORDER BY latent) FILTER (auc IS NOT NULL), []) AS auc,
+    list(accuracy ORDER BY latent) AS accuracy,
+    list(correlation ORDER BY latent) AS correlation,
     sum(n_examples) AS n_examples,
     sum(n_failures) AS n_failures,
     any_value(p.bin_accuracy) AS bin_accuracy

@@ -240,7 +240,11 @@ def _table(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, paths: list[P
 
 
 def score_columns(scorer: str) -> dict[str, tuple[str, str]]:
-    """The pivoted columns of one scorer: name -> (source, metric)."""
+    """The pivoted columns of one scorer: name -> (source, metric). A scorer whose primary metric is neither
+    balanced accuracy nor AUC (intruder, simulation, intervention) is pivoted by that metric alone."""
+    metric = PRIMARY_METRIC.get(scorer)
+    if metric not in (None, "balanced_accuracy", "auc"):
+        return {f"{scorer}_{metric}": ("real", metric), f"{scorer}_control_{metric}": ("control", metric)}
     return {f"{scorer}_balanced_accuracy": ("real", "balanced_accuracy"), f"{scorer}_f1": ("real", "f1"),
             f"{scorer}_auc": ("real", "auc"),
             f"{scorer}_control_balanced_accuracy": ("control", "balanced_accuracy"),
@@ -389,14 +393,17 @@ INTRO = (
 SUMMARY_NOTE = (
     "Mean per-latent score with a bootstrap 95% interval, for the latent's own explanation (real) and for another "
     "latent's by the same explainer (control). Balanced accuracy for detection and fuzzing, ROC AUC for the "
-    "embedding and surprisal scorers, which rank windows; chance is 0.5 for both. The explainer `tokens` is the LLM-free token baseline (the latent's commonest "
-    "activating tokens); on the LLM's rows, the last column is the LLM's score minus the baseline's on the same "
+    "embedding and surprisal scorers, which rank windows; chance is 0.5 for both. The intruder (explainer `none`: "
+    "it reads no explanation; its control shows no intruder) and intervention score by accuracy, chance 1 / (k + 1) "
+    "and 0.5; simulation by the correlation of predicted and true activations, chance 0. The explainer `tokens` is "
+    "the LLM-free token baseline (the latent's commonest activating tokens); on the LLM's rows, the last column is the LLM's score minus the baseline's on the same "
     "latents, with its 95% interval: the LLM earns its cost only where that interval lies above 0."
 )
 CALIBRATION_NOTE = (
     "Each scorer was also run on planted latents, whose true explanation is known: a scorer is *calibrated* only "
     "where its score with the true explanation lies wholly above its score with a wrong one (another planted "
-    "latent's), 95% intervals apart. Read the scores of an UNCALIBRATED or unchecked scorer as not meaningful."
+    "latent's), 95% intervals apart. Read the scores of an UNCALIBRATED or unchecked scorer as not meaningful. "
+    "Intervention steers with the decoder, which planted latents lack: it is *not applicable* there."
 )
 SPLIT_NOTE = "Each configuration has one split, `train`; the partitioned tables carry `layer` and `sae` columns."
 NULL_NOTE = "Score columns are null where a latent was not scored (e.g. its explanation could not be parsed)."

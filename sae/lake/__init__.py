@@ -13,6 +13,7 @@ Layout (`layer` and `sae` are hive partition columns):
   examples/layer=<hookpoint>/sae=<name>/part-00000.parquet          (+ example_coverage/, one row per latent)
   explanations/layer=<hookpoint>/sae=<name>/part-00000.parquet
   scores/layer=<hookpoint>/sae=<name>/part-00000.parquet         (per latent, scorer and source)
+  steered_generations/layer=<hookpoint>/sae=<name>/part-00000.parquet  (intervention: clean / steered continuations)
   score_summary/part-00000.parquet               (per variant and scorer: means with bootstrap intervals)
   scorer_calibration/part-00000.parquet          (per scorer: true vs wrong explanation on planted latents)
   explanation_embeddings/layer=<hookpoint>/sae=<name>/part-00000.parquet
@@ -43,8 +44,9 @@ if TYPE_CHECKING:
     from ..lineage import Provenance
 
 TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
-          "latent_logits", "examples", "example_coverage", "explanations", "scores", "score_summary",
-          "scorer_calibration", "explanation_embeddings", "similarity", "similarity_summary", "llm_cache", "checks")
+          "latent_logits", "examples", "example_coverage", "explanations", "scores", "steered_generations",
+          "score_summary", "scorer_calibration", "explanation_embeddings", "similarity", "similarity_summary",
+          "llm_cache", "checks")
 UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "scorer_calibration", "similarity",
                  "similarity_summary", "llm_cache")
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)

@@ -6,9 +6,13 @@ tokens at every layer), the scorer's primary metric (PRIMARY_METRIC) as a mean w
   explainer  the LLM's explanation (explainer `llm`, source real),
   baseline   the token baseline's (explainer `tokens`, source real),
   wrong      another planted latent's ground truth (explainer `truth`, source control).
+A scorer that reads no explanation (config.EXPLANATION_FREE_SCORERS: the intruder) has no explainer or baseline
+figure: its true one is the real task on the planted latents, its wrong one the control task.
 `calibrated` is true only where the true interval lies wholly above the wrong one (true_lo > wrong_hi), false
 where they overlap or true lies below, and NULL where either is undefined (no planted latent scored, or no
-controls): not shown to work, which is shown as "unchecked".
+controls): not shown to work, which is shown as "unchecked". A scorer that steers with the decoder
+(config.DECODER_SCORERS: intervention) cannot score planted latents, which have none: `applicable` is false, its
+verdict "not applicable", and nothing calibrates its numbers.
 """
 
 from __future__ import annotations
@@ -17,20 +21,25 @@ import math
 
 import pyarrow as pa
 
+from ..config import DECODER_SCORERS, EXPLANATION_FREE_SCORERS, NO_EXPLAINER
 from ..explanations.explainer import LLM, TOKENS, TRUTH
 from .metrics import PRIMARY_METRIC, bootstrap_mean_ci
 
 CATEGORIES = (("true", TRUTH, "real"), ("explainer", LLM, "real"), ("baseline", TOKENS, "real"),
               ("wrong", TRUTH, "control"))
+EXPLANATION_FREE = {"true": (NO_EXPLAINER, "real"), "wrong": (NO_EXPLAINER, "control")}
 SCHEMA = pa.schema([
     ("scorer", pa.string()), ("scorer_model", pa.string()),
     ("metric", pa.string()),  # the scorer's primary metric
     ("n_latents", pa.int32()),  # planted latents scored with their true explanation
     *[(f"{name}{suffix}", pa.float64()) for name, _, _ in CATEGORIES for suffix in ("", "_lo", "_hi")],
     ("calibrated", pa.bool_()),
+    ("applicable", pa.bool_()),  # false: the scorer cannot score planted latents (it steers with a decoder)
 ])
 UNCALIBRATED_ADVICE = ("its scores with the true explanation do not beat a wrong one; do not read its numbers as "
                        "meaningful")
+NOT_APPLICABLE_ADVICE = ("it steers the model with each latent's decoder direction, and planted latents have none, "
+                         "so nothing calibrates it on known answers; read it beside its control (a wrong explanation)")
 UNCHECKED_ADVICE = ("no planted latent has a readable score with both its true and a wrong explanation (no variant "
                     "with `planted: {}` in the config's saes, `score.control` off, or no answer could be read), so "
                     "nothing shows its numbers mean anything")
@@ -50,6 +59,8 @@ def calibrate(groups: list[dict], n_boot: int, seed: int) -> pa.Table:
         metric = PRIMARY_METRIC[scorer]
         row = {"scorer": scorer, "scorer_model": model, "metric": metric}
         for name, explainer, source in CATEGORIES:
+            if scorer in EXPLANATION_FREE_SCORERS:
+                explainer, source = EXPLANATION_FREE.get(name, (None, None))
             values = [math.nan if v is None else v for v in found.get((explainer, source), {}).get(metric, [])]
             if name == "true":
                 row["n_latents"] = sum(not math.isnan(v) for v in values)
@@ -57,11 +68,14 @@ def calibrate(groups: list[dict], n_boot: int, seed: int) -> pa.Table:
             row.update({name: _null(mean), f"{name}_lo": _null(lo), f"{name}_hi": _null(hi)})
         defined = row["true_lo"] is not None and row["wrong_hi"] is not None
         row["calibrated"] = row["true_lo"] > row["wrong_hi"] if defined else None
+        row["applicable"] = scorer not in DECODER_SCORERS
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def verdict(calibrated: bool | None) -> str:
+def verdict(calibrated: bool | None, applicable: bool = True) -> str:
+    if not applicable:
+        return "not applicable"
     return {True: "calibrated", False: "UNCALIBRATED", None: "unchecked"}[calibrated]
 
 
@@ -73,9 +87,11 @@ def _interval(row: dict, name: str) -> str:
 
 def calibration_line(row: dict) -> str:
     """One line per scorer, as the summary, the CLI and the export card say it."""
-    head = f"{row['scorer']} ({row['scorer_model']}): {verdict(row['calibrated'])}"
+    head = f"{row['scorer']} ({row['scorer_model']}): {verdict(row['calibrated'], row['applicable'])}"
     figures = (f"{row['metric']} with the true explanation {_interval(row, 'true')} vs a wrong one "
                f"{_interval(row, 'wrong')}, over {row['n_latents']} planted latents")
+    if not row["applicable"]:
+        return f"{head} — {NOT_APPLICABLE_ADVICE}"
     if row["calibrated"] is None:
         return f"{head} — {UNCHECKED_ADVICE}"
     if not row["calibrated"]:
@@ -87,7 +103,7 @@ def calibration_rows(table: pa.Table) -> list[dict]:
     """The calibration for display: each figure with its interval."""
     return [{"scorer": r["scorer"], "scorer_model": r["scorer_model"], "metric": r["metric"],
              "planted_latents": r["n_latents"], **{name: _interval(r, name) for name, _, _ in CATEGORIES},
-             "verdict": verdict(r["calibrated"])} for r in table.to_pylist()]
+             "verdict": verdict(r["calibrated"], r["applicable"])} for r in table.to_pylist()]
 
 
 def calibration_lines(table: pa.Table | None) -> list[str]:

@@ -75,6 +75,18 @@ def roc_auc(y_true, scores) -> float:
     return float(u / (positives * negatives))
 
 
+def pearson(x, y) -> float:
+    """Pearson's correlation of two equally long sequences; NaN where it is undefined (fewer than two values, or
+    either one constant)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"pearson needs two one-dimensional sequences of one length, got {a.shape} and {b.shape}")
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return math.nan
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / math.sqrt((a @ a) * (b @ b)))
+
+
 def bootstrap_mean_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """The mean of `values` (NaNs ignored) and a percentile bootstrap interval for it at `level`.
 
@@ -101,9 +113,13 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int
 
 
 # The main number of each scorer, for summaries and comparisons: the LLM scorers' hard answers by balanced
-# accuracy, the scorers that rank windows by a continuous score by its AUC.
+# accuracy, the scorers that rank windows by a continuous score by its AUC; the intruder's and intervention's
+# picks by their accuracy (chance 1 / (k + 1) and 1/2), simulation by its correlation (chance 0). Each scores row
+# holds its metric's chance in `chance`.
 PRIMARY_METRIC = {"detection": "balanced_accuracy", "fuzzing": "balanced_accuracy", "embedding": "auc",
-                  "surprisal": "auc"}
+                  "surprisal": "auc", "intruder": "accuracy", "simulation": "correlation", "intervention": "accuracy"}
+# Every metric a summary averages: the primary ones and F1.
+SUMMARY_METRICS = ("balanced_accuracy", "f1", "auc", "accuracy", "correlation")
 
 
 def versus_baseline(row: dict) -> str:

@@ -8,7 +8,9 @@
 - embedding: the AUC of cosine(explanation, window) between activating and silent windows; its hard
   predictions take the top n_activating windows by cosine as positive (R-precision), no threshold to tune;
 - surprisal: the AUC of how much the explanation, read before a window, lowers the LLM's loss on it, between
-  activating and silent windows (hard predictions by R-precision, as for embedding).
+  activating and silent windows (hard predictions by R-precision, as for embedding);
+- intruder, simulation, intervention: one module each (sae/scoring/intruder.py, simulation.py, intervention.py),
+  each building its rows from a `Scoring` (request_scorers is the registry).
 
 Detection and fuzzing answers are constrained to {"answers": [...]} on every backend that decodes by a
 format, so every answer reads; where the backend gives log-probs, P(1) at each answer digit gives the AUC.
@@ -47,9 +49,9 @@ from .metrics import classification_metrics, roc_auc
 SCHEMA = pa.schema([
     ("latent", pa.int32()),
     ("explainer", pa.string()),  # which explainer's explanations were scored: llm | tokens | truth
-    ("scorer", pa.string()),  # detection | fuzzing | embedding | surprisal
-    ("source", pa.string()),  # real: the latent's own explanation; control: another latent's
-    ("explanation_latent", pa.int32()),  # whose explanation was scored
+    ("scorer", pa.string()),  # one of config.SCORERS
+    ("source", pa.string()),  # real: the latent's own explanation; control: another latent's (see each scorer)
+    ("explanation_latent", pa.int32()),  # whose explanation was scored (null: the scorer reads none)
     ("balanced_accuracy", pa.float32()),
     ("f1", pa.float32()),
     ("precision", pa.float32()),
@@ -62,6 +64,13 @@ SCHEMA = pa.schema([
     ("n_activating", pa.int32()),
     ("n_failures", pa.int32()),  # windows whose answer could not be read
     ("failed_answers", pa.list_(pa.string())),  # the unreadable replies, raw
+    ("chance", pa.float32()),  # what the scorer's primary metric (PRIMARY_METRIC) is for a judge that knows nothing
+    ("correlation", pa.float32()),  # simulation: Pearson r of predicted and true activations over every token
+    ("correlation_activating", pa.float32()),  # simulation: the same over the activating windows' tokens alone
+    ("strength_accuracy", pa.list_(pa.float32())),  # intervention: accuracy per steering strength, in config order
+    ("n_requests", pa.int32()),  # LLM requests made for the row (null: the scorer asks no LLM to answer)
+    ("prompt_tokens", pa.int64()),  # their prompt and generated tokens, as the backend counts them
+    ("completion_tokens", pa.int64()),
     ("scorer_model", pa.string()),
     ("prompt_version", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
@@ -78,6 +87,24 @@ class Item:
 
 
 @dataclass
+class Usage:
+    """The LLM requests behind one scores row, and their tokens as the backend counted them."""
+
+    n_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, completion: Completion) -> None:
+        self.n_requests += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+
+    def columns(self) -> dict:
+        return {"n_requests": self.n_requests, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens}
+
+
+@dataclass
 class Judged:
     """Predictions for one (latent, explainer, scorer, source)."""
 
@@ -87,6 +114,7 @@ class Judged:
     bins: list[int | None] = field(default_factory=list)
     failures: int = 0
     failed_answers: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
 
 
 def derangement(latents: Sequence[int], seed: int) -> dict[int, int]:
@@ -211,6 +239,7 @@ def llm_batches(key: tuple[int, str, str, str], explanation: str, items: list[It
 def judge(batches: list[Batch], completions: list[Completion], judged: dict) -> None:
     for batch, done in zip(batches, completions):
         record = judged.setdefault(batch.key, Judged())
+        record.usage.add(done)
         answers = parse_answers(done.text, len(batch.items))
         if answers is None:
             record.failures += len(batch.items)
@@ -229,11 +258,21 @@ def defined(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def blank_row(key: tuple[int, str, str, str], explanation_latent: int | None, scorer_model: str,
+              prompt_version: str, now: datetime, chance: float) -> dict:
+    """A scores row with its identity and every metric NULL, for a scorer to fill in."""
+    latent, explainer, scorer, source = key
+    return {name: None for name in SCHEMA.names} | {
+        "latent": latent, "explainer": explainer, "scorer": scorer, "source": source,
+        "explanation_latent": explanation_latent, "n_examples": 0, "n_activating": 0, "n_failures": 0,
+        "failed_answers": [], "chance": chance, "scorer_model": scorer_model, "prompt_version": prompt_version,
+        "created_at": now}
+
+
 def metrics_row(key: tuple[int, str, str, str], explanation_latent: int, record: Judged, n_bins: int,
                 scorer_model: str, prompt_version: str, now: datetime) -> dict:
     """The scores row of one (latent, explainer, scorer, source); NULL wherever nothing could be judged (no
     answers, no window of a class or bin, no probabilities)."""
-    latent, explainer, scorer, source = key
     labels, preds = np.array(record.labels, bool), np.array(record.predictions, bool)
     metrics = {name: defined(value) for name, value in classification_metrics(labels, preds).items()}
     probs = np.array(record.probabilities, dtype=np.float64)
@@ -243,12 +282,12 @@ def metrics_row(key: tuple[int, str, str, str], explanation_latent: int, record:
     bin_accuracy = [float(correct[(bins == b) & labels].mean()) if ((bins == b) & labels).any() else None
                     for b in range(n_bins)]
     silent = ~labels & (bins < 0)
-    return {"latent": latent, "explainer": explainer, "scorer": scorer, "source": source,
-            "explanation_latent": explanation_latent, **metrics, "auc": defined(auc), "bin_accuracy": bin_accuracy,
-            "silent_accuracy": float(correct[silent].mean()) if silent.any() else None,
-            "n_examples": int(labels.size), "n_activating": int(labels.sum()), "n_failures": record.failures,
-            "failed_answers": record.failed_answers, "scorer_model": scorer_model,
-            "prompt_version": prompt_version, "created_at": now}
+    usage = record.usage.columns() if record.usage.n_requests else {}
+    return blank_row(key, explanation_latent, scorer_model, prompt_version, now, chance=0.5) | {
+        **metrics, "auc": defined(auc), "bin_accuracy": bin_accuracy,
+        "silent_accuracy": float(correct[silent].mean()) if silent.any() else None,
+        "n_examples": int(labels.size), "n_activating": int(labels.sum()), "n_failures": record.failures,
+        "failed_answers": record.failed_answers, **usage}
 
 
 @dataclass
@@ -283,6 +322,12 @@ def llm_judged_latents(latents: list[int], cap: int | None, seed: int) -> list[i
     return sorted(random.Random(f"{seed}/llm-judged").sample(latents, cap))
 
 
+def judged_latents_of(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> list[int]:
+    """The latents of a partition that the scorer LLM judges (as score_partition picks them)."""
+    latents = sorted({latent for e in explained_by(explanations, cfg, seed).values() for latent in e.text_of})
+    return llm_judged_latents(latents, cfg.llm_n_latents, seed)
+
+
 def explained_by(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> dict[str, Explained]:
     """Per explainer present in the partition (parsed rows of the scored latents): texts, real and control."""
     parsed = frame(explanations).filter(pl.col("parsed"))
@@ -298,15 +343,60 @@ def explained_by(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> dict[st
     return out
 
 
+@dataclass
+class Scoring:
+    """What a scorer of one partition reads: the explanations, the latents and their test windows, the settings
+    and the scorer LLM."""
+
+    by_explainer: dict[str, Explained]
+    latents: list[int]  # the scored latents
+    judged_latents: list[int]  # those the scorer LLM judges
+    windows: dict[int, list[dict]]
+    cfg: ScoreConfig
+    decode: Decode
+    seed: int
+    n_bins: int
+    fuzz_threshold: float
+    now: datetime
+    client: LLMClient | None
+    progress: bool
+    batch_requests: int
+    generations: pa.Table | None = None  # intervention: the partition's steered_generations
+
+    def need_client(self, scorer: str) -> LLMClient:
+        if self.client is None:
+            raise ValueError(f"the {scorer} scorer needs an LLM client")
+        return self.client
+
+    def complete(self, requests: list[ChatRequest]) -> list[Completion]:
+        """Every request answered, handed to the backend `batch_requests` at a time."""
+        out = []
+        for first in range(0, len(requests), self.batch_requests):
+            out += self.client.complete(requests[first : first + self.batch_requests], progress=self.progress)
+        return out
+
+
+def request_scorers() -> dict:
+    """The scorers that build their own rows from a `Scoring` (one module each), by name."""
+    from .intervention import intervention_rows
+    from .intruder import intruder_rows
+    from .simulation import simulation_rows
+
+    return {"intruder": intruder_rows, "simulation": simulation_rows, "intervention": intervention_rows}
+
+
 def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig, decode: Decode, seed: int,
                     n_bins: int, fuzz_threshold: float, client: LLMClient | None = None, embedder=None,
-                    progress: bool = False, batch_requests: int = 512) -> pa.Table:
+                    progress: bool = False, batch_requests: int = 512, generations: pa.Table | None = None
+                    ) -> pa.Table:
     """Scores of every parsed explanation of one partition, per explainer, real and (if configured) control."""
     by_explainer = explained_by(explanations, cfg, seed)
     latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
     judged_latents = llm_judged_latents(latents, cfg.llm_n_latents, seed)
     windows = test_windows(examples, latents)
     now = datetime.now(timezone.utc)
+    scoring = Scoring(by_explainer, latents, judged_latents, windows, cfg, decode, seed, n_bins, fuzz_threshold, now,
+                      client, progress, batch_requests, generations)
     rows = []
     llm_scorers = [s for s in cfg.scorers if s in ANSWER_SCORERS]
     if llm_scorers and latents:
@@ -342,6 +432,9 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     if "surprisal" in cfg.scorers and latents:
         rows += surprisal_rows(by_explainer, judged_latents, windows, cfg, decode, client, seed, n_bins, now,
                                progress, batch_requests)
+    for name, scorer_rows in request_scorers().items():
+        if name in cfg.scorers and latents:
+            rows += scorer_rows(scoring)
     # One row per (latent, explainer, scorer, source), each the verdict of model calls: built as rows, not shaped.
     return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([
         ("latent", "ascending"), ("explainer", "ascending"), ("scorer", "ascending"), ("source", "descending")])

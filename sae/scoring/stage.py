@@ -24,18 +24,59 @@ def open_embedder(cfg: PipelineConfig):
 
 def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, embedder,
                        progress: bool = True) -> pa.Table:
-    """Score one partition's explanations on its test windows; written to `scores`."""
-    from .scorers import score_partition
+    """Score one partition's explanations on its test windows; written to `scores` (and, for the intervention
+    scorer, its generations to `steered_generations` first)."""
+    from .scorers import judged_latents_of, score_partition
 
     key = (hookpoint, name)
     examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
-    table = score_partition(pq.read_table(examples[0]), pq.read_table(explained[0]), cfg.score_for(name),
-                            token_decoder(cfg), cfg.seed, cfg.examples.n_quantiles,
-                            cfg.explain.prompt.highlight_threshold, client=client, embedder=embedder,
-                            progress=progress)
+    explanations, score = pq.read_table(explained[0]), cfg.score_for(name)
+    generations = None
+    if "intervention" in score.scorers and cfg.sae(name).has_decoder:
+        generations = write_steered_generations(cfg, hookpoint, name, judged_latents_of(explanations, score, cfg.seed))
+    table = score_partition(pq.read_table(examples[0]), explanations, score, token_decoder(cfg), cfg.seed,
+                            cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold, client=client,
+                            embedder=embedder, progress=progress, generations=generations)
     lake_for(cfg).write_partition(table, "scores", hookpoint, name,
                                   provenance=lineage_of(cfg).provenance("scores", key))
     return table
+
+
+def write_steered_generations(cfg: PipelineConfig, hookpoint: str, name: str, latents: list[int]) -> pa.Table:
+    """The clean and steered continuations of the intervention scorer for `latents` (sae/scoring/steering.py),
+    committed to `steered_generations` after every batch of generations, so that an interrupted run resumes
+    where it stopped: rows made with the same settings (model, SAE, prompt, strength, tokens, typical activation)
+    are reused, whatever else changed."""
+    import polars as pl
+
+    from ..models import load_model, load_tokenizer
+    from ..saes.logits import residual_directions
+    from ..saes.stage import load_stored_sae, reads_from
+    from .steering import SCHEMA, steered_rows, steering_site
+
+    lake, key, score = lake_for(cfg), (hookpoint, name), cfg.score_for(name)
+    stats = pl.read_parquet(fresh_files(cfg, "latent_stats", key)).filter(pl.col("latent").is_in(latents))
+    typical = dict(zip(stats["latent"].to_list(), stats["max_act"].to_list()))
+    stored = {row["settings_key"]: row for f in lake.files("steered_generations", hookpoint, name)
+              for row in pq.read_table(f, schema=SCHEMA).to_pylist()}
+    sae = load_stored_sae(cfg, hookpoint, name)
+    site = steering_site(hookpoint, sae.cfg.transcode, cfg.sae(name).neurons is not None)
+    base = {"saes": lineage_of(cfg).fingerprint("saes", key), "site": site,
+            "model": {"name": cfg.model.name, "revision": cfg.model.revision}}
+    model, tokenizer = load_model(cfg.model, lake.root), load_tokenizer(cfg.model, lake.root)
+    # What each latent writes per unit of activation, in the space of the site (a transcoder's: its MLP output).
+    space = hookpoint if sae.cfg.transcode else reads_from(cfg, hookpoint, name, sae)
+    directions = residual_directions(model, sae.to(next(model.parameters()).device), space)
+
+    def commit(rows: list[dict]) -> pa.Table:
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        lake.write_partition(table, "steered_generations", hookpoint, name,
+                             provenance=lineage_of(cfg).provenance("scores", key))
+        return table
+
+    rows = steered_rows(model, tokenizer, directions, typical, site, score.intervention_prompts,
+                        score.intervention_strengths, score.intervention_tokens, base, stored, save=commit)
+    return commit(rows)
 
 
 # Columns of the LLM's real rows in score_summary: its primary metric minus the token baseline's, paired by latent.
@@ -67,7 +108,7 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
     intervals, whether the variant is planted, and whether its scorer is calibrated (see `scorer_calibration`);
     the LLM's real rows also hold its difference from the token baseline (VS_TOKENS). Returns the summary and
     the calibration."""
-    from .metrics import bootstrap_mean_ci
+    from .metrics import SUMMARY_METRICS, bootstrap_mean_ci
     from .scorers import defined
 
     calibration = scorer_calibration(cfg)
@@ -80,7 +121,7 @@ def score_summary(cfg: PipelineConfig) -> tuple[pa.Table, pa.Table]:
         row = {k: g[k] for k in ("layer", "sae", "explainer", "scorer", "scorer_model", "source", "n_latents",
                                  "n_examples", "n_failures")}
         row["planted"] = cfg.sae(g["sae"]).planted is not None
-        for metric in ("balanced_accuracy", "f1", "auc"):
+        for metric in SUMMARY_METRICS:
             values = [math.nan if v is None else v for v in g[metric]]
             interval = bootstrap_mean_ci(values, n_boot=cfg.score.bootstrap, seed=cfg.seed)
             # NULL, not NaN, where no latent has the metric.
@@ -136,8 +177,9 @@ def mean_scores(table: pa.Table) -> list[dict]:
 def summary_rows(table: pa.Table) -> list[dict]:
     """The summary for display: each mean with its interval, real and control of a scorer side by side, and
     whether the scorer is calibrated."""
+    from ..config import DECODER_SCORERS
     from .calibration import verdict
-    from .metrics import versus_baseline
+    from .metrics import PRIMARY_METRIC, versus_baseline
 
     def cell(row: dict, metric: str) -> str:
         if row[metric] is None or math.isnan(row[metric]):
@@ -146,10 +188,13 @@ def summary_rows(table: pa.Table) -> list[dict]:
 
     return [{"layer": r["layer"], "sae": r["sae"], "explainer": r["explainer"], "scorer": r["scorer"],
              "source": r["source"],
-             "latents": r["n_latents"], "balanced_accuracy": cell(r, "balanced_accuracy"), "auc": cell(r, "auc"),
+             "latents": r["n_latents"], "metric": PRIMARY_METRIC[r["scorer"]],
+             "score": cell(r, PRIMARY_METRIC[r["scorer"]]), "balanced_accuracy": cell(r, "balanced_accuracy"),
+             "auc": cell(r, "auc"),
              "llm_minus_tokens": versus_baseline(r),
              "failures": f"{r['n_failures']}/{r['n_examples'] + r['n_failures']}",
-             "scorer_calibration": verdict(r["calibrated"])} for r in table.to_pylist()]
+             "scorer_calibration": verdict(r["calibrated"], r["scorer"] not in DECODER_SCORERS)}
+            for r in table.to_pylist()]
 
 
 def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
@@ -166,7 +211,7 @@ def score_plots(cfg: PipelineConfig, summary: pa.Table) -> dict[str, str]:
     panels = defaultdict(lambda: defaultdict(list))
     for p in points:
         metric = PRIMARY_METRIC[p["scorer"]]
-        label = "AUC" if metric == "auc" else "balanced accuracy"
+        label = {"auc": "AUC"}.get(metric, metric.replace("_", " "))
         by = "" if p["explainer"] == LLM else f", {p['explainer']}"  # the LLM's panels keep their plain names
         panels[f"{p['scorer']}{by} ({label})"][p["source"]].append(math.nan if p[metric] is None else p[metric])
     plots = {"score_histograms": markdown_image(
@@ -194,13 +239,16 @@ def check_summary(cfg: PipelineConfig, key=None) -> list[CheckOutcome]:
 
     calibration = stored_calibration(cfg)
     rows = [] if calibration is None else calibration.to_pylist()
-    failing = [r for r in rows if not r["calibrated"]]
+    checkable = [r for r in rows if r["applicable"]]
+    failing = [r for r in checkable if not r["calibrated"]]
     if not rows:
         outcome = CheckOutcome("scorers_calibrated", False, WARN, "no scores to calibrate: run `saelake run`")
     else:
-        lines = [calibration_line(r) for r in (failing or rows)]
-        verdict = f"{len(failing)} of {len(rows)} scorers are not shown to work" if failing else \
-            f"all {len(rows)} scorers are calibrated"
+        # Failing ones first; a scorer planted latents cannot check is always named, as not applicable.
+        lines = [calibration_line(r) for r in failing or checkable] + [
+            calibration_line(r) for r in rows if not r["applicable"]]
+        verdict = f"{len(failing)} of {len(checkable)} scorers are not shown to work" if failing else \
+            f"all {len(checkable)} scorers are calibrated"
         outcome = CheckOutcome("scorers_calibrated", not failing, WARN, f"{verdict}: " + "; ".join(lines),
                                {r["scorer"] + "/" + r["scorer_model"]: r["calibrated"] for r in rows})
     return record_checks(cfg, "score_summary", None, [outcome])

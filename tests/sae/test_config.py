@@ -231,7 +231,7 @@ DTYPE_VALUES = "valid: auto, float32, bfloat16, float16"
         ({"score": {"llm": {"device": "cpu:0"}}}, "score.llm.device 'cpu:0'", "cpu", DEVICE_VALUES),
         ({"explain": {"latents": "sampel"}}, "explain.latents 'sampel'", "sample", "valid: all, first, sample, list"),
         ({"score": {"scorers": ["detection", "fuzing"]}}, "score.scorers 'fuzing'", "fuzzing",
-         "valid: detection, fuzzing, embedding, surprisal"),
+         "valid: detection, fuzzing, embedding, surprisal, intruder, simulation, intervention"),
         ({"score": {"embedder_device": "mpss"}}, "score.embedder_device 'mpss'", "mps",
          "valid: auto, cpu, mps, cuda, cuda:N"),
     ],
@@ -371,3 +371,23 @@ def test_surprisal_needs_a_backend_with_prompt_log_probs():
         assert "surprisal" in message and "'local' or 'vllm'" in message
     # The scorer's own LLM decides: an openai explainer with a local scorer is fine.
     parse_config(_raw(score={**scores, "llm": {"backend": "local"}}, explain={"llm": openai}))
+
+
+@pytest.mark.parametrize("score, needle", [
+    ({"intruder_k": 0}, "intruder_questions and intruder_k"),
+    ({"intruder_questions": 0}, "intruder_questions and intruder_k"),
+    ({"simulation_activating": 0}, "simulation_activating must be positive"),
+    ({"simulation_silent": -1}, "simulation_silent 0 or more"),
+    ({"intervention_prompts": []}, "intervention_prompts: list at least one prompt"),
+    ({"intervention_prompts": ["ok", " "]}, "none of them empty"),
+    ({"intervention_strengths": [1.0, 0.0]}, "positive multiples of the latent's max_act"),
+    ({"intervention_tokens": 0}, "intervention_tokens positive"),
+])
+def test_the_intruder_simulation_and_intervention_settings_are_checked(score, needle):
+    assert needle in _error(_raw(score=score))
+
+
+def test_the_new_scorers_parse_with_their_settings():
+    cfg = parse_config(_raw(score={"scorers": ["intruder", "simulation", "intervention"], "intruder_k": 3,
+                                   "intervention_strengths": [2, 8], "intervention_prompts": ["Once"]}))
+    assert cfg.score.intervention_strengths == (2.0, 8.0) and cfg.score.intervention_prompts == ("Once",)

@@ -126,7 +126,7 @@ def build_lake(root: Path, tables: tuple[str, ...] = export.CONFIGS, scorers=("d
              **{f"{name}{suffix}": value + {"": 0, "_lo": -0.05, "_hi": 0.05}[suffix]
                 for name, value in (("true", true), ("explainer", 0.6), ("baseline", 0.7), ("wrong", 0.5))
                 for suffix in ("", "_lo", "_hi")},
-             "calibrated": calibrated}
+             "calibrated": calibrated, "applicable": True}
             for scorer, true, calibrated in (("detection", 0.52, False), ("embedding", 0.9, True))],
             CALIBRATION_SCHEMA)
     if "similarity" in tables:
@@ -331,6 +331,29 @@ def test_a_scorer_name_is_data_never_sql(tmp_path):
     columns = pq.read_schema(tmp_path / "export" / "data" / "explanations" / "train-00000-of-00001.parquet").names
     assert "x; DROP TABLE y_balanced_accuracy" in columns and "detection_auc" in columns
     assert columns.index("detection_auc") < columns.index("x; DROP TABLE y_auc")  # known scorers first
+
+
+def test_explanation_free_and_correlation_scorers_are_pivoted_by_their_primary_metric(tmp_path):
+    """The intruder reads no explanation (explainer `none`): its accuracy goes to every explainer's row of the
+    latent; simulation is pivoted by its correlation."""
+    lake = build_lake(tmp_path / "lake", tables=())
+    rows = [{name: None for name in SCORES_SCHEMA.names} | {
+        "latent": 0, "explainer": explainer, "scorer": scorer, "source": source, "n_examples": 3, "n_activating": 0,
+        "n_failures": 0, "failed_answers": [], "scorer_model": "smollm2", "prompt_version": "v1", "created_at": NOW,
+        "accuracy": 0.75 if source == "real" else 0.25, "correlation": 0.5 if source == "real" else 0.0}
+        for explainer, scorer in (("none", "intruder"), ("llm", "simulation")) for source in ("real", "control")]
+    for layer in LAYERS:
+        for sae in SAES:
+            partitioned(lake, "scores", layer, sae, rows, SCORES_SCHEMA)
+    export_dataset(lake.root, tmp_path / "export", CARD)
+    table = pq.read_table(tmp_path / "export" / "data" / "explanations" / "train-00000-of-00001.parquet")
+    assert [c for c in table.column_names if c.startswith(("intruder", "simulation"))] == [
+        "intruder_accuracy", "intruder_control_accuracy", "simulation_correlation", "simulation_control_correlation"]
+    latent0 = {r["explainer"]: r for r in table.to_pylist() if (r["layer"], r["sae"], r["latent"]) ==
+               ("layers.1", "neurons", 0)}
+    assert {e: (r["intruder_accuracy"], r["intruder_control_accuracy"]) for e, r in latent0.items()} == {
+        "llm": (0.75, 0.25), "tokens": (0.75, 0.25)}
+    assert latent0["llm"]["simulation_correlation"] == 0.5 and latent0["tokens"]["simulation_correlation"] is None
 
 
 def test_hive_like_folders_above_the_lake_add_no_columns(tmp_path):

@@ -148,3 +148,51 @@ def test_the_verdict_reaches_the_summary_the_check_the_cli_and_the_card(lake, ju
     export_dataset(Lake(cfg.lake).root, tmp_path / "export", card_info_from_config(cfg, []))
     card = (tmp_path / "export" / "README.md").read_text()
     assert f"- detection ({judge.model}): {verdict} — " in card and "`planted`: planted: known-answer" in card
+
+
+class IntruderJudge(LLMClient):
+    """Names the excerpt whose marked words belong to a family no other excerpt's do (by the planted definition);
+    with `guess`, a random excerpt."""
+
+    backend = "test"
+    family_of = {word: family["name"] for family in FAMILIES for word in family["words"]}
+
+    def __init__(self, guess: bool):
+        self.model, self.guess, self.rng = ("guessing" if guess else "knowing") + "-judge", guess, random.Random(0)
+
+    def complete(self, requests, progress=False):
+        out = []
+        for request in requests:
+            lines = request.messages[-1][1].split("\n")
+            families = [{self.family_of.get(m.strip().lower()) for m in re.findall(r"<<(.*?)>>", line)} - {None}
+                        for line in lines]
+            odd = next((i for i, f in enumerate(families) if all(not f & g for j, g in enumerate(families) if j != i)),
+                       0)
+            answer = self.rng.randrange(len(lines)) if self.guess else odd
+            out.append(Completion(f'{{"intruder": {answer + 1}}}', 0, 0, 0.0))
+        return out
+
+
+def test_the_intruder_is_calibrated_on_its_real_task_against_its_control_and_intervention_is_not_applicable(lake):
+    cfg, examples, explanations = lake
+    score = ScoreConfig(**{**SCORE, "scorers": ("intruder",), "intruder_k": 2, "intruder_questions": 8})
+    tables = [score_partition(examples, explanations, score, token_decoder(cfg), cfg.seed, cfg.examples.n_quantiles,
+                              0.0, client=judge) for judge in (IntruderJudge(guess=False), IntruderJudge(guess=True))]
+    scores = pa.concat_tables(tables)
+    scores = scores.append_column("layer", pa.array(["layers.1"] * scores.num_rows)).append_column(
+        "sae", pa.array(["planted"] * scores.num_rows))
+    # An intervention row of another variant: planted latents have none, as they have no decoder to steer.
+    steered = scores.slice(0, 1).to_pylist()[0] | {"scorer": "intervention", "sae": "topk", "scorer_model": "m"}
+    scores = pa.concat_tables([scores, pa.Table.from_pylist([steered], schema=scores.schema)])
+    groups = query_over("calibration_values", scores, "scores", planted=["planted"]).to_dicts()
+    rows = {r["scorer_model"]: r for r in calibrate(groups, n_boot=1000, seed=0).to_pylist()}
+    knowing, guessing = rows["knowing-judge"], rows["guessing-judge"]
+    assert knowing["metric"] == "accuracy" and knowing["n_latents"] == len(FAMILIES)
+    assert knowing["true"] > 0.75 and knowing["calibrated"] is True and knowing["explainer"] is None
+    assert abs(knowing["wrong"] - 1 / 3) < 0.2  # the control question: chance, 1 / (k + 1)
+    assert guessing["calibrated"] is False
+    intervention = rows["m"]
+    assert intervention["applicable"] is False and intervention["calibrated"] is None
+    from sae.scoring.calibration import calibration_line
+
+    assert "not applicable" in calibration_line(intervention) and "decoder" in calibration_line(intervention)

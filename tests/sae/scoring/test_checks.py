@@ -21,7 +21,9 @@ def scores(scorer: str, source: str, balanced_accuracy, auc=None, explainer: str
         "bin_accuracy": [[0.5, 0.5]] * n, "silent_accuracy": [0.5] * n, "n_examples": [20] * n,
         "n_activating": [10] * n, "n_failures": [0] * n, "failed_answers": [[]] * n,
         "scorer_model": ["smollm2-135m-instruct"] * n, "prompt_version": ["v1"] * n,
-        "created_at": [datetime.now(timezone.utc)] * n,
+        "created_at": [datetime.now(timezone.utc)] * n, "chance": [0.5] * n,
+        **{name: [None] * n for name in ("correlation", "correlation_activating", "strength_accuracy", "n_requests",
+                                         "prompt_tokens", "completion_tokens")},
     }, schema=SCHEMA)
 
 
@@ -85,3 +87,19 @@ def test_a_small_significant_bias_is_not_flagged():
     verdict = outcome.metadata["scorers"]["detection"]["balanced_accuracy"]
     assert verdict["interval"][0] > 0.5 and outcome.passed
     assert not controls_near_chance(table, min_effect=0.0).passed
+
+
+def test_a_scorer_is_checked_against_its_own_chance_level(tmp_path):
+    """The intruder's control accuracy sits at 1 / (k + 1), not 0.5: near it passes, at 0.5 it is off."""
+    def intruder(mean: float) -> pa.Table:
+        table = scores("intruder", "control", [None] * 12, explainer="none")
+        table = table.set_column(table.schema.get_field_index("accuracy"), "accuracy",
+                                 pa.array(near(mean, 12, 3), pa.float32()))
+        return table.set_column(table.schema.get_field_index("chance"), "chance", pa.array([0.2] * 12, pa.float32()))
+
+    passing = controls_near_chance(write(tmp_path, intruder(0.2)))
+    assert passing.passed and passing.metadata["scorers"]["intruder (none)"]["accuracy"]["chance"] == 0.2
+    (tmp_path / "part-00000.parquet").unlink()
+    failing = controls_near_chance(write(tmp_path, intruder(0.5)))
+    assert not failing.passed
+    assert "intruder (none) accuracy" in failing.description and "chance 0.200" in failing.description

@@ -1,0 +1,121 @@
+"""The simulation scorer: its correlations equal numpy's on a constructed case, replies are constrained to one
+0-10 number per token, and what cannot be read or correlated is NULL."""
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sae.config import ScoreConfig
+from sae.explanations.explainer import SCHEMA as EXPLANATIONS
+from sae.llm.base import Completion, LLMClient
+from sae.prompts import format_simulation, parse_simulation, simulation_format
+from sae.scoring.scorers import score_partition
+
+WORDS = ["volcano", "river", "budget", "music", "train", "school", "paper", "green", "city", "winter"]
+# The fixed predictions: by the token's word, whatever the explanation.
+PREDICTED = {" volcano": 9, " river": 4, " budget": 1}
+
+
+def decode(ids):
+    return [f" {WORDS[i]}" for i in ids]
+
+
+def examples() -> pa.Table:
+    rng = np.random.default_rng(0)
+    rows = []
+    for latent in (0, 1):
+        for i in range(6):
+            activating = i < 3
+            ids = list(rng.integers(1, len(WORDS), 8 + i))  # windows of different lengths
+            acts = [0.0] * len(ids)
+            if activating:
+                ids[2] = 0
+                acts[2], acts[3] = 2.0 + i, 0.5 * i
+            rows.append({"latent": latent, "split": "test", "kind": "quantile" if activating else "random",
+                         "bin": i if activating else None, "ctx_id": i, "start": 0, "peak_act": max(acts),
+                         "tokens": ids, "acts": acts})
+    return pa.Table.from_pylist(rows)
+
+
+class FixedPredictions(LLMClient):
+    """Predicts PREDICTED[token] for each token the prompt lists (0 for others), in the constrained JSON; for the
+    explanation "unreadable" it replies in prose."""
+
+    backend, model = "scripted", "fixed"
+
+    def complete(self, requests, progress=False):
+        out = []
+        for request in requests:
+            prompt = request.messages[-1][1]
+            windows = [line.split("): ", 1)[1].split("|") for line in prompt.splitlines()
+                       if re.match(r"Excerpt \d+ \(", line)]
+            text = format_simulation([[PREDICTED.get(t, 0) for t in w] for w in windows])
+            assert request.sampling.output_format.matches(text)
+            out.append(Completion("no idea" if "unreadable" in prompt else text, 100, 50, 0.0))
+        return out
+
+
+def test_simulation_correlation_equals_numpys_over_all_windows_and_the_activating_ones():
+    explanations = pa.Table.from_pylist(
+        [{"latent": 0, "explainer": "llm", "explanation": "the word volcano", "parsed": True},
+         {"latent": 1, "explainer": "llm", "explanation": "unreadable", "parsed": True}], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("simulation",), simulation_activating=3, simulation_silent=3)
+    table = examples()
+    scores = score_partition(table, explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
+                             client=FixedPredictions())
+    rows = {(r["latent"], r["source"]): r for r in scores.to_pylist()}
+    windows = [r for r in table.to_pylist() if r["latent"] == 0]
+    predicted = [np.array([PREDICTED.get(t, 0) for t in decode(w["tokens"])], float) for w in windows]
+    truth = [np.array(w["acts"]) for w in windows]
+    every = np.corrcoef(np.concatenate(predicted), np.concatenate(truth))[0, 1]
+    active = np.corrcoef(np.concatenate(predicted[:3]), np.concatenate(truth[:3]))[0, 1]
+    real = rows[(0, "real")]
+    assert real["correlation"] == pytest.approx(every, abs=1e-6)
+    assert real["correlation_activating"] == pytest.approx(active, abs=1e-6)
+    assert real["n_examples"] == 6 and real["n_activating"] == 3 and real["chance"] == 0.0
+    assert (real["n_requests"], real["prompt_tokens"], real["completion_tokens"]) == (1, 100, 50)
+    # Latent 1 with its own explanation ("unreadable"), and latent 0 with it as its control: no reply read, so
+    # nothing is defined; latent 1's control (latent 0's explanation) is read.
+    for key in ((1, "real"), (0, "control")):
+        failed = rows[key]
+        assert failed["correlation"] is None and failed["n_failures"] == 6 and failed["failed_answers"] == ["no idea"]
+    assert rows[(1, "control")]["explanation_latent"] == 0 and rows[(1, "control")]["correlation"] is not None
+
+
+def test_simulation_replies_are_constrained_and_read():
+    fmt = simulation_format([3, 2])
+    assert fmt.matches('{"activations": [[0, 10, 3], [7, 0]]}')
+    assert not fmt.matches('{"activations": [[0, 11, 3], [7, 0]]}')  # above 10
+    assert not fmt.matches('{"activations": [[0, 1], [7, 0]]}')  # a token short
+    assert parse_simulation('{"activations": [[0, 10, 3], [7, 0]]}', [3, 2]) == [[0, 10, 3], [7, 0]]
+    assert parse_simulation('{"activations":[[0,12,3,4],[7,0]]}', [3, 2]) == [[0, 10, 3], [7, 0]]  # clipped, cut
+    assert parse_simulation('{"activations": [[0, 1], [7, 0]]}', [3, 2]) is None
+
+
+def test_simulation_and_intruder_through_llamacpp_read_every_reply():
+    """The real SmolLM2 on llama.cpp, constrained by the grammars: every reply reads, one number per token."""
+    pytest.importorskip("xllamacpp")
+    from pathlib import Path
+
+    from sae.config import LLMConfig
+    from sae.llm import make_client
+
+    explanations = pa.Table.from_pylist(
+        [{"latent": latent, "explainer": "llm", "explanation": "the word volcano", "parsed": True}
+         for latent in (0, 1)], schema=EXPLANATIONS)
+    # One request each (one judged latent, no control): the CPU test budget is seconds.
+    cfg = ScoreConfig(scorers=("simulation", "intruder"), simulation_activating=2, simulation_silent=1,
+                      intruder_k=2, intruder_questions=1, llm_n_latents=1, control=False)
+    client = make_client(LLMConfig(runtime="llamacpp", device="cpu", batch_size=2), Path("unused"))
+    try:
+        table = score_partition(examples(), explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
+                                client=client)
+    finally:
+        client.close()
+    rows = table.to_pylist()
+    assert sorted(r["scorer"] for r in rows) == ["intruder", "simulation"]
+    for row in rows:
+        assert row["n_failures"] == 0 and row["n_requests"] == 1 and row["completion_tokens"] > 0, row
+        assert row["n_examples"] == (1 if row["scorer"] == "intruder" else 3)
