@@ -2,4 +2,4 @@
 SELECT split, kind, bin, ctx_id, start, peak_act, tokens, acts
 FROM examples
 WHERE layer = $layer AND sae = $sae AND latent = $latent
-ORDER BY split DESC, kind, bin, peak_act DESC, ctx_id
+ORDER BY split DESC, kind, peak_act DESC, ctx_id

@@ -52,12 +52,13 @@ def browser_lake(tmp_path_factory, converted_model, embedder):
     compute_latent_stats(cfg, LAYERS[1], SAE)
     build_examples(cfg, LAYERS[1], SAE)
     lake = Lake(cfg.lake)
-    vectors = {}
+    vectors, explained = {}, {}
     for layer in LAYERS:
         table = explain_latents(cfg, layer, SAE, None, progress=False)
         score_explanations(cfg, layer, SAE, None, embedder, progress=False)
         truth = [r for r in table.to_pylist() if r["explainer"] == "truth"]
         vectors[layer] = embedder.embed([r["explanation"] for r in truth])
+        explained[layer] = {r["latent"]: i for i, r in enumerate(truth)}
         flat = pa.array(vectors[layer].reshape(-1), pa.float32())
         lake.write_partition(pa.table({
             "latent": pa.array([r["latent"] for r in truth], pa.int32()), "embedder": [embedder.name] * len(truth),
@@ -65,13 +66,16 @@ def browser_lake(tmp_path_factory, converted_model, embedder):
             "explanation_embeddings", layer, SAE)
     score_summary(cfg)
     scorer_calibration(cfg)
-    n = len(vectors[LAYERS[0]])
+    # The same families at both layers: each latent is matched with itself.
+    rows_a, rows_b = explained[LAYERS[0]], explained[LAYERS[1]]
     pairs = pa.Table.from_pylist([{"layer_a": LAYERS[0], "sae_a": SAE, "layer_b": LAYERS[1], "sae_b": SAE,
-                                   "method": "explanation_optimal", "latent_a": i, "latent_b": i,
-                                   "similarity": float(vectors[LAYERS[0]][i] @ vectors[LAYERS[1]][i])}
-                                  for i in range(n)], schema=PAIRS_SCHEMA)
+                                   "method": "explanation_optimal", "latent_a": latent, "latent_b": latent,
+                                   "similarity": float(vectors[LAYERS[0]][rows_a[latent]]
+                                                       @ vectors[LAYERS[1]][rows_b[latent]])}
+                                  for latent in sorted(rows_a.keys() & rows_b.keys())], schema=PAIRS_SCHEMA)
     summary = pa.Table.from_pylist([{"layer_a": LAYERS[0], "sae_a": SAE, "layer_b": LAYERS[1], "sae_b": SAE,
-                                     "relation": "same sae, other layer", "layer_distance": 2, "n_a": n, "n_b": n,
+                                     "relation": "same sae, other layer", "layer_distance": 2, "n_a": len(rows_a),
+                                     "n_b": len(rows_b),
                                      "explanation_mean_best": 1.0, "explanation_frac_above": 1.0,
                                      "explanation_mean_optimal": float(np.mean(pairs["similarity"])),
                                      "agreement": 1.0}], schema=SUMMARY_SCHEMA)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-from html import unescape
 
 import duckdb
 import pyarrow.parquet as pq
@@ -53,17 +53,17 @@ def test_latent_list_sorts_filters_and_pages(client, browser_lake):
     assert [int(i) for i in re.findall(rf'href="/latent/{LAYERS[0]}/{SAE}/(\d+)"', by_frequency.text)] == expected
     by_score = client.get(f"/variant/{LAYERS[0]}/{SAE}?sort=score:embedding&order=desc")
     assert by_score.status_code == 200
-    rare = client.get(f"/variant/{LAYERS[0]}/{SAE}?max_frequency=0")
+    rare = client.get(f"/variant/{LAYERS[0]}/{SAE}?min_frequency=2")  # a frequency is at most 1
     assert "0 latents match" in rare.text
 
 
 def test_latent_page_shows_every_section(client, browser_lake):
     cfg, root = browser_lake
-    latent = latent_of(cfg, root, "Lincoln")
+    latent = latent_of(cfg, root, "masculine")
     page = client.get(f"/latent/{LAYERS[0]}/{SAE}/{latent}")
     assert page.status_code == 200
     text = page.text
-    assert "the name Lincoln (Abraham Lincoln)" in text  # the ground truth, with its explainer
+    assert "the masculine pronouns he, him and his" in text  # the ground truth, with its explainer
     assert "<svg class=\"histogram\"" in text and 'class="quantile"' in text
     assert "Top activations" in text and "Silent windows" in text and "Hard negatives" in text
     assert "Not available: planted has no decoder directions" in text
@@ -76,13 +76,17 @@ def test_latent_page_shows_every_section(client, browser_lake):
 
 def test_highlighted_tokens_carry_the_stored_activations(client, browser_lake):
     cfg, root = browser_lake
-    latent = latent_of(cfg, root, "Lincoln")
+    latent = latent_of(cfg, root, "masculine")
     text = client.get(f"/latent/{LAYERS[0]}/{SAE}/{latent}").text
-    examples = [r for r in pq.read_table(Lake(root).files("examples", LAYERS[0], SAE)[0]).to_pylist()
-                if r["latent"] == latent and r["kind"] == "top" and r["split"] == "train"]
-    first = re.search(r'<ol class="windows"><li>(.*?)</li>', text, re.S).group(1)
+    stored = {(r["ctx_id"], r["start"]): r["acts"] for r in pq.read_table(
+        Lake(root).files("examples", LAYERS[0], SAE)[0]).to_pylist() if r["latent"] == latent}
+    windows = re.findall(r'<span class="window">(.*?)</span><small class="where muted">ctx (\d+):(\d+)<', text, re.S)
+    assert len(windows) == len(stored)
+    for markup, ctx_id, start in windows:
+        acts = [float(a) for a in re.findall(r'data-act="([^"]+)"', markup)]
+        assert acts == [float(a) for a in stored[(int(ctx_id), int(start))]]
+    first = windows[0][0]
     acts = [float(a) for a in re.findall(r'data-act="([^"]+)"', first)]
-    assert acts == [float(a) for a in max(examples, key=lambda r: r["peak_act"])["acts"]]
     alphas = [float(a) for a in re.findall(r"rgba\(255, 111, 0, ([0-9.]+)\)", first)]
     stats = pq.read_table(Lake(root).files("latent_stats", LAYERS[0], SAE)[0]).to_pylist()
     max_act = next(s["max_act"] for s in stats if s["latent"] == latent)
@@ -91,17 +95,17 @@ def test_highlighted_tokens_carry_the_stored_activations(client, browser_lake):
 
 def test_search_by_meaning_keyword_and_token(client, browser_lake):
     cfg, root = browser_lake
-    lincoln = latent_of(cfg, root, "Lincoln")
-    query = "president who abolished slavery"
+    masculine = latent_of(cfg, root, "masculine")
+    query = "words referring to a male person"  # no word in common with its explanation
     page = client.get("/search", params={"q": query})
     first = re.search(r"By meaning.*?href=\"/latent/([^\"]+)\"", page.text, re.S).group(1)
-    assert first == f"{LAYERS[0]}/{SAE}/{lincoln}" or first == f"{LAYERS[1]}/{SAE}/{lincoln}"
+    assert first in (f"{LAYERS[0]}/{SAE}/{masculine}", f"{LAYERS[1]}/{SAE}/{masculine}")
     keyword = client.get("/search", params={"q": "parenthes"})
     parentheses = latent_of(cfg, root, "parentheses")
     assert f'href="/latent/{LAYERS[0]}/{SAE}/{parentheses}"' in keyword.text.split("containing")[1]
-    tokens = client.get("/search", params={"token": "Lincoln", "variant": f"{LAYERS[0]}|{SAE}"})
+    tokens = client.get("/search", params={"token": "his", "variant": f"{LAYERS[0]}|{SAE}"})
     hits = tokens.text.split("Latents firing on")[1]
-    assert re.search(r'href="/latent/[^"]+/(\d+)"', hits).group(1) == str(lincoln)
+    assert re.search(r'href="/latent/[^"]+/(\d+)"', hits).group(1) == str(masculine)
 
 
 def test_compare_shows_the_pairs_and_summary(client, browser_lake):
@@ -183,8 +187,6 @@ def test_no_request_writes_reads_outside_or_runs_sql(client, browser_lake, tmp_p
         assert page.status_code in (200, 400, 404), url
         assert "root:x:0:0" not in page.text, url
     assert snapshot(root) == before
-    assert not list(tmp_path.iterdir())
-    import os
     assert not os.path.exists("/tmp/pwned.csv")
     # The connection behind every page is confined: outside files and writes are refused by DuckDB itself.
     con = client.app.state.browser.lake._refresh()
@@ -192,4 +194,3 @@ def test_no_request_writes_reads_outside_or_runs_sql(client, browser_lake, tmp_p
         con.sql("SELECT * FROM read_text('/etc/passwd')").fetchall()
     with pytest.raises(duckdb.Error):
         con.execute(f"COPY (SELECT 1) TO '{tmp_path}/out.csv'")
-    assert unescape("&amp;") == "&"
