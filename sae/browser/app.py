@@ -263,7 +263,7 @@ class Browser:
         context["explanations"] = self.lake.rows("browser_latent_explanations", layer=v.layer, sae=v.sae,
                                                  latent=latent) if self.lake.has("explanations") else []
         context["scores"] = self.score_table(v, latent)
-        context["histogram"] = self.histogram(v, latent, stats)
+        context["histogram"] = self.histogram(stats)
         context["windows"] = self.windows(v, latent, max_act)
         logits = self.lake.rows("browser_latent_logits", layer=v.layer, sae=v.sae, latent=latent) \
             if self.lake.has("latent_logits") else []
@@ -297,15 +297,12 @@ class Browser:
             cell[f"{r['source']}_row"] = r
         return list(table.values())
 
-    def histogram(self, v: Variant, latent: int, stats: dict | None):
-        if stats is None or not stats["max_act"] or not self.lake.has("latents"):
+    def histogram(self, stats: dict | None):
+        """The latent's stored histogram (latent_stats.histogram); None where it never fired, or its
+        latent_stats predate the column (`saelake run` rebuilds them)."""
+        if stats is None or not stats["max_act"] or not stats.get("histogram"):
             return None
-        bins = self.lake.rows("browser_latent_histogram", layer=v.layer, sae=v.sae, latent=latent,
-                              max_act=float(stats["max_act"]), bins=render.HIST_BINS)
-        counts = [0] * render.HIST_BINS
-        for b in bins:
-            counts[b["bin"]] = b["n"]
-        return render.histogram_svg(counts, float(stats["max_act"]), stats["quantile_edges"])
+        return render.histogram_svg(stats["histogram"], float(stats["max_act"]), stats["quantile_edges"])
 
     def windows(self, v: Variant, latent: int, max_act: float | None) -> list[dict]:
         if not self.lake.has("examples"):

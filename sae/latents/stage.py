@@ -65,6 +65,9 @@ def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> Cach
     return run_cache(model, tokens, sinks, cfg.batch_size, chunk, progress, **hooks)
 
 
+HIST_BINS = 40  # bins of latent_stats.histogram (equal ones over each latent's (0, max_act])
+
+
 def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table:
     lake = lake_for(cfg)
     files = fresh_files(cfg, "latents", (hookpoint, name))
@@ -74,8 +77,8 @@ def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.T
 
     with duckdb.connect() as con:
         table = run_query(
-            con, "latent_stats", files=[str(f) for f in files], num_latents=num_latents, n_tokens=n_tokens
-        ).to_arrow_table()
+            con, "latent_stats", files=[str(f) for f in files], num_latents=num_latents, n_tokens=n_tokens,
+            hist_bins=HIST_BINS).to_arrow_table()
     lake.write_partition(table, "latent_stats", hookpoint, name,
                          provenance=lineage_of(cfg).provenance("latent_stats", (hookpoint, name)))
     return table
