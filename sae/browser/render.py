@@ -10,7 +10,7 @@ from html import escape
 from markupsafe import Markup
 
 HIGHLIGHT_RGB = "255, 111, 0"  # one hue for activation: stronger is more opaque
-HIST_WIDTH, HIST_HEIGHT, HIST_PAD = 640, 150, 28
+HIST_WIDTH, HIST_HEIGHT, HIST_PAD = 420, 150, 30
 
 
 def number(value, digits: int = 3) -> str:
