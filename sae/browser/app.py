@@ -144,10 +144,12 @@ class Browser:
         return HTMLResponse(html, status_code=status)
 
     def variants(self) -> list[Variant]:
+        """Every variant of the lake, read once per state of the lake (each page asks several times)."""
         if not self.lake.has("sae_metrics"):
             return []
-        return [Variant(r["layer"], r["sae"], r["source"], r["num_latents"], r["l0"], r["fvu"])
-                for r in self.lake.rows("browser_variants")]
+        return self.lake.cached("variants", lambda: [
+            Variant(r["layer"], r["sae"], r["source"], r["num_latents"], r["l0"], r["fvu"])
+            for r in self.lake.rows("browser_variants")])
 
     def variant(self, layer: str, sae: str) -> Variant:
         variants = self.variants()
@@ -325,7 +327,8 @@ class Browser:
             return None
         sims = decoder @ decoder[latent]
         sims[latent] = -np.inf
-        nearest = np.argsort(-sims)[:N_NEIGHBOURS]
+        top = np.argpartition(-sims, N_NEIGHBOURS)[:N_NEIGHBOURS] if len(sims) > N_NEIGHBOURS else np.arange(len(sims))
+        nearest = top[np.argsort(-sims[top])]
         return self.linked([((v.layer, v.sae, int(i)), float(sims[i])) for i in nearest])
 
     def search(self, request: Request) -> HTMLResponse:
