@@ -35,7 +35,7 @@ def build_synthetic(root: Path, n_latents: int, nonzeros: int, seed: int = 0) ->
     import torch
 
     from sae.explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
-    from sae.lake import Lake, write_parquet
+    from sae.lake import LATENT_ROW_GROUP, Lake, write_parquet
     from sae.lake.access import write_views_script
     from sae.lake.sql import run_query
     from sae.latents.engine import LATENTS_SCHEMA
@@ -73,7 +73,7 @@ def build_synthetic(root: Path, n_latents: int, nonzeros: int, seed: int = 0) ->
     with duckdb.connect() as con:
         stats = run_query(con, "latent_stats", files=[str(f) for f in lake.files("latents", LAYER, SAE)],
                           num_latents=n_latents, n_tokens=n_tokens, hist_bins=HIST_BINS).to_arrow_table()
-    lake.write_partition(stats, "latent_stats", LAYER, SAE)
+    lake.write_partition(stats, "latent_stats", LAYER, SAE, row_group_size=LATENT_ROW_GROUP)
     sae = Sae(SaeConfig(architecture="topk", d_in=D_MODEL, num_latents=n_latents, k=K),
               W_enc=torch.randn(D_MODEL, n_latents), b_enc=torch.zeros(n_latents),
               W_dec=torch.randn(n_latents, D_MODEL), b_dec=torch.zeros(D_MODEL))
@@ -89,7 +89,7 @@ def build_synthetic(root: Path, n_latents: int, nonzeros: int, seed: int = 0) ->
                             "kind": "top" if i % 3 == 0 else "quantile" if i % 3 == 1 else "random", "bin": i % 3,
                             "ctx_id": ctx, "start": start, "peak_act": float(acts.max()),
                             "tokens": tokens[ctx, start : start + WINDOW].tolist(), "acts": acts.tolist()})
-    lake.write_partition(pa.Table.from_pylist(windows), "examples", LAYER, SAE)
+    lake.write_partition(pa.Table.from_pylist(windows), "examples", LAYER, SAE, row_group_size=LATENT_ROW_GROUP)
     now = time.time()
     lake.write_partition(pa.Table.from_pylist([{
         "latent": latent, "explainer": "tokens", "explanation": f"synthetic latent {latent}", "parsed": True,

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Mount, Route
@@ -38,7 +40,9 @@ METHODS = ("explanation_optimal", "explanation_best", "decoder_optimal", "decode
 EXPLAINER_ORDER = ("llm", "tokens", "truth")  # the one standing for a latent: the LLM's where there is one
 N_NEIGHBOURS = 10
 N_RESULTS = 20
-MAX_OCCURRENCES = 5000  # positions of a searched string considered (the first ones in ctx_id order)
+# Positions of a searched string considered: the first ones in ctx_id order, so the search reads only the chunk
+# files of the contexts that hold them.
+MAX_OCCURRENCES = 1000
 MAX_QUERY_CHARS = 200
 WINDOW_GROUPS = (  # (title, split, kinds) of the windows on a latent page, in order
     ("Top activations", "train", ("top",)),
@@ -373,7 +377,8 @@ class Browser:
                      f"{' (the first ones)' if len(ctx_ids) >= MAX_OCCURRENCES else ''}; activation there, "
                      f"averaged over every occurrence:")
         hits = self.lake.rows("browser_token_search", layer=v.layer, sae=v.sae, ctx_ids=ctx_ids,
-                              positions=positions, n_hits=len(ctx_ids), limit=N_RESULTS)
+                              positions=positions, n_hits=len(ctx_ids), first_ctx=min(ctx_ids),
+                              last_ctx=max(ctx_ids), limit=N_RESULTS)
         texts = self.explanations_of([(v.layer, v.sae, h["latent"]) for h in hits])
         return [{**h, "layer": v.layer, "sae": v.sae, "url": latent_url(v.layer, v.sae, h["latent"]),
                  "explanation": texts.get((v.layer, v.sae, h["latent"]))} for h in hits]
@@ -427,9 +432,23 @@ def create_app(lake_root: Path, model: ModelConfig, embedder: str, embedder_devi
         Route("/compare", browser.compare),
         Mount("/static", app=static, name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: browser.not_found, 400: browser.bad_request})
+    app = Starlette(routes=routes, exception_handlers={404: browser.not_found, 400: browser.bad_request},
+                    middleware=[Middleware(RefreshLake, lake=browser.lake)])
     app.state.browser = browser
     return app
+
+
+class RefreshLake:
+    """Before each request, reopen the lake's views if a partition was committed since the last one (a few
+    dozen stat calls), so a page shows the lake as it is while the pipeline fills it."""
+
+    def __init__(self, app, lake: BrowserLake):
+        self.app, self.lake = app, lake
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            await run_in_threadpool(self.lake.refresh)
+        await self.app(scope, receive, send)
 
 
 def serve(lake_root: Path, model: ModelConfig, embedder: str, host: str = "127.0.0.1", port: int = 8080,

@@ -56,11 +56,17 @@ class BrowserLake:
         self.tables: frozenset[str] = frozenset()
         self._cache: dict = {}
 
-    def _refresh(self) -> duckdb.DuckDBPyConnection:
+    def refresh(self) -> None:
+        """Reopen the views if the lake changed since the last look (once per request: see create_app)."""
         signature = lake_signature(self.root)
         with self._lock:
             if self._con is None or signature != self._signature:
                 self._open(signature)
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._con is None:
+                self._open(lake_signature(self.root))
             return self._con
 
     def _open(self, signature: tuple) -> None:
@@ -77,18 +83,18 @@ class BrowserLake:
         self._con, self.tables, self._signature, self._cache = con, tables, signature, {}
 
     def has(self, *tables: str) -> bool:
-        self._refresh()
+        self.connection()
         return all(t in self.tables for t in tables)
 
     def missing(self, *tables: str) -> list[str]:
-        self._refresh()
+        self.connection()
         return [t for t in tables if t not in self.tables]
 
     def rows(self, query: str, **params) -> list[dict]:
         """The rows of sql/<query>.sql as dicts. A partition replaced under a running query (its old files
-        gone) is read again once over the new views."""
+        gone) is read again once over new views."""
         for attempt in (0, 1):
-            cursor = self._refresh().cursor()
+            cursor = self.connection().cursor()
             try:
                 relation = run_query(cursor, query, **params)
                 columns = relation.columns
@@ -97,14 +103,14 @@ class BrowserLake:
                 if attempt:
                     raise
                 with self._lock:
-                    self._signature = None
+                    self._open(lake_signature(self.root))
             finally:
                 cursor.close()
         raise AssertionError("unreachable")
 
     def cached(self, key, load: Callable):
         """`load()` once per state of the lake."""
-        self._refresh()
+        self.connection()
         with self._lock:
             cache = self._cache
         if key not in cache:

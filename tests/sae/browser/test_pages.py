@@ -189,7 +189,7 @@ def test_no_request_writes_reads_outside_or_runs_sql(client, browser_lake, tmp_p
     assert snapshot(root) == before
     assert not os.path.exists("/tmp/pwned.csv")
     # The connection behind every page is confined: outside files and writes are refused by DuckDB itself.
-    con = client.app.state.browser.lake._refresh()
+    con = client.app.state.browser.lake.connection()
     with pytest.raises(duckdb.PermissionException):
         con.sql("SELECT * FROM read_text('/etc/passwd')").fetchall()
     with pytest.raises(duckdb.Error):
