@@ -26,10 +26,15 @@ $(VENV)/.installed-%: pyproject.toml Makefile
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/saelake run
 
+# The browser tests drive Debian's Chromium (Playwright's own download is not used); installed where missing.
+CHROMIUM_INSTALL = command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+
 test: $(VENV)/.installed-test
+	$(CHROMIUM_INSTALL)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed-test
+	$(CHROMIUM_INSTALL)
 	$(PY) -m pytest -q -m "not slow"
 
 ui: $(VENV)/.installed-base

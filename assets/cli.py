@@ -1,4 +1,5 @@
-"""The `saelake` command: `run` the whole graph, `validate` a config, query the lake with `sql`, open the `ui`."""
+"""The `saelake` command: `run` the whole graph, `validate` a config, query the lake with `sql`, open the `ui`,
+browse the latents with `serve`."""
 
 from __future__ import annotations
 
@@ -183,6 +184,18 @@ def ui(args) -> int:
     return subprocess.call(command)
 
 
+def serve(args) -> int:
+    """The latent browser over the lake, read-only (see sae/browser/app.py)."""
+    from sae.browser.app import serve as serve_browser
+    from sae.config import load_config
+
+    cfg = load_config(_config_path(args))
+    lake = Path(args.serve_lake or args.lake or cfg.lake)
+    serve_browser(lake, cfg.model, cfg.score.embedder, host=args.host, port=args.port,
+                  embedder_device=cfg.score.embedder_device)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saelake", description=__doc__)
     parser.add_argument("--config", help="pipeline YAML (default: $SAELAKE_CONFIG, else the offline demo.yaml)")
@@ -224,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.set_defaults(func=ui)
+    browse = commands.add_parser("serve", help="browse the lake's latents in a web browser (read-only)")
+    browse.add_argument("--lake", dest="serve_lake", metavar="PATH", help="the lake folder (as the global --lake)")
+    browse.add_argument("--port", type=int, default=8080)
+    browse.add_argument("--host", default="127.0.0.1")
+    browse.set_defaults(func=serve)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -9,7 +9,7 @@ from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 
 from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
-from .metadata import markdown_table, publish_views
+from .metadata import markdown_table, publish_views, with_latent_links
 from .resources import PipelineConfigResource
 
 
@@ -34,7 +34,8 @@ def build_explanation_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
                     "llm_calls": (client.sent if client else 0) - sent_before,
                     "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
                     "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
-                    "explanations": markdown_table(explanations_stage.preview_explanations(cfg, *key, table))},
+                    "explanations": markdown_table(with_latent_links(
+                        explanations_stage.preview_explanations(cfg, *key, table), cfg.browser_url))},
                     partition_key=partition)
                 outcomes[key] = explanations_stage.check_explanations(cfg, key)
         publish_views(lake_for(cfg))

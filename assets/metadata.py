@@ -21,6 +21,15 @@ def markdown_table(rows: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def with_latent_links(rows: list[dict], browser_url: str) -> list[dict]:
+    """Preview rows whose `latent` links to its page in the latent browser (`saelake serve`) at `browser_url`."""
+    from urllib.parse import quote
+
+    base = browser_url.rstrip("/")
+    return [{**row, "latent": f"[{row['latent']}]({base}/latent/{quote(row['layer'])}/{quote(row['sae'])}/"
+                              f"{row['latent']})"} for row in rows]
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -369,6 +370,9 @@ class PipelineConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     layers: tuple[LayerConfig, ...] = ()
+    # Where `saelake serve` is reached: Dagster's metadata (the explanations preview) links each latent to its
+    # page there. Only the links use it; `saelake serve --host/--port` decide where the browser listens.
+    browser_url: str = "http://127.0.0.1:8080"
     # Every SAE variant is applied at every layer: the lake is partitioned by layer x sae.
     saes: tuple[SaeSpec, ...] = ()
 
@@ -513,6 +517,9 @@ def _check(config: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: n_tokens ({config.n_tokens}) must be at least ctx_len ({config.ctx_len})")
     if config.batch_size < 1 or config.chunk_tokens < 1 or config.eval_contexts < 1:
         raise ConfigError(f"{where}: batch_size, chunk_tokens and eval_contexts must be positive")
+    if urlsplit(config.browser_url).scheme not in ("http", "https") or not urlsplit(config.browser_url).netloc:
+        raise ConfigError(f"{where}: browser_url must be an http(s) address such as http://127.0.0.1:8080, "
+                          f"got {config.browser_url!r}")
     if not config.layers:
         raise ConfigError(f"{where}: `layers` is empty; list at least one hookpoint, e.g. `- hookpoint: layers.6`")
     if len(set(config.hookpoints)) != len(config.hookpoints):

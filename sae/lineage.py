@@ -131,7 +131,7 @@ ASSETS: tuple[AssetLineage, ...] = (
                  lambda cfg, key: [("saes", key), ("contexts", None)]),
     AssetLineage("latents", "layer_sae", "1", lambda cfg, key: _model_run(cfg),
                  lambda cfg, key: [("saes", key), ("contexts", None)]),
-    AssetLineage("latent_stats", "layer_sae", "1", lambda cfg, key: {}, _per_partition("latents")),
+    AssetLineage("latent_stats", "layer_sae", "2", lambda cfg, key: {}, _per_partition("latents")),
     AssetLineage("latent_logits", "layer_sae", "1",
                  lambda cfg, key: {"n_logit_tokens": cfg.explain.n_logit_tokens,
                                    "model": {"name": cfg.model.name, "revision": cfg.model.revision}},

@@ -89,6 +89,19 @@ def load_tokenizer(cfg: ModelConfig, lake: Path):
     return AutoTokenizer.from_pretrained(model_source(cfg, lake), revision=cfg.revision)
 
 
+def load_tokenizer_readonly(cfg: ModelConfig, lake: Path):
+    """The tokenizer without writing to the lake: the built-in's conversion if the lake holds one, else its
+    shipped GGUF (nothing converted); any other model as `load_tokenizer` finds it."""
+    from transformers import AutoTokenizer
+
+    if cfg.name != BUILTIN_MODEL:
+        return load_tokenizer(cfg, lake)
+    converted = converted_folder(Path(lake))
+    if (converted / "config.json").exists():
+        return AutoTokenizer.from_pretrained(converted)
+    return AutoTokenizer.from_pretrained(builtin_gguf_folder(), gguf_file=BUILTIN_GGUF)
+
+
 def load_model(cfg: ModelConfig, lake: Path):
     """The subject model in eval mode on the configured device and dtype."""
     from transformers import AutoModelForCausalLM

@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 
 from ..checks import ERROR, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
-from ..lake import lake_for
+from ..lake import LATENT_ROW_GROUP, lake_for
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
 from ..saes.stage import load_planted, load_stored_sae
@@ -24,7 +24,7 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.T
     # The coverage first, the examples last: a crash in between leaves the partition stale, never half new.
     provenance = lineage_of(cfg).provenance("examples", key)
     lake.write_partition(covered, "example_coverage", hookpoint, name, provenance=provenance)
-    lake.write_partition(table, "examples", hookpoint, name, provenance=provenance)
+    lake.write_partition(table, "examples", hookpoint, name, provenance=provenance, row_group_size=LATENT_ROW_GROUP)
     return table, covered
 
 

@@ -52,6 +52,9 @@ UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "scorer_cal
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)
 STAGING_MARKER = "_staging_fingerprint"  # in a staging folder: the settings its files were made with
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
+# Rows per Parquet row group of the per-latent tables sorted by latent (examples, latent_stats): a reader of one
+# latent (the latent browser) reads the one group whose latent range holds it, not the whole partition.
+LATENT_ROW_GROUP = 8192
 
 
 class Lake:

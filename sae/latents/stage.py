@@ -12,7 +12,7 @@ import torch
 from ..checks import ERROR, WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..corpus.stage import count_contexts, load_context_tokens
-from ..lake import Lake, lake_for
+from ..lake import LATENT_ROW_GROUP, Lake, lake_for
 from ..lake.sql import run_query
 from ..lineage import fresh_files, lineage_of
 from ..models import load_model, load_tokenizer
@@ -65,6 +65,9 @@ def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> Cach
     return run_cache(model, tokens, sinks, cfg.batch_size, chunk, progress, **hooks)
 
 
+HIST_BINS = 40  # bins of latent_stats.histogram (equal ones over each latent's (0, max_act])
+
+
 def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table:
     lake = lake_for(cfg)
     files = fresh_files(cfg, "latents", (hookpoint, name))
@@ -74,9 +77,9 @@ def compute_latent_stats(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.T
 
     with duckdb.connect() as con:
         table = run_query(
-            con, "latent_stats", files=[str(f) for f in files], num_latents=num_latents, n_tokens=n_tokens
-        ).to_arrow_table()
-    lake.write_partition(table, "latent_stats", hookpoint, name,
+            con, "latent_stats", files=[str(f) for f in files], num_latents=num_latents, n_tokens=n_tokens,
+            hist_bins=HIST_BINS).to_arrow_table()
+    lake.write_partition(table, "latent_stats", hookpoint, name, row_group_size=LATENT_ROW_GROUP,
                          provenance=lineage_of(cfg).provenance("latent_stats", (hookpoint, name)))
     return table
 

@@ -1,0 +1,2 @@
+-- One latent's statistics.
+SELECT * FROM latent_stats WHERE layer = $layer AND sae = $sae AND latent = $latent
