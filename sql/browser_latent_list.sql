@@ -1,7 +1,9 @@
 -- One page of a variant's latents. Sorting and filtering are chosen by bound parameters only:
--- $sort: latent | frequency | max_act | score (the score of $sort_scorer by $sort_metric); $descending;
+-- $sort: latent | frequency | max_act | score (the score of $sort_scorer by $sort_metric, one of the primary
+-- metrics: balanced_accuracy | auc | accuracy | correlation); $descending;
 -- $explained: all | yes | no (by $explainer's parsed explanations); $min_frequency, $max_frequency (NULL: none);
--- $limit, $offset. `total` is the count of rows passing the filter.
+-- $limit, $offset. `total` is the count of rows passing the filter. Scores are $explainer's and those of the
+-- scorers that read no explanation (explainer $no_explainer, the intruder).
 WITH named AS (
     SELECT latent, any_value(explanation) AS explanation
     FROM explanations
@@ -9,11 +11,13 @@ WITH named AS (
     GROUP BY latent
 ), scored AS (
     SELECT latent,
-           list({'scorer': scorer, 'balanced_accuracy': balanced_accuracy, 'auc': auc} ORDER BY scorer) AS scores,
-           any_value(CASE $sort_metric WHEN 'auc' THEN auc ELSE balanced_accuracy END)
+           list({'scorer': scorer, 'balanced_accuracy': balanced_accuracy, 'auc': auc, 'accuracy': accuracy,
+                 'correlation': correlation} ORDER BY scorer) AS scores,
+           any_value(CASE $sort_metric WHEN 'auc' THEN auc WHEN 'accuracy' THEN accuracy
+                                       WHEN 'correlation' THEN correlation ELSE balanced_accuracy END)
                FILTER (WHERE scorer = $sort_scorer) AS sort_score
     FROM scores
-    WHERE layer = $layer AND sae = $sae AND explainer = $explainer AND source = 'real'
+    WHERE layer = $layer AND sae = $sae AND explainer IN ($explainer, $no_explainer) AND source = 'real'
     GROUP BY latent
 ), listed AS (
     SELECT s.latent, s.n_fired, s.frequency, s.max_act, s.mean_act, s.dead, n.explanation, c.scores,

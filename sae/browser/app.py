@@ -24,9 +24,9 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..config import ModelConfig
+from ..config import NO_EXPLAINER, ModelConfig
 from ..lake import TABLES
-from ..scoring.calibration import verdict
+from ..scoring.calibration import calibration_line, verdict
 from ..scoring.metrics import PRIMARY_METRIC
 from . import render
 from .lake import BrowserLake
@@ -37,7 +37,8 @@ PAGE_SIZES = (25, 50, 100, 200)
 SORTS = ("latent", "frequency", "max_act", "score")
 EXPLAINED = ("all", "yes", "no")
 METHODS = ("explanation_optimal", "explanation_best", "decoder_optimal", "decoder_best")
-EXPLAINER_ORDER = ("llm", "tokens", "truth")  # the one standing for a latent: the LLM's where there is one
+# The explainer standing for a latent: the LLM's where there is one; the intruder's rows read no explanation.
+EXPLAINER_ORDER = ("llm", "tokens", "truth", NO_EXPLAINER)
 N_NEIGHBOURS = 10
 N_RESULTS = 20
 # Positions of a searched string considered: the first ones in ctx_id order, so the search reads only the chunk
@@ -165,8 +166,9 @@ class Browser:
         raise NotFound(f"The lake has no {what}.", [(v.label, v.url) for v in variants])
 
     def calibration(self) -> dict[str, dict]:
-        """Per scorer: its calibration rows (one per scorer model) and `calibrated`, the worst of theirs: a
-        scorer counts as calibrated only where every scorer model of it is."""
+        """Per scorer: its calibration rows (one per scorer model), `calibrated`, the worst of theirs (a scorer
+        counts as calibrated only where every scorer model of it is), and `applicable`, false for the scorers
+        that planted latents cannot calibrate (intervention steers with a decoder they lack)."""
         if not self.lake.has("scorer_calibration"):
             return {}
         out: dict[str, dict] = {}
@@ -175,6 +177,7 @@ class Browser:
         for entry in out.values():
             flags = [r["calibrated"] for r in entry["rows"]]
             entry["calibrated"] = False if False in flags else None if None in flags else True
+            entry["applicable"] = any(r.get("applicable", True) is not False for r in entry["rows"])
         return out
 
     def main_explainer(self, layer: str, sae: str) -> str:
@@ -221,6 +224,7 @@ class Browser:
             rows.append({"variant": v, "quality": quality.get((v.layer, v.sae), {}),
                          "counts": counts.get((v.layer, v.sae)), "cells": cells})
         return self.page("overview.html", rows=rows, scorers=scorers, calibration=self.calibration(),
+                         calibration_line=calibration_line,
                          missing=self.lake.missing(*TABLES), request=request)
 
     def latent_list(self, request: Request) -> HTMLResponse:
@@ -239,7 +243,7 @@ class Browser:
         explainer = self.main_explainer(v.layer, v.sae)
         rows = self.lake.rows(
             "browser_latent_list", layer=v.layer, sae=v.sae, explainer=explainer,
-            sort="score" if sort_scorer else sort, sort_scorer=sort_scorer,
+            no_explainer=NO_EXPLAINER, sort="score" if sort_scorer else sort, sort_scorer=sort_scorer,
             sort_metric=metric_of(sort_scorer) if sort_scorer else None, descending=form["order"] == "desc",
             explained=form["explained"], min_frequency=form["min_frequency"], max_frequency=form["max_frequency"],
             limit=per_page, offset=(page - 1) * per_page)
@@ -298,7 +302,7 @@ class Browser:
             cell = table.setdefault((r["scorer"], r["explainer"]), {
                 "scorer": r["scorer"], "explainer": r["explainer"], "metric": metric,
                 "calibrated": calibration.get(r["scorer"], {}).get("calibrated"),
-                "calibration_known": r["scorer"] in calibration})
+                "calibration": calibration.get(r["scorer"])})
             cell[r["source"]] = r[metric]
             cell[f"{r['source']}_row"] = r
         return list(table.values())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
 
+from sae.config import NO_EXPLAINER
 from sae.lake import Lake
 
 from .conftest import LAYERS, SAE, make_app
@@ -194,3 +197,50 @@ def test_no_request_writes_reads_outside_or_runs_sql(client, browser_lake, tmp_p
         con.sql("SELECT * FROM read_text('/etc/passwd')").fetchall()
     with pytest.raises(duckdb.Error):
         con.execute(f"COPY (SELECT 1) TO '{tmp_path}/out.csv'")
+
+
+@pytest.fixture(scope="module")
+def explanation_free_client(browser_lake, tmp_path_factory):
+    """The browser lake with intruder rows added to one variant's scores (explainer 'none', accuracies 0.1 to
+    0.9 by latent) and an intervention calibration row marked not applicable, in the stores' own schemas. The
+    intruder's real rows need SmolLM2 for minutes per latent, so they are written here, not scored."""
+    from sae.scoring.calibration import SCHEMA as CALIBRATION_SCHEMA
+    from sae.lake.access import write_views_script
+
+    cfg, source = browser_lake
+    root = tmp_path_factory.mktemp("explanation-free") / "lake"
+    shutil.copytree(source, root, symlinks=True)
+    lake = Lake(root)
+    path = lake.files("scores", LAYERS[0], SAE)[0]
+    scores = pq.read_table(path)
+    latents = sorted({r["latent"] for r in scores.select(["latent"]).to_pylist()})
+    template = {name: None for name in scores.schema.names}
+    added = [{**template, "latent": latent, "explainer": NO_EXPLAINER, "scorer": "intruder", "source": source_,
+              "accuracy": (0.1 + 0.8 * i / max(1, len(latents) - 1)) if source_ == "real" else 0.2,
+              "chance": 0.2, "n_examples": 3, "scorer_model": "smollm2", "created_at": scores["created_at"][0]}
+             for i, latent in enumerate(latents) for source_ in ("real", "control")]
+    pq.write_table(pa.concat_tables([scores, pa.Table.from_pylist(added, schema=scores.schema)]), path)
+    calibration_path = lake.files("scorer_calibration")[0]
+    calibration = pq.read_table(calibration_path)
+    row = {name: None for name in CALIBRATION_SCHEMA.names}
+    row.update(scorer="intervention", scorer_model="smollm2", metric="accuracy", n_latents=0, applicable=False)
+    pq.write_table(pa.concat_tables([calibration, pa.Table.from_pylist([row], schema=calibration.schema)]),
+                   calibration_path)
+    write_views_script(root)
+    return TestClient(make_app(cfg, root)), latents
+
+
+def test_explanation_free_scores_show_by_their_own_metric_and_sort(explanation_free_client):
+    client, latents = explanation_free_client
+    best = latents[-1]
+    page = client.get(f"/latent/{LAYERS[0]}/{SAE}/{best}")
+    assert page.status_code == 200
+    row = re.search(r"<tr><td>intruder.*?</tr>", page.text, re.S)
+    assert row and "accuracy" in row.group(0) and ">0.9<" in row.group(0) and ">0.2<" in row.group(0)
+    listing = client.get(f"/variant/{LAYERS[0]}/{SAE}?sort=score:intruder&order=desc&per_page=200")
+    ids = [int(i) for i in re.findall(rf'href="/latent/{LAYERS[0]}/{SAE}/(\d+)"', listing.text)]
+    assert ids[: len(latents)] == latents[::-1]  # by intruder accuracy, which rises with the latent id
+    calibration = re.search(r'<ul class="calibration">.*?</ul>', client.get("/").text, re.S).group(0)
+    line = next(li for li in calibration.split("<li>") if "intervention (smollm2)" in li)
+    assert ">not applicable</span>" in line and "decoder direction" in line
+    assert "embedding (" in calibration  # the scorer calibrated by the fixture is listed too
