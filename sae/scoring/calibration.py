@@ -36,13 +36,17 @@ SCHEMA = pa.schema([
     ("calibrated", pa.bool_()),
     ("applicable", pa.bool_()),  # false: the scorer cannot score planted latents (it steers with a decoder)
 ])
+# Fewer planted latents than this give a bootstrap interval over a handful of values, narrow by accident: the
+# verdict stays unchecked rather than claim a calibration that three numbers cannot show.
+MIN_CALIBRATION_LATENTS = 5
 UNCALIBRATED_ADVICE = ("its scores with the true explanation do not beat a wrong one; do not read its numbers as "
                        "meaningful")
 NOT_APPLICABLE_ADVICE = ("it steers the model with each latent's decoder direction, and planted latents have none, "
                          "so nothing calibrates it on known answers; read it beside its control (a wrong explanation)")
-UNCHECKED_ADVICE = ("no planted latent has a readable score with both its true and a wrong explanation (no variant "
-                    "with `planted: {}` in the config's saes, `score.control` off, or no answer could be read), so "
-                    "nothing shows its numbers mean anything")
+UNCHECKED_ADVICE = (f"fewer than {MIN_CALIBRATION_LATENTS} planted latents have a readable score with both their true "
+                    "and a wrong explanation (no variant with `planted: {}` in the config's saes, `score.control` "
+                    "off, planted latents without test windows, or answers that could not be read), so nothing "
+                    "shows its numbers mean anything")
 
 
 def _null(value: float) -> float | None:
@@ -66,7 +70,8 @@ def calibrate(groups: list[dict], n_boot: int, seed: int) -> pa.Table:
                 row["n_latents"] = sum(not math.isnan(v) for v in values)
             mean, lo, hi = bootstrap_mean_ci(values, n_boot=n_boot, seed=seed)
             row.update({name: _null(mean), f"{name}_lo": _null(lo), f"{name}_hi": _null(hi)})
-        defined = row["true_lo"] is not None and row["wrong_hi"] is not None
+        defined = (row["true_lo"] is not None and row["wrong_hi"] is not None
+                   and row["n_latents"] >= MIN_CALIBRATION_LATENTS)
         row["calibrated"] = row["true_lo"] > row["wrong_hi"] if defined else None
         row["applicable"] = scorer not in DECODER_SCORERS
         rows.append(row)

@@ -9,6 +9,7 @@ import random
 import re
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from assets.runner import print_calibration
@@ -20,7 +21,7 @@ from sae.lake import Lake
 from sae.lake.sql import query_over
 from sae.lineage import fresh_files, lineage_of
 from sae.llm.base import Completion, LLMClient
-from sae.scoring.calibration import calibrate
+from sae.scoring.calibration import MIN_CALIBRATION_LATENTS, calibrate
 from sae.scoring.scorers import score_partition
 from sae.scoring.stage import check_summary, score_summary
 from tests.conftest import build_planted_lake
@@ -109,6 +110,20 @@ def test_random_answers_are_flagged_and_answers_from_the_definition_are_not(lake
     assert abs(chance["true"] - 0.5) < 0.15 and chance["calibrated"] is False
     # No LLM or baseline explanations were scored here: their figures are NULL, never NaN.
     assert perfect["explainer"] is None and perfect["baseline_hi"] is None
+
+
+def test_a_judge_right_on_too_few_planted_latents_is_unchecked(lake):
+    """Three perfect values give a narrow bootstrap interval by accident; that is not a calibration."""
+    cfg, examples, explanations = lake
+    scores = scores_of(cfg, examples, explanations, PlantedJudge())
+    few = sorted(set(scores.column("latent").to_pylist()))[: MIN_CALIBRATION_LATENTS - 1]
+    scores = scores.filter(pc.is_in(scores["latent"], pa.array(few, pa.int32())))
+    scores = scores.append_column("layer", pa.array(["layers.1"] * scores.num_rows)).append_column(
+        "sae", pa.array(["planted"] * scores.num_rows))
+    (row,) = calibrate(query_over("calibration_values", scores, "scores", planted=["planted"]).to_dicts(),
+                       n_boot=200, seed=0).to_pylist()
+    assert row["n_latents"] == len(few) and row["true_lo"] > row["wrong_hi"]  # it does separate them
+    assert row["calibrated"] is None
 
 
 def test_planted_scores_without_controls_are_unchecked(lake):
