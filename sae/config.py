@@ -292,6 +292,7 @@ class ExplainConfig:
 
 # Openings that favour no topic, so that what a steered latent adds to the continuation stands out.
 DEFAULT_INTERVENTION_PROMPTS = ("I think that", "The next thing to say is", "Here is a short story:", "Yesterday,")
+DEFAULT_OUTPUT_PROMPTS = ("My favourite thing is", "In the news today,")
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,10 @@ class ScoreConfig:
     intervention_prompts: tuple[str, ...] = DEFAULT_INTERVENTION_PROMPTS
     intervention_strengths: tuple[float, ...] = (1.0, 4.0)
     intervention_tokens: int = 12
+    # intervention: an output-side explanation of each judged latent (explainer `llm-output`), written by the scorer
+    # LLM from the latent's steered continuations of these prompts (never the ones it is judged on) and its promoted
+    # tokens, and judged by the intervention scorer like every other explainer. Empty: none written.
+    output_prompts: tuple[str, ...] = DEFAULT_OUTPUT_PROMPTS
     bootstrap: int = 1000  # resamples for the summary's confidence intervals
 
 
@@ -667,6 +672,10 @@ def _check_score(score: ScoreConfig, examples: ExamplesConfig, explain_backend: 
                           "windows the simulation scorer predicts per latent)")
     if not score.intervention_prompts or not all(p.strip() for p in score.intervention_prompts):
         raise ConfigError(f"{where}.intervention_prompts: list at least one prompt, none of them empty")
+    shared = sorted(set(score.output_prompts) & set(score.intervention_prompts))
+    if shared or not all(p.strip() for p in score.output_prompts):
+        raise ConfigError(f"{where}.output_prompts: prompts the output explainer reads must differ from the "
+                          f"intervention_prompts it is judged on, and none be empty (shared: {shared})")
     if not score.intervention_strengths or min(score.intervention_strengths) <= 0 or score.intervention_tokens < 1:
         raise ConfigError(f"{where}: intervention_strengths must be a non-empty list of positive multiples of the "
                           "latent's max_act, and intervention_tokens positive")

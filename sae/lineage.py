@@ -140,7 +140,7 @@ ASSETS: tuple[AssetLineage, ...] = (
                  lambda cfg, key: {"examples": _asdict(cfg.examples), "seed": cfg.seed},
                  _per_partition("latents")),
     AssetLineage("explanations", "layer_sae", "2", _explain_settings, _explain_inputs),
-    AssetLineage("scores", "layer_sae", "3", _score_settings, _per_partition("explanations")),
+    AssetLineage("scores", "layer_sae", "4", _score_settings, _per_partition("explanations")),
     AssetLineage("explanation_embeddings", "layer_sae", "1",
                  lambda cfg, key: {"embedder": cfg.score.embedder}, _per_partition("explanations")),
     AssetLineage("sae_quality_summary", "none", "1", lambda cfg, key: {},
@@ -446,7 +446,8 @@ def _matches(key: PartitionKey, wanted: Sequence[str]) -> bool:
 
 # Tables written by an asset of another name, beside its own.
 TABLE_OWNERS = {"sae_metrics": "saes", "example_coverage": "examples", "similarity_summary": "similarity",
-                "scorer_calibration": "score_summary", "steered_generations": "scores"}
+                "scorer_calibration": "score_summary", "steered_generations": "scores",
+                "output_explanations": "scores"}
 
 
 def fresh_table_files(cfg: PipelineConfig, table: str) -> list[Path]:

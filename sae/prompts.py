@@ -550,3 +550,48 @@ def parse_steered(completion: str, n: int) -> list[int] | None:
 
 def intervention_version() -> str:
     return version(INTERVENTION_SYSTEM, EXAMPLE_EXPLANATION, repr(INTERVENTION_POOL), format_steered([1, 2]))
+
+
+# output-side explainer ----------------------------------------------------------------------------------
+
+OUTPUT_EXPLAINER_SYSTEM = """You are studying one feature inside a language model by what it makes the model \
+write. The model continued each prompt as it is, and again with the feature switched on; you also get the \
+tokens the feature makes likely next. Work out what the switched-on continuations have in common that the \
+plain ones lack. Answer in a few words, on a final line of the form "Explanation: <what the feature makes the \
+model write>"."""
+OUTPUT_PROMPT_LINE = "Prompt {i}: {prompt}"
+OUTPUT_PLAIN_LINE = "  as it is: {text}"
+OUTPUT_STEERED_LINE = "  switched on: {text}"
+
+# An invented feature (kitchen words), unlike any scorer's worked example, so that the intervention scorer's
+# example answer cannot leak into what it judges.
+OUTPUT_EXAMPLE = (
+    (("I think that", " we should leave early tomorrow.", (" we should bake the bread in the oven.",)),
+     ("Yesterday,", " the council met to discuss the budget.", (" she stirred the soup and chopped onions.",))),
+    ("oven", "soup", "flour", "bake"),
+    "cooking and kitchen words (oven, soup, bake)",
+)
+
+
+def output_explainer_messages(pairs: Sequence[tuple[str, str, Sequence[str]]], promoted: Sequence[str]
+                              ) -> tuple[tuple[str, str], ...]:
+    """The chat for one latent's output-side explanation: instructions, a worked example, then per prompt its
+    plain continuation and its steered ones (weakest strength first), and the promoted tokens."""
+    def body(shown: Sequence[tuple[str, str, Sequence[str]]], tokens: Sequence[str]) -> str:
+        lines = []
+        for i, (prompt, plain, steered) in enumerate(shown, 1):
+            lines.append(OUTPUT_PROMPT_LINE.format(i=i, prompt=json.dumps(prompt)))
+            lines.append(OUTPUT_PLAIN_LINE.format(text=json.dumps(clean_piece(plain))))
+            lines += [OUTPUT_STEERED_LINE.format(text=json.dumps(clean_piece(text))) for text in steered]
+        if tokens:
+            lines.append(f"{PROMOTED_LABEL} " + ", ".join(f'"{t}"' for t in tokens))
+        return "\n".join(lines)
+
+    example_pairs, example_tokens, example_answer = OUTPUT_EXAMPLE
+    return (("system", OUTPUT_EXPLAINER_SYSTEM), ("user", body(example_pairs, example_tokens)),
+            ("assistant", f"{ANSWER_MARKER} {example_answer}"), ("user", body(pairs, promoted)))
+
+
+def output_explainer_version() -> str:
+    return version(OUTPUT_EXPLAINER_SYSTEM, OUTPUT_PROMPT_LINE, OUTPUT_PLAIN_LINE, OUTPUT_STEERED_LINE,
+                   PROMOTED_LABEL, repr(OUTPUT_EXAMPLE), ANSWER_MARKER)

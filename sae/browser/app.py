@@ -270,8 +270,9 @@ class Browser:
         context = {"v": v, "latent": latent, "stats": stats, "request": request,
                    "missing": self.lake.missing("latent_stats", "examples", "explanations", "scores",
                                                 "latent_logits", "explanation_embeddings", "similarity")}
-        context["explanations"] = self.lake.rows("browser_latent_explanations", layer=v.layer, sae=v.sae,
-                                                 latent=latent) if self.lake.has("explanations") else []
+        context["explanations"] = [row for table in ("explanations", "output_explanations") if self.lake.has(table)
+                                   for row in self.lake.rows(f"browser_latent_{table}", layer=v.layer, sae=v.sae,
+                                                             latent=latent)]
         context["scores"] = self.score_table(v, latent)
         context["histogram"] = self.histogram(stats)
         context["windows"] = self.windows(v, latent, max_act)

@@ -60,14 +60,18 @@ def merge_forms(pairs: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
     return sorted(((best[key][1], n) for key, n in totals.items()), key=lambda pair: -pair[1])
 
 
+def promoted_texts(logits: pa.Table) -> dict[int, tuple[str, ...]]:
+    """Per latent of a `latent_logits` partition: the texts its decoder direction promotes, most first, each
+    word once (its forms with and without a leading space merged)."""
+    return {latent: tuple(text for text, _ in merge_forms([(t, 1) for t in tokens]))
+            for latent, tokens in zip(logits.column("latent").to_pylist(), logits.column("top_tokens").to_pylist())}
+
+
 def token_stats(frequent: pl.DataFrame, logits: pa.Table | None, decode: Callable[[Sequence[int]], list[str]]
                 ) -> dict[int, TokenStats]:
     """Per latent, from the rows of sql/latent_top_tokens.sql and the partition's `latent_logits` (None or
     empty: no promoted tokens)."""
-    promoted: dict[int, tuple[str, ...]] = {}
-    if logits is not None:
-        for latent, tokens in zip(logits.column("latent").to_pylist(), logits.column("top_tokens").to_pylist()):
-            promoted[latent] = tuple(text for text, _ in merge_forms([(t, 1) for t in tokens]))
+    promoted = promoted_texts(logits) if logits is not None else {}
     out = {}
     for (latent,), rows in frequent.partition_by("latent", as_dict=True).items():
         pairs = list(zip(decode(rows["token"].to_list()), rows["n"].to_list()))

@@ -176,11 +176,11 @@ def explain_with_retries(examples: pa.Table | pl.DataFrame, latents: list[int], 
     return [answers[latent] for latent in latents]
 
 
-def rows_for(answers: list[Answer], client: LLMClient, prompt_version: str) -> pa.Table:
+def rows_for(answers: list[Answer], client: LLMClient, prompt_version: str, explainer: str = LLM) -> pa.Table:
     n = len(answers)
     explanations = [parse_explanation(a.completion.text) for a in answers]
     return pa.table({
-        "latent": [a.prompt.latent for a in answers], "explainer": [LLM] * n, "explanation": explanations,
+        "latent": [a.prompt.latent for a in answers], "explainer": [explainer] * n, "explanation": explanations,
         "parsed": [e is not None for e in explanations], "completion": [a.completion.text for a in answers],
         "explainer_model": [client.model] * n, "backend": [client.backend] * n, "prompt_version": [prompt_version] * n,
         "sampling": [json.dumps(a.prompt.request.sampling.as_dict()) for a in answers],

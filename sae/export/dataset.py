@@ -52,8 +52,10 @@ EXPLANATION_COLUMNS = {
     "layer": "hookpoint the SAE reads (e.g. `layers.3`)",
     "sae": "name of the SAE variant (see *SAEs* above)",
     "latent": "latent index within the SAE",
-    "explainer": "who wrote the explanation: `llm` (the explainer model), `tokens` (the LLM-free token baseline) "
-                 "or `truth` (a planted latent's ground truth)",
+    "explainer": "who wrote the explanation: `llm` (the explainer model, from the windows the latent fires on), "
+                 "`llm-output` (the scorer model, from what steering with the latent makes the model write; scored "
+                 "by the intervention scorer only), `tokens` (the LLM-free token baseline) or `truth` (a planted "
+                 "latent's ground truth)",
     "explanation": "the explanation; null where the LLM's answer had no `Explanation:` line",
     "parsed": "whether an explanation could be read from the answer",
     "completion": "the LLM's raw answer, always kept",
@@ -255,7 +257,8 @@ def _explanations(con: duckdb.DuckDBPyConnection, lake: Lake,
                   files: Callable[[str], list[Path]]) -> duckdb.DuckDBPyRelation:
     """One row per explained latent and explainer, its scores pivoted into columns (sql/export_explanations.sql),
     the columns in the card's order: the explanation's, then per scorer (known ones first) real and control."""
-    _table(con, lake, "explanations", files("explanations")).project(
+    # The intervention scorer's output-side explanations (explainer llm-output) are explanations too.
+    _table(con, lake, "explanations", files("explanations") + files("output_explanations")).project(
         ", ".join(_quote(c) for c in EXPLANATION_COLUMNS)).create("explanation_rows")
     if not files("scores"):
         return con.table("explanation_rows").order("layer, sae, latent, explainer")

@@ -14,6 +14,7 @@ Layout (`layer` and `sae` are hive partition columns):
   explanations/layer=<hookpoint>/sae=<name>/part-00000.parquet
   scores/layer=<hookpoint>/sae=<name>/part-00000.parquet         (per latent, scorer and source)
   steered_generations/layer=<hookpoint>/sae=<name>/part-00000.parquet  (intervention: clean / steered continuations)
+  output_explanations/layer=<hookpoint>/sae=<name>/part-00000.parquet  (intervention: output-side explanations)
   score_summary/part-00000.parquet               (per variant and scorer: means with bootstrap intervals)
   scorer_calibration/part-00000.parquet          (per scorer: true vs wrong explanation on planted latents)
   explanation_embeddings/layer=<hookpoint>/sae=<name>/part-00000.parquet
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
 
 TABLES = ("contexts", "activations", "sae_metrics", "sae_quality", "sae_quality_summary", "latents", "latent_stats",
           "latent_logits", "examples", "example_coverage", "explanations", "scores", "steered_generations",
-          "score_summary", "scorer_calibration", "explanation_embeddings", "similarity", "similarity_summary",
-          "llm_cache", "checks")
+          "output_explanations", "score_summary", "scorer_calibration", "explanation_embeddings", "similarity",
+          "similarity_summary", "llm_cache", "checks")
 UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "scorer_calibration", "similarity",
                  "similarity_summary", "llm_cache")
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)

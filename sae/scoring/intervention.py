@@ -7,6 +7,7 @@ continuation of each. The score is the accuracy over the pairs (`accuracy`, chan
 (`strength_accuracy`, in score.intervention_strengths' order). A pair whose continuations are the same text
 (steering too weak to change the greedy continuation) is asked all the same: nothing tells them apart, and it
 counts at chance, as it should. The control is another latent's explanation (each explainer's derangement).
+Besides the explainers of `explanations`, it judges the output-side explanations (sae/scoring/output_explanations.py).
 
 Latents of variants without a decoder (planted) cannot be steered: they get no rows, and the calibration says
 "not applicable".
@@ -27,6 +28,8 @@ def pairs_of(s: Scoring) -> dict[int, list[tuple[float, str, str, str, int]]]:
     per steered continuation, the order drawn with the seed (the same for every explainer and source)."""
     clean, steered = {}, defaultdict(list)
     for row in s.generations.to_pylist():
+        if row["purpose"] == "explain":  # the output explainer's evidence, never judged
+            continue
         if row["latent"] is None:
             clean[row["prompt_index"]] = row
         else:
@@ -56,7 +59,7 @@ def intervention_rows(s: Scoring) -> list[dict]:
         sampling = SamplingParams(max_tokens=max(s.cfg.max_tokens, output_format.max_length + 1),
                                   output_format=output_format)
         shown = [(prompt, first, second) for _, prompt, first, second, _ in pairs]
-        for explainer, explained in s.by_explainer.items():
+        for explainer, explained in {**s.by_explainer, **s.output_explainers}.items():
             for source, mapping in explained.sources:
                 if latent in mapping:
                     request = ChatRequest(intervention_messages(explained.text_of[mapping[latent]], shown), sampling)

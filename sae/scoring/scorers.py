@@ -332,12 +332,16 @@ def explained_by(explanations: pa.Table, cfg: ScoreConfig, seed: int) -> dict[st
     """Per explainer present in the partition (parsed rows of the scored latents): texts, real and control."""
     parsed = frame(explanations).filter(pl.col("parsed"))
     latents = scored_latents(parsed, cfg.n_latents, seed)
+    return explained_per_explainer(parsed.filter(pl.col("latent").is_in(latents)), cfg.control, seed)
+
+
+def explained_per_explainer(parsed: pl.DataFrame, control: bool, seed: int) -> dict[str, Explained]:
+    """Per explainer of parsed explanation rows: its texts, and the real and (with `control`) deranged sources."""
     out = {}
-    for (explainer,), rows in sorted(parsed.filter(pl.col("latent").is_in(latents)).partition_by(
-            "explainer", as_dict=True).items()):
+    for (explainer,), rows in sorted(parsed.partition_by("explainer", as_dict=True).items()):
         text_of = dict(zip(rows["latent"].to_list(), rows["explanation"].to_list()))
         sources = [("real", {latent: latent for latent in text_of})]
-        if cfg.control:
+        if control:
             sources.append(("control", derangement(sorted(text_of), seed)))
         out[explainer] = Explained(text_of, sources)
     return out
@@ -362,6 +366,7 @@ class Scoring:
     progress: bool
     batch_requests: int
     generations: pa.Table | None = None  # intervention: the partition's steered_generations
+    output_explainers: dict[str, Explained] = field(default_factory=dict)  # intervention only: output-side ones
 
     def need_client(self, scorer: str) -> LLMClient:
         if self.client is None:
@@ -387,9 +392,10 @@ def request_scorers() -> dict:
 
 def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig, decode: Decode, seed: int,
                     n_bins: int, fuzz_threshold: float, client: LLMClient | None = None, embedder=None,
-                    progress: bool = False, batch_requests: int = 512, generations: pa.Table | None = None
-                    ) -> pa.Table:
-    """Scores of every parsed explanation of one partition, per explainer, real and (if configured) control."""
+                    progress: bool = False, batch_requests: int = 512, generations: pa.Table | None = None,
+                    output_explanations: pa.Table | None = None) -> pa.Table:
+    """Scores of every parsed explanation of one partition, per explainer, real and (if configured) control; the
+    `output_explanations` (sae/scoring/output_explanations.py) by the intervention scorer alone."""
     by_explainer = explained_by(explanations, cfg, seed)
     latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
     judged_latents = llm_judged_latents(latents, cfg.llm_n_latents, seed)
@@ -397,6 +403,9 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
     now = datetime.now(timezone.utc)
     scoring = Scoring(by_explainer, latents, judged_latents, windows, cfg, decode, seed, n_bins, fuzz_threshold, now,
                       client, progress, batch_requests, generations)
+    if output_explanations is not None:
+        scoring.output_explainers = explained_per_explainer(frame(output_explanations).filter(pl.col("parsed")),
+                                                            cfg.control, seed)
     rows = []
     llm_scorers = [s for s in cfg.scorers if s in ANSWER_SCORERS]
     if llm_scorers and latents:

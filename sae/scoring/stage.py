@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..explanations.explainer import LLM
+from ..explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from ..explanations.stage import token_decoder
 from ..lake import lake_for
 from ..lake.sql import run_query
@@ -25,18 +26,26 @@ def open_embedder(cfg: PipelineConfig):
 def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, embedder,
                        progress: bool = True) -> pa.Table:
     """Score one partition's explanations on its test windows; written to `scores` (and, for the intervention
-    scorer, its generations to `steered_generations` first)."""
+    scorer, its generations to `steered_generations` and its output-side explanations to `output_explanations`
+    first)."""
     from .scorers import judged_latents_of, score_partition
 
     key = (hookpoint, name)
     examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
     explanations, score = pq.read_table(explained[0]), cfg.score_for(name)
-    generations = None
+    generations, output = None, EXPLANATIONS_SCHEMA.empty_table()
     if "intervention" in score.scorers and cfg.sae(name).has_decoder:
-        generations = write_steered_generations(cfg, hookpoint, name, judged_latents_of(explanations, score, cfg.seed))
+        judged = judged_latents_of(explanations, score, cfg.seed)
+        generations = write_steered_generations(cfg, hookpoint, name, judged)
+        if score.output_prompts:
+            output = output_explanations(cfg, hookpoint, name, client, generations, judged, progress)
+    # Written for every scored partition, empty where none were asked for: no earlier run's rows linger.
+    lake_for(cfg).write_partition(output, "output_explanations", hookpoint, name,
+                                  provenance=lineage_of(cfg).provenance("scores", key))
     table = score_partition(pq.read_table(examples[0]), explanations, score, token_decoder(cfg), cfg.seed,
                             cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold, client=client,
-                            embedder=embedder, progress=progress, generations=generations)
+                            embedder=embedder, progress=progress, generations=generations,
+                            output_explanations=output)
     lake_for(cfg).write_partition(table, "scores", hookpoint, name,
                                   provenance=lineage_of(cfg).provenance("scores", key))
     return table
@@ -68,15 +77,32 @@ def write_steered_generations(cfg: PipelineConfig, hookpoint: str, name: str, la
     space = hookpoint if sae.cfg.transcode else reads_from(cfg, hookpoint, name, sae)
     directions = residual_directions(model, sae.to(next(model.parameters()).device), space)
 
+    done: list[dict] = []  # the rows of the purposes finished
+
     def commit(rows: list[dict]) -> pa.Table:
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        table = pa.Table.from_pylist(done + rows, schema=SCHEMA)
         lake.write_partition(table, "steered_generations", hookpoint, name,
                              provenance=lineage_of(cfg).provenance("scores", key))
         return table
 
-    rows = steered_rows(model, tokenizer, directions, typical, site, score.intervention_prompts,
-                        score.intervention_strengths, score.intervention_tokens, base, stored, save=commit)
-    return commit(rows)
+    for purpose, prompts in (("score", score.intervention_prompts), ("explain", score.output_prompts)):
+        if prompts:
+            done += steered_rows(model, tokenizer, directions, typical, site, prompts, score.intervention_strengths,
+                                 score.intervention_tokens, base, stored, save=commit, purpose=purpose)
+    return commit([])
+
+
+def output_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, generations: pa.Table,
+                        latents: list[int], progress: bool = True) -> pa.Table:
+    """The output-side explanation of each of `latents` (sae/scoring/output_explanations.py), written by the
+    scorer LLM; the response cache makes a rerun free."""
+    from ..explanations.evidence import promoted_texts
+    from .output_explanations import output_explanation_rows, output_prompts
+
+    key = (hookpoint, name)
+    promoted = promoted_texts(pq.read_table(fresh_files(cfg, "latent_logits", key)))
+    prompts = output_prompts(generations, promoted, latents, cfg.explain_for(name).max_tokens)
+    return output_explanation_rows(client, prompts, progress)
 
 
 # Columns of the LLM's real rows in score_summary: its primary metric minus the token baseline's, paired by latent.

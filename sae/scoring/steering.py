@@ -10,6 +10,9 @@ with `direction` what the latent writes per unit of activation (sae/saes/logits.
 rows, mapped through the down projection for neurons), `typical_act` the latent's max_act from latent_stats, and
 `strength` each of score.intervention_strengths. The clean continuation (nothing added) is the same for every
 latent of a partition: it is generated once per prompt. Decoding is greedy.
+
+The output-side explainer (sae/scoring/output_explanations.py) reads continuations of other prompts (purpose
+`explain`) than the scorer judges (purpose `score`), so that no explanation is judged on what it was written from.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ..latents.hookpoints import block_index, resolve_hookpoint
 SCHEMA = pa.schema([
     ("latent", pa.int32()),  # null: the clean continuation, shared by every latent
     ("strength", pa.float32()),  # 0 for the clean continuation
-    ("prompt_index", pa.int32()),  # in score.intervention_prompts
+    ("purpose", pa.string()),  # score: judged by the intervention scorer; explain: shown to the output explainer only
+    ("prompt_index", pa.int32()),  # in score.intervention_prompts (purpose score) or output_prompts (explain)
     ("prompt", pa.string()),
     ("typical_act", pa.float32()),  # the latent's max_act (null for the clean continuation)
     ("site", pa.string()),  # the hookpoint where the direction was added
@@ -88,19 +92,18 @@ def settings_key(**settings) -> str:
 
 def steered_rows(model: nn.Module, tokenizer, directions: Tensor, typical: dict[int, float], site: str,
                  prompts: tuple[str, ...], strengths: tuple[float, ...], max_new_tokens: int, base_key: dict,
-                 stored: dict[str, dict], save=None, batch_size: int = 32) -> list[dict]:
-    """Every row the intervention scorer needs for the latents of `typical` (latent -> its typical activation):
-    the clean continuation of each prompt, and each latent's at each strength; rows in `stored` (by
-    settings_key) are reused, the rest generated `batch_size` at a time, each batch handed with every row so far
-    to `save`."""
+                 stored: dict[str, dict], save=None, batch_size: int = 32, purpose: str = "score") -> list[dict]:
+    """Every row of one `purpose` for the latents of `typical` (latent -> its typical activation): the clean
+    continuation of each prompt, and each latent's at each strength; rows in `stored` (by settings_key) are
+    reused, the rest generated `batch_size` at a time, each batch handed with every row so far to `save`."""
     wanted = [(None, 0.0, i) for i in range(len(prompts))]
     wanted += [(latent, strength, i) for latent in sorted(typical) for strength in strengths
                for i in range(len(prompts))]
     rows, missing = [], []
     for latent, strength, i in wanted:
-        key = settings_key(**base_key, latent=latent, strength=strength, prompt=prompts[i],
+        key = settings_key(**base_key, latent=latent, strength=strength, prompt=prompts[i], purpose=purpose,
                            max_new_tokens=max_new_tokens, typical_act=typical.get(latent))
-        row = {"latent": latent, "strength": strength, "prompt_index": i, "prompt": prompts[i],
+        row = {"latent": latent, "strength": strength, "purpose": purpose, "prompt_index": i, "prompt": prompts[i],
                "typical_act": typical.get(latent), "site": site, "settings_key": key}
         if key in stored:
             rows.append(stored[key])

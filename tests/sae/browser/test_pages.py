@@ -154,6 +154,24 @@ def test_the_browser_sees_a_table_committed_while_it_runs(browser_lake, bare_lak
     assert "No explanation of this latent" not in client.get(f"/latent/{LAYERS[0]}/{SAE}/0").text
 
 
+def test_the_latent_page_shows_output_side_explanations(browser_lake, tmp_path):
+    """An output-side explanation (the intervention scorer's, explainer llm-output) written into a copy of the lake
+    shows on its latent's page beside the input-side ones."""
+    from sae.explanations.explainer import SCHEMA as EXPLANATIONS
+    from sae.lake.access import write_views_script
+
+    root = tmp_path / "lake"
+    shutil.copytree(browser_lake[1], root, symlinks=True)
+    Lake(root).write_partition(pa.Table.from_pylist([{"latent": 0, "explainer": "llm-output", "parsed": True,
+                                                      "explanation": "makes the model write about rivers",
+                                                      "explainer_model": "scripted"}], schema=EXPLANATIONS),
+                               "output_explanations", LAYERS[0], SAE)
+    write_views_script(root)
+    text = TestClient(make_app(browser_lake[0], root)).get(f"/latent/{LAYERS[0]}/{SAE}/0").text
+    assert "<b>llm-output</b>" in text and "makes the model write about rivers" in text
+    assert "<b>truth</b>" in text  # the input-side explanations are still there
+
+
 def test_pages_are_self_contained(client):
     page = client.get("/")
     assert not re.search(r'(src|href)="(https?:)?//', page.text)  # nothing from a CDN

@@ -463,3 +463,25 @@ def test_without_an_api_the_hub_client_is_built_with_the_resolved_token(exported
     push_dataset(exported, "someone/sae-explanations")
     assert len(built) == 1 and built[0].token == TOKEN
     assert [name for name, _, _ in built[0].calls] == ["create_repo", "upload_folder"]
+
+
+def test_output_side_explanations_are_exported_as_explanations_with_their_intervention_scores(tmp_path):
+    """The intervention scorer's output-side explanations (the `output_explanations` table, explainer llm-output)
+    become rows of the `explanations` configuration, with their intervention accuracy pivoted in."""
+    lake = build_lake(tmp_path / "lake", tables=())
+    for layer in LAYERS:
+        for sae in SAES:
+            partitioned(lake, "output_explanations", layer, sae, [
+                {"latent": 1, "explainer": "llm-output", "explanation": "makes it write about rivers",
+                 "parsed": True, "created_at": NOW}], EXPLANATIONS_SCHEMA)
+            partitioned(lake, "scores", layer, sae, [{name: None for name in SCORES_SCHEMA.names} | {
+                "latent": 1, "explainer": "llm-output", "scorer": "intervention", "source": source,
+                "n_examples": 8, "n_failures": 0, "failed_answers": [], "scorer_model": "smollm2",
+                "prompt_version": "v1", "created_at": NOW, "accuracy": 0.875 if source == "real" else 0.5}
+                for source in ("real", "control")], SCORES_SCHEMA)
+    export_dataset(lake.root, tmp_path / "export", CARD)
+    table = pq.read_table(tmp_path / "export" / "data" / "explanations" / "train-00000-of-00001.parquet")
+    rows = [r for r in table.to_pylist() if r["explainer"] == "llm-output"]
+    assert len(rows) == len(LAYERS) * len(SAES)
+    assert {(r["explanation"], r["intervention_accuracy"], r["intervention_control_accuracy"]) for r in rows} == {
+        ("makes it write about rivers", 0.875, 0.5)}

@@ -1,6 +1,7 @@
 """The intervention scorer on a constructed steered_generations table: an oracle that sees what the explanation
 names picks every steered continuation (per strength too), a deranged explanation leaves it at chance, and the
-pairs' order is drawn per latent, the same for every explainer and source."""
+pairs' order is drawn per latent, the same for every explainer and source; output-side explanations are written
+from the other prompts' continuations only, and judged like the rest."""
 
 import json
 import re
@@ -16,16 +17,21 @@ from sae.scoring.steering import SCHEMA as GENERATIONS
 
 TOPICS = ["volcano", "river", "music", "budget"]
 PROMPTS = ("I think that", "Yesterday,", "Here is")
+OUTPUT_PROMPTS = ("My favourite thing is",)
 STRENGTHS = (1.0, 4.0)
 
 
 def generations() -> pa.Table:
-    """Latent i's steered continuations mention TOPICS[i] at strength 4 only; at strength 1 they are the clean text."""
-    rows = [{"latent": None, "strength": 0.0, "prompt_index": p, "prompt": prompt, "completion": " a plain day",
-             "site": "layers.1"} for p, prompt in enumerate(PROMPTS)]
-    rows += [{"latent": latent, "strength": strength, "prompt_index": p, "prompt": prompt, "typical_act": 2.0,
-              "site": "layers.1", "completion": f" the {TOPICS[latent]} again" if strength == 4.0 else " a plain day"}
-             for latent in range(len(TOPICS)) for strength in STRENGTHS for p, prompt in enumerate(PROMPTS)]
+    """Latent i's steered continuations mention TOPICS[i] at strength 4 only; at strength 1 they are the clean text.
+    The output explainer's prompts (purpose explain) say `seen` where the scorer's say `again`."""
+    rows = []
+    for purpose, prompts, word in (("score", PROMPTS, "again"), ("explain", OUTPUT_PROMPTS, "seen")):
+        rows += [{"latent": None, "strength": 0.0, "purpose": purpose, "prompt_index": p, "prompt": prompt,
+                  "completion": " a plain day", "site": "layers.1"} for p, prompt in enumerate(prompts)]
+        rows += [{"latent": latent, "strength": strength, "purpose": purpose, "prompt_index": p, "prompt": prompt,
+                  "typical_act": 2.0, "site": "layers.1",
+                  "completion": f" the {TOPICS[latent]} {word}" if strength == 4.0 else " a plain day"}
+                 for latent in range(len(TOPICS)) for strength in STRENGTHS for p, prompt in enumerate(prompts)]
     return pa.Table.from_pylist(rows, schema=GENERATIONS)
 
 
@@ -93,3 +99,49 @@ def test_no_generations_no_intervention_rows():
                             explanations, cfg, lambda ids: ["x"], seed=0, n_bins=1, fuzz_threshold=0.0,
                             client=Oracle(), generations=None)
     assert table.num_rows == 0  # a planted variant: nothing to steer
+
+
+class OutputReader(LLMClient):
+    """Explains a latent by the topic word of its last steered continuation in the prompt."""
+
+    backend, model = "scripted", "reader"
+
+    def complete(self, requests, progress=False):
+        out = []
+        for request in requests:
+            steered = [line for line in request.messages[-1][1].split("\n") if "switched on" in line]
+            assert steered and all("seen" in line or "plain" in line for line in steered)  # never a scored pair
+            word = json.loads(steered[-1].split(": ", 1)[1]).split()[1]
+            out.append(Completion(f"Explanation: mentions of the {word}", 300, 8, 0.0))
+        return out
+
+
+def test_output_side_explanations_are_written_from_other_prompts_and_judged_like_the_rest():
+    from sae.scoring.output_explanations import OUTPUT_EXPLAINER, output_explanation_rows, output_prompts
+
+    promoted = {latent: (TOPICS[latent], "the") for latent in range(len(TOPICS))}
+    prompts = output_prompts(generations(), promoted, list(range(len(TOPICS))), max_tokens=24)
+    assert [p.latent for p in prompts] == list(range(len(TOPICS)))
+    assert f'"{TOPICS[2]}", "the"' in prompts[2].request.messages[-1][1]  # the promoted tokens are shown
+    output = output_explanation_rows(OutputReader(), prompts)
+    assert output.column("explainer").to_pylist() == [OUTPUT_EXPLAINER] * len(TOPICS)
+    assert output.column("explanation").to_pylist() == [f"mentions of the {t}" for t in TOPICS]
+    assert output.column("copied_example").to_pylist() == [None] * len(TOPICS)
+    explanations = pa.Table.from_pylist([{"latent": latent, "explainer": "llm", "parsed": True,
+                                          "explanation": "something else entirely"}
+                                         for latent in range(len(TOPICS))], schema=EXPLANATIONS)
+    examples = pa.Table.from_pylist([{"latent": latent, "split": "test", "kind": "quantile", "bin": 0, "ctx_id": 0,
+                                      "start": 0, "peak_act": 1.0, "tokens": [0], "acts": [1.0]}
+                                     for latent in range(len(TOPICS))])
+    cfg = ScoreConfig(scorers=("intervention",), intervention_prompts=PROMPTS, intervention_strengths=STRENGTHS,
+                      output_prompts=OUTPUT_PROMPTS)
+    table = score_partition(examples, explanations, cfg, lambda ids: ["x"] * len(ids), seed=0, n_bins=1,
+                            fuzz_threshold=0.0, client=Oracle(), generations=generations(), output_explanations=output)
+    rows = {(r["latent"], r["explainer"], r["source"]): r for r in table.to_pylist()}
+    assert len(rows) == 4 * len(TOPICS)  # llm and llm-output, real and control
+    for latent in range(len(TOPICS)):
+        # Judged on the scorer's prompts alone (3 prompts x 2 strengths), the output-side explanation names the
+        # topic and finds every strongly steered continuation.
+        real = rows[(latent, OUTPUT_EXPLAINER, "real")]
+        assert real["n_examples"] == len(PROMPTS) * len(STRENGTHS) and real["strength_accuracy"][1] == 1.0
+        assert rows[(latent, OUTPUT_EXPLAINER, "control")]["explanation_latent"] != latent

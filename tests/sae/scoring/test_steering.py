@@ -124,7 +124,8 @@ def test_the_scores_step_writes_steered_generations_of_a_neuron_variant_and_reus
     from sae.scoring.stage import write_steered_generations
     from tests.conftest import write_config
 
-    score = {"intervention_prompts": ["I think that"], "intervention_strengths": [4.0], "intervention_tokens": 4}
+    score = {"intervention_prompts": ["I think that"], "intervention_strengths": [4.0], "intervention_tokens": 4,
+             "output_prompts": ["In the news today,"]}
     cfg = load_config(write_config(tmp_path, converted_model, n_tokens=1024, layers=[{"hookpoint": "layers.1"}],
                                    saes=[{"name": "neurons", "neurons": {"k": 8}}], score=score))
     build_contexts(cfg)
@@ -134,7 +135,11 @@ def test_the_scores_step_writes_steered_generations_of_a_neuron_variant_and_reus
     latents = [r["latent"] for r in stats if not r["dead"]][:2]
     table = write_steered_generations(cfg, "layers.1", "neurons", latents)
     rows = table.to_pylist()
-    assert [(r["latent"], r["strength"]) for r in rows] == [(None, 0.0)] + [(latent, 4.0) for latent in latents]
+    # The scorer's prompt, then the output explainer's: each clean once, then steered per latent.
+    per_purpose = [(None, 0.0)] + [(latent, 4.0) for latent in latents]
+    assert [(r["purpose"], r["latent"], r["strength"]) for r in rows] == [
+        (purpose, *pair) for purpose in ("score", "explain") for pair in per_purpose]
+    assert [r["prompt"] for r in rows if r["latent"] is None] == ["I think that", "In the news today,"]
     assert {r["site"] for r in rows} == {"layers.1.mlp"} and rows[1]["typical_act"] == stats[latents[0]]["max_act"]
     stored = pq.read_table(lake_for(cfg).files("steered_generations", "layers.1", "neurons")).to_pylist()
     assert [r["settings_key"] for r in stored] == [r["settings_key"] for r in rows]
@@ -144,5 +149,6 @@ def test_the_scores_step_writes_steered_generations_of_a_neuron_variant_and_reus
         prompts) or original(model, tokenizer, prompts, *args))
     more = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, intervention_strengths=(4.0, 1.0)))
     again = write_steered_generations(more, "layers.1", "neurons", latents).to_pylist()
-    assert len(again) == 1 + 2 * len(latents) and generated == [["I think that"] * len(latents)]
-    assert [r for r in again if r["strength"] == 4.0] == rows[1:]
+    assert len(again) == 2 * (1 + 2 * len(latents))
+    assert generated == [["I think that"] * len(latents), ["In the news today,"] * len(latents)]
+    assert [r for r in again if r["strength"] == 4.0] == [r for r in rows if r["strength"] == 4.0]
