@@ -93,8 +93,8 @@ def _check_postgres(config: dict, settings: Path) -> None:
         if parts.password:  # libpq echoes parts of a malformed address; never the password
             message = message.replace(unquote(parts.password), "***")
         where = f"{parts.username}@{parts.hostname}:{parts.port or 5432}{parts.path}"
-        raise RuntimeError(f"cannot reach the Postgres server of the Dagster instance ({where}, from {settings}): "
-                           f"{message}; start the server, or correct DAGSTER_PG_HOST, DAGSTER_PG_PORT, "
+        raise RuntimeError(f"cannot connect to the Postgres server of the Dagster instance ({where}, from "
+                           f"{settings}): {message}; start the server, or correct DAGSTER_PG_HOST, DAGSTER_PG_PORT, "
                            "DAGSTER_PG_USERNAME, DAGSTER_PG_PASSWORD or DAGSTER_PG_DB") from None
     finally:
         engine.dispose()

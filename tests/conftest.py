@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from itertools import count
 from pathlib import Path
 
 import pytest
@@ -102,13 +102,14 @@ class PostgresServer:
     port: int
     user: str
     password: str
-    _names = count()
+    databases: int = 0  # made so far: each new one takes the next name
 
     def new_database(self) -> dict[str, str]:
         """A new empty database, as the DAGSTER_PG_* environment that reaches it."""
         import psycopg2
 
-        name = f"dagster_{next(self._names)}"
+        name = f"dagster_{self.databases}"
+        self.databases += 1
         connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
                                       dbname="postgres")
         connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
@@ -126,6 +127,14 @@ def _postgres_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -141,6 +150,8 @@ def postgres_server():
         pytest.skip("no Postgres server: apt-get install -y postgresql (make test installs it)")
     # initdb refuses to run as root: the server then runs as Debian's `postgres` user, in a folder it owns.
     as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_server_user and not _user_exists("postgres"):
+        pytest.skip("running as root, and no `postgres` user to run the server as: apt-get install -y postgresql")
     folder = Path(tempfile.mkdtemp(prefix="saelake-postgres-"))
     server = PostgresServer(port=_free_port(), user="saelake", password="pg-secret-4b1d")
     (folder / "password").write_text(server.password)

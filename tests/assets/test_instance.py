@@ -67,7 +67,7 @@ def test_a_wrong_password_fails_with_the_server_and_without_the_password(tmp_pat
         prepare_instance()
     message = str(failure.value)
     where = f"saelake@127.0.0.1:{postgres_env['DAGSTER_PG_PORT']}/{postgres_env['DAGSTER_PG_DB']}"
-    assert "cannot reach the Postgres server" in message and where in message
+    assert "cannot connect to the Postgres server" in message and where in message
     assert "password authentication failed" in message
     assert "not-the-password" not in message
 
@@ -91,7 +91,8 @@ def test_a_server_out_of_reach_fails_saelake_run_in_one_line_without_the_passwor
     set_unreachable_postgres(monkeypatch, tmp_path)
     assert cli.main(["--config", str(tiny_config_path), "run", "--select", "contexts"]) == 1
     out, err = capsys.readouterr()
-    assert err.startswith("saelake run: cannot reach the Postgres server of the Dagster instance (saelake@127.0.0.1:")
+    assert err.startswith("saelake run: cannot connect to the Postgres server of the Dagster instance "
+                          "(saelake@127.0.0.1:")
     assert "Connection refused" in err and "start the server" in err
     assert "s3cret-word" not in out + err
 
