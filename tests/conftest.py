@@ -135,7 +135,8 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (free until someone binds it)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -153,7 +154,7 @@ def postgres_server():
     if as_server_user and not _user_exists("postgres"):
         pytest.skip("running as root, and no `postgres` user to run the server as: apt-get install -y postgresql")
     folder = Path(tempfile.mkdtemp(prefix="saelake-postgres-"))
-    server = PostgresServer(port=_free_port(), user="saelake", password="pg-secret-4b1d")
+    server = PostgresServer(port=free_port(), user="saelake", password="pg-secret-4b1d")
     (folder / "password").write_text(server.password)
     if as_server_user:
         shutil.chown(folder, "postgres")

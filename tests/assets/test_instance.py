@@ -3,7 +3,6 @@ back by a fresh instance and straight from the database; and the errors that say
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import dagster as dg
@@ -13,6 +12,8 @@ import yaml
 
 from assets import cli
 from assets.instance import POSTGRES_ENV, prepare_instance
+
+from ..conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
@@ -72,15 +73,9 @@ def test_a_wrong_password_fails_with_the_server_and_without_the_password(tmp_pat
     assert "not-the-password" not in message
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # nothing listens there once the probe is closed
-
-
 def set_unreachable_postgres(monkeypatch, tmp_path):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "instance"))
-    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(closed_port()),
+    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(free_port()),
                         "DAGSTER_PG_USERNAME": "saelake", "DAGSTER_PG_PASSWORD": "s3cret-word",
                         "DAGSTER_PG_DB": "dagster"}.items():
         monkeypatch.setenv(name, value)
