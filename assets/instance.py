@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 INSTANCE_FOLDER = ".dagster"
-# The names Dagster's own deployments (its Helm chart, its Docker example) read the database settings from.
+# DAGSTER_PG_PASSWORD is the variable Dagster's Helm chart hands the password in; the others follow its name.
 POSTGRES_ENV = {"hostname": "DAGSTER_PG_HOST", "username": "DAGSTER_PG_USERNAME",
                 "password": "DAGSTER_PG_PASSWORD", "db_name": "DAGSTER_PG_DB"}
 POSTGRES_PORT_ENV = "DAGSTER_PG_PORT"  # optional: Dagster's default is 5432
