@@ -26,15 +26,19 @@ $(VENV)/.installed-%: pyproject.toml Makefile
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/saelake run
 
-# The browser tests drive Debian's Chromium (Playwright's own download is not used); installed where missing.
-CHROMIUM_INSTALL = command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+# The browser tests drive Debian's Chromium (Playwright's own download is not used), the instance tests start
+# Debian's Postgres server; each is installed where missing, in one apt-get.
+SYSTEM_TEST_PACKAGES = missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 test: $(VENV)/.installed-test
-	$(CHROMIUM_INSTALL)
+	$(SYSTEM_TEST_PACKAGES)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed-test
-	$(CHROMIUM_INSTALL)
+	$(SYSTEM_TEST_PACKAGES)
 	$(PY) -m pytest -q -m "not slow"
 
 ui: $(VENV)/.installed-base

@@ -8,23 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 
+from .instance import prepare_instance
+
 GPU_POOL = "gpu"
-INSTANCE_FOLDER = ".dagster"
-
-
-def prepare_instance() -> Path:
-    """The Dagster instance folder: $DAGSTER_HOME if set, else ./.dagster under the working directory, given
-    saelake's dagster.yaml (concurrency, telemetry off) if it has none. Sets DAGSTER_HOME for Dagster."""
-    home = Path(os.environ.get("DAGSTER_HOME") or INSTANCE_FOLDER).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    settings = home / "dagster.yaml"
-    if not settings.exists():
-        settings.write_text((files("assets") / "dagster.yaml").read_text())
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
 
 
 def _config_path(args) -> str:

@@ -1,7 +1,16 @@
-"""Shared fixtures: the real offline model (converted once per session) and tiny pipeline configs."""
+"""Shared fixtures: the real offline model (converted once per session), tiny pipeline configs, and a real
+Postgres server."""
 
 from __future__ import annotations
 
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,3 +93,89 @@ def build_planted_lake(root: Path, converted_model: Path, families: list[dict], 
     compute_latent_stats(cfg, "layers.1", "planted")
     build_examples(cfg, "layers.1", "planted")
     return cfg
+
+
+@dataclass
+class PostgresServer:
+    """A running Postgres server on 127.0.0.1; each test takes a database of its own."""
+
+    port: int
+    user: str
+    password: str
+    databases: int = 0  # made so far: each new one takes the next name
+
+    def new_database(self) -> dict[str, str]:
+        """A new empty database, as the DAGSTER_PG_* environment that reaches it."""
+        import psycopg2
+
+        name = f"dagster_{self.databases}"
+        self.databases += 1
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+                                      dbname="postgres")
+        connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        try:
+            connection.cursor().execute(f"CREATE DATABASE {name}")
+        finally:
+            connection.close()
+        return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(self.port), "DAGSTER_PG_USERNAME": self.user,
+                "DAGSTER_PG_PASSWORD": self.password, "DAGSTER_PG_DB": name}
+
+
+def _postgres_bin() -> Path | None:
+    """The newest of Debian's Postgres releases installed (/usr/lib/postgresql/<major>/bin)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    return Path(found[-1]).parent if found else None
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (free until someone binds it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Debian's Postgres, started with initdb and pg_ctl in a temporary folder on 127.0.0.1 and a free port, with
+    password authentication; stopped and removed at the end of the session."""
+    binaries = _postgres_bin()
+    if binaries is None:
+        pytest.skip("no Postgres server: apt-get install -y postgresql (make test installs it)")
+    # initdb refuses to run as root: the server then runs as Debian's `postgres` user, in a folder it owns.
+    as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_server_user and not _user_exists("postgres"):
+        pytest.skip("running as root, and no `postgres` user to run the server as: apt-get install -y postgresql")
+    folder = Path(tempfile.mkdtemp(prefix="saelake-postgres-"))
+    server = PostgresServer(port=free_port(), user="saelake", password="pg-secret-4b1d")
+    (folder / "password").write_text(server.password)
+    if as_server_user:
+        shutil.chown(folder, "postgres")
+        shutil.chown(folder / "password", "postgres")
+    data = folder / "data"
+
+    def server_command(*args: str) -> None:
+        done = subprocess.run([*as_server_user, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            log = folder / "server.log"
+            raise RuntimeError(f"{' '.join(args)} failed: {done.stderr}{log.read_text() if log.exists() else ''}")
+
+    try:
+        server_command(str(binaries / "initdb"), "-D", str(data), "-U", server.user, "--auth=scram-sha-256",
+                       f"--pwfile={folder / 'password'}", "--no-sync", "-E", "UTF8")
+        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {folder} -c fsync=off"
+        server_command(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-o", options,
+                       "-w", "start")
+        try:
+            yield server
+        finally:
+            server_command(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(folder)
