@@ -557,8 +557,8 @@ def intervention_version() -> str:
 OUTPUT_EXPLAINER_SYSTEM = """You are studying one feature inside a language model by what it makes the model \
 write. The model continued each prompt as it is, and again with the feature switched on; you also get the \
 tokens the feature makes likely next. Work out what the switched-on continuations have in common that the \
-plain ones lack. Answer in a few words, on a final line of the form "Explanation: <what the feature makes the \
-model write>"."""
+plain ones lack: a topic, a kind of word, a style. Do not repeat a continuation. Answer in a few words, on a \
+final line of the form "Explanation: <what the feature makes the model write>"."""
 OUTPUT_PROMPT_LINE = "Prompt {i}: {prompt}"
 OUTPUT_PLAIN_LINE = "  as it is: {text}"
 OUTPUT_STEERED_LINE = "  switched on: {text}"

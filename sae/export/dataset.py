@@ -61,7 +61,8 @@ EXPLANATION_COLUMNS = {
     "completion": "the LLM's raw answer, always kept",
     "explainer_model": "the LLM that wrote the explanation (`tokens` / `planted` for the other explainers)",
     "backend": "how the LLM was run (local, openai or vllm; `tokens` / `planted` for the other explainers)",
-    "copied_example": "the worked example's answer the LLM copied (null when none)",
+    "copied_example": "the worked example's answer the LLM copied (null when none); for `llm-output`, also a "
+                      "continuation it was shown and repeated",
     "attempts": "answers asked of the LLM for this latent (more than one where a copy was retried)",
     "prompt_version": "hash of the explainer prompt (its text and options)",
     "prompt_tokens": "tokens in the explainer prompt",

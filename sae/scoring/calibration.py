@@ -41,6 +41,8 @@ SCHEMA = pa.schema([
 MIN_CALIBRATION_LATENTS = 5
 UNCALIBRATED_ADVICE = ("its scores with the true explanation do not beat a wrong one; do not read its numbers as "
                        "meaningful")
+UNCALIBRATED_TASK_ADVICE = ("it finds the odd window out of planted latents no more often than in the control task, "
+                            "where no window is odd; do not read its numbers as meaningful")
 NOT_APPLICABLE_ADVICE = ("it steers the model with each latent's decoder direction, and planted latents have none, "
                          "so nothing calibrates it on known answers; read it beside its control (a wrong explanation)")
 UNCHECKED_ADVICE = (f"fewer than {MIN_CALIBRATION_LATENTS} planted latents have a readable score with both their true "
@@ -93,14 +95,17 @@ def _interval(row: dict, name: str) -> str:
 def calibration_line(row: dict) -> str:
     """One line per scorer, as the summary, the CLI and the export card say it."""
     head = f"{row['scorer']} ({row['scorer_model']}): {verdict(row['calibrated'], row['applicable'])}"
-    figures = (f"{row['metric']} with the true explanation {_interval(row, 'true')} vs a wrong one "
-               f"{_interval(row, 'wrong')}, over {row['n_latents']} planted latents")
+    true, wrong = (("on the real task", "on the control task") if row["scorer"] in EXPLANATION_FREE_SCORERS
+                   else ("with the true explanation", "a wrong one"))
+    figures = (f"{row['metric']} {true} {_interval(row, 'true')} vs {wrong} {_interval(row, 'wrong')}, over "
+               f"{row['n_latents']} planted latents")
     if not row["applicable"]:
         return f"{head} — {NOT_APPLICABLE_ADVICE}"
     if row["calibrated"] is None:
         return f"{head} — {UNCHECKED_ADVICE}"
     if not row["calibrated"]:
-        return f"{head} — {UNCALIBRATED_ADVICE} ({figures})"
+        advice = UNCALIBRATED_TASK_ADVICE if row["scorer"] in EXPLANATION_FREE_SCORERS else UNCALIBRATED_ADVICE
+        return f"{head} — {advice} ({figures})"
     return f"{head} — {figures}"
 
 

@@ -44,13 +44,15 @@ def output_prompts(generations: pa.Table, promoted: dict[int, tuple[str, ...]], 
             continue
         pairs = [(clean[i]["prompt"], clean[i]["completion"], texts) for i, texts in sorted(by_prompt.items())]
         messages = output_explainer_messages(pairs, promoted.get(latent, ())[:PROMOTED_SHOWN])
-        out.append(LatentPrompt(latent, ChatRequest(messages, SamplingParams(max_tokens=max_tokens)), [],
-                                (OUTPUT_EXAMPLE[-1],)))
+        # A small model may answer with one of the continuations it read: flagged as a copy, like the example's.
+        shown = (OUTPUT_EXAMPLE[-1], *(text for _, plain, steered in pairs for text in (plain, *steered)))
+        out.append(LatentPrompt(latent, ChatRequest(messages, SamplingParams(max_tokens=max_tokens)), [], shown))
     return out
 
 
 def output_explanation_rows(client: LLMClient, prompts: list[LatentPrompt], progress: bool = False) -> pa.Table:
-    """The LLM's output-side explanation of each prompt's latent, flagged where it copies the worked example."""
+    """The LLM's output-side explanation of each prompt's latent, `copied_example` holding the worked example's
+    answer or the continuation it copies (kept and judged all the same: the copy is what the LLM said)."""
     answers = []
     for prompt, done in zip(prompts, client.complete([p.request for p in prompts], progress=progress)):
         copied = copied_example(parse_explanation(done.text), prompt.shown_answers)

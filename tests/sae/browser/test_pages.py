@@ -172,6 +172,34 @@ def test_the_latent_page_shows_output_side_explanations(browser_lake, tmp_path):
     assert "<b>truth</b>" in text  # the input-side explanations are still there
 
 
+def test_saelake_serve_starts_the_browser_over_the_lake(browser_lake):
+    """The command a user types: `saelake --config C serve --lake L --port P`, a real server process."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from .conftest import free_port
+
+    cfg, root = browser_lake
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from assets.cli import main; sys.exit(main())",
+                               "--config", str(root.parent / "config.yaml"), "serve", "--lake", str(root),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.monotonic() + 60, None
+        while page is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, server.stdout.read() if server.poll() is not None else "no answer within 60 s"
+        assert f"/variant/{LAYERS[0]}/{SAE}" in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_pages_are_self_contained(client):
     page = client.get("/")
     assert not re.search(r'(src|href)="(https?:)?//', page.text)  # nothing from a CDN

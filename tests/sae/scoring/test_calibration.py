@@ -211,3 +211,5 @@ def test_the_intruder_is_calibrated_on_its_real_task_against_its_control_and_int
     from sae.scoring.calibration import calibration_line
 
     assert "not applicable" in calibration_line(intervention) and "decoder" in calibration_line(intervention)
+    # The intruder reads no explanation: its line speaks of its task, not of true and wrong explanations.
+    assert "on the real task" in calibration_line(guessing) and "explanation" not in calibration_line(guessing)

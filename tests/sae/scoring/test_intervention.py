@@ -116,6 +116,16 @@ class OutputReader(LLMClient):
         return out
 
 
+class Echo(LLMClient):
+    """Answers with the last steered continuation it was shown, as SmolLM2 often does."""
+
+    backend, model = "scripted", "echo"
+
+    def complete(self, requests, progress=False):
+        last = [line for line in requests[0].messages[-1][1].split("\n") if "switched on" in line][-1]
+        return [Completion(f"Explanation: {json.loads(last.split(': ', 1)[1])}", 300, 8, 0.0)]
+
+
 def test_output_side_explanations_are_written_from_other_prompts_and_judged_like_the_rest():
     from sae.scoring.output_explanations import OUTPUT_EXPLAINER, output_explanation_rows, output_prompts
 
@@ -127,6 +137,9 @@ def test_output_side_explanations_are_written_from_other_prompts_and_judged_like
     assert output.column("explainer").to_pylist() == [OUTPUT_EXPLAINER] * len(TOPICS)
     assert output.column("explanation").to_pylist() == [f"mentions of the {t}" for t in TOPICS]
     assert output.column("copied_example").to_pylist() == [None] * len(TOPICS)
+    # An answer that repeats a continuation it was shown is flagged as a copy of it.
+    echo = output_explanation_rows(Echo(), prompts[:1])
+    assert echo.column("copied_example").to_pylist() == [f" the {TOPICS[0]} seen"]
     explanations = pa.Table.from_pylist([{"latent": latent, "explainer": "llm", "parsed": True,
                                           "explanation": "something else entirely"}
                                          for latent in range(len(TOPICS))], schema=EXPLANATIONS)
