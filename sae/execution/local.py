@@ -1,0 +1,20 @@
+"""The default engine: every shard in this process, one after another."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from . import Progress, Result, Shard
+
+
+class LocalEngine:
+    name = "local"
+
+    def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard],
+            progress: Progress | None = None) -> list[Result]:
+        results = []
+        for shard in shards:
+            results.append(run_shard(shard))
+            if progress is not None:
+                progress(len(results), len(shards))
+        return results
