@@ -6,12 +6,11 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..checks import ERROR, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..execution import Progress, engine_for, latent_ranges
-from ..lake import lake_for
+from ..lake import lake_for, read_parts
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
 from ..saes.stage import load_planted, load_stored_sae, num_latents_of
@@ -47,7 +46,7 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str, progress: Pro
     tables = []
     for table in TABLES:
         folder = lake.commit(staging[table], table, hookpoint, name, provenance=provenance)
-        tables.append(pa.concat_tables(pq.read_table(part) for part in sorted(folder.glob("part-*.parquet"))))
+        tables.append(read_parts(sorted(folder.glob("part-*.parquet"))))
     covered, examples = tables
     return examples, covered, reports
 

@@ -126,6 +126,14 @@ class Lake:
         return sorted(self.partition(table, layer, sae).glob("**/*.parquet"))
 
 
+def read_parts(files: list[Path]) -> pa.Table:
+    """A partition's part files as one table, in the order given: `Lake.files` sorts them by name, and a sharded
+    stage names its parts in shard order, so the rows come in the order of one whole run."""
+    if not files:
+        raise FileNotFoundError("no part files to read: the partition is empty")
+    return pa.concat_tables(pq.read_table(path) for path in files)
+
+
 def lake_for(cfg: PipelineConfig) -> Lake:
     """The lake a pipeline config writes to."""
     return Lake(cfg.lake)

@@ -14,7 +14,8 @@ import pytest
 from sae.config import ExecutionConfig
 from sae.examples import shards as shards_module
 from sae.examples.shards import select_shard
-from sae.examples.stage import build_examples
+from sae.examples.stage import build_examples, check_examples
+from sae.explanations.stage import explain_latents
 from sae.lake import TEMP_SUFFIX, lake_for
 from tests.conftest import build_planted_lake
 
@@ -47,6 +48,12 @@ def test_local_shards_commit_the_rows_of_one_shard(planted):
     assert len(lake_for(cfg).files("examples", *KEY)) == 3
     assert committed_rows(cfg) == reference
     assert any(e["kind"] == "neighbour" for e in reference["examples"])
+    # The readers downstream take every part: the data checks, and the explainer sees every latent.
+    assert all(outcome.passed for outcome in check_examples(cfg, KEY))
+    tokens_only = dataclasses.replace(cfg, explain=dataclasses.replace(
+        cfg.explain, llm=dataclasses.replace(cfg.explain.llm, backend="tokens")))
+    explained = explain_latents(tokens_only, *KEY, client=None, progress=False)
+    assert set(explained.column("latent").to_pylist()) == {row["latent"] for row in reference["example_coverage"]}
 
 
 def ran_in_worker(pids: Path, shard):
