@@ -7,7 +7,8 @@ On the synthetic latents table of benchmarks/selection.py (generated once under 
   - per-shard overhead: a no-op shard in this process against a no-op Ray task (a Ray instance on this machine,
     started once; its start-up time is printed apart);
   - the example selection of every latent: in this process as one shard (today's path) and in --shards latent
-    ranges, and in those ranges as Ray tasks on 1 and on 2 worker CPUs, as non-zeros per second.
+    ranges (DuckDB on every core), and in those ranges as Ray tasks of one CPU each (one DuckDB thread) on 1 and
+    on 2 worker CPUs, as non-zeros per second.
 Every sharded run is checked to give the same rows as the one-shard run.
 """
 
@@ -49,14 +50,15 @@ def shard_overhead(engine, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e3
 
 
-def selection_shards(files: list[Path], contexts: Path, n_latents: int, shards: int, staging: Path,
+def selection_shards(engine, files: list[Path], contexts: Path, n_latents: int, shards: int, staging: Path,
                      neighbours: pa.Table) -> list[ExampleShard]:
     staging.mkdir(parents=True)
     return [ExampleShard(tuple(map(str, files)), str(contexts), "bench", ExamplesConfig(), 0, latent_range,
                          neighbours.filter((pa.compute.field("latent") >= latent_range[0])
                                            & (pa.compute.field("latent") < latent_range[1])),
                          examples_part=str(staging / f"part-{i:05d}.parquet"),
-                         coverage_part=str(staging / f"coverage-{i:05d}.parquet"))
+                         coverage_part=str(staging / f"coverage-{i:05d}.parquet"),
+                         threads=engine.threads_per_shard)
             for i, latent_range in enumerate(latent_ranges(n_latents, shards))]
 
 
@@ -96,23 +98,24 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="scale-", dir="/tmp") as temp:  # short: Ray's socket paths
         work = Path(temp)
-        local_ms = shard_overhead(LocalEngine(), args.no_ops)
+        local = LocalEngine()
+        local_ms = shard_overhead(local, args.no_ops)
         seconds, reference = timed_selection(
-            LocalEngine(), selection_shards(files, contexts, args.latents, 1, work / "local", neighbours))
+            local, selection_shards(local, files, contexts, args.latents, 1, work / "local", neighbours))
         rows.append(("local, 1 shard (in this process)", f"{seconds:.1f}", f"{nnz / seconds / 1e6:.2f}"))
         # The same ranges as the Ray runs, in this process: what splitting costs apart from Ray.
-        seconds, table = timed_selection(LocalEngine(), selection_shards(files, contexts, args.latents, args.shards,
-                                                                         work / "local-shards", neighbours))
+        seconds, table = timed_selection(local, selection_shards(
+            local, files, contexts, args.latents, args.shards, work / "local-shards", neighbours))
         assert table.equals(reference), "the sharded selection gave other rows than the one-shard run"
         rows.append((f"local, {args.shards} shards", f"{seconds:.1f}", f"{nnz / seconds / 1e6:.2f}"))
         for cpus in (1, 2):
             ray, startup = start_ray(cpus, str(work / f"ray{cpus}"))
             try:
-                engine = RayEngine(None, max_retries=3)
+                engine = RayEngine(None, max_retries=3, cpus_per_shard=1)  # one DuckDB thread per task
                 engine.map(no_op, list(range(2 * cpus)))  # the workers started, as on a running cluster
                 ray_ms = shard_overhead(engine, args.no_ops)
                 seconds, table = timed_selection(engine, selection_shards(
-                    files, contexts, args.latents, args.shards, work / f"shards{cpus}", neighbours))
+                    engine, files, contexts, args.latents, args.shards, work / f"shards{cpus}", neighbours))
             finally:
                 ray.shutdown()
             assert table.equals(reference), "the sharded selection gave other rows than the one-shard run"

@@ -370,6 +370,7 @@ class ExecutionConfig:
     address: str | None = None
     shards: int = 1  # latent ranges per partition: each is selected on its own and written as one part file
     max_retries: int = 3  # ray only: times a shard whose worker died (node lost, killed, out of memory) is rerun
+    cpus_per_shard: int = 1  # ray only: CPUs each shard's task reserves, and the threads its DuckDB runs
 
 
 @dataclass(frozen=True)
@@ -593,9 +594,10 @@ def _check(config: PipelineConfig, where: str) -> None:
 
 def _check_execution(execution: ExecutionConfig, where: str) -> None:
     check_choice(execution.engine, EXECUTION_ENGINES, f"{where}: execution.engine")
-    if execution.shards < 1 or execution.max_retries < 0:
-        raise ConfigError(f"{where}: execution.shards must be positive and execution.max_retries 0 or more, got "
-                          f"shards {execution.shards}, max_retries {execution.max_retries}")
+    if execution.shards < 1 or execution.cpus_per_shard < 1 or execution.max_retries < 0:
+        raise ConfigError(f"{where}: execution.shards and cpus_per_shard must be positive and max_retries 0 or "
+                          f"more, got shards {execution.shards}, cpus_per_shard {execution.cpus_per_shard}, "
+                          f"max_retries {execution.max_retries}")
     if execution.address is not None and execution.engine != "ray":
         raise ConfigError(f"{where}: execution.address names a Ray cluster; set `execution.engine: ray` with it, "
                           "or drop it")

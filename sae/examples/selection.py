@@ -24,14 +24,15 @@ EVERY_LATENT = (0, 2**31 - 1)  # the [first, end) range of the latents of a whol
 
 def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: ExamplesConfig, seed: int,
                     neighbours: pa.Table | None = None, memory_limit: str | None = None,
-                    latent_range: tuple[int, int] = EVERY_LATENT) -> pa.Table:
+                    latent_range: tuple[int, int] = EVERY_LATENT, threads: int | None = None) -> pa.Table:
     """Every kind of example for every latent in `latent_range` ([first, end)) that fires, with token ids and
     per-token activations.
 
     No test window of a latent shares a token with any of its train windows. `neighbours` (each latent's
     nearest latents, as `nearest_latents` gives them) enables the hard negatives (kind 'neighbour'). Each
     latent's windows depend on its own activations and its nearest latents' alone, so the tables of ranges
-    that tile a partition, concatenated, are the table of the whole partition."""
+    that tile a partition, concatenated, are the table of the whole partition. `threads` caps DuckDB's threads
+    (None: one per core)."""
     if not latents:
         raise FileNotFoundError("no latents files: materialize `latents` first")
     first_latent, end_latent = latent_range
@@ -47,6 +48,8 @@ def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: Examples
     with duckdb.connect() as con:
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
+        if threads is not None:
+            con.execute(f"SET threads = {int(threads)}")
         peak_offset = int(cfg.peak_position * (cfg.window - 1))
         # The nearest latents outside the range: their peaks are where the range's hard negatives are looked for.
         nearby = pl.DataFrame({"latent": [] if neighbours is None else neighbours["neighbour"].unique().sort()},

@@ -32,6 +32,7 @@ class ExampleShard:
     neighbours: pa.Table | None  # the nearest latents of the range's latents (None: no hard negatives)
     examples_part: str  # the part files it writes, in the staging folders of `examples` and `example_coverage`
     coverage_part: str
+    threads: int | None = None  # DuckDB's threads (the engine's threads_per_shard)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def select_shard(shard: ExampleShard) -> ShardReport:
         return ShardReport(shard.latent_range, pq.read_metadata(examples_part).num_rows,
                            pq.read_metadata(coverage_part).num_rows, resumed=True)
     table = select_examples([Path(f) for f in shard.latents], Path(shard.contexts), shard.sae, shard.examples,
-                            shard.seed, neighbours=shard.neighbours, latent_range=shard.latent_range)
+                            shard.seed, neighbours=shard.neighbours, latent_range=shard.latent_range,
+                            threads=shard.threads)
     covered = coverage(table, shard.examples)
     write_parquet(covered, coverage_part)
     write_parquet(table, examples_part, row_group_size=LATENT_ROW_GROUP)

@@ -36,13 +36,15 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str, progress: Pro
     staging = {table: lake.open_staging(table, hookpoint, name, resume=resume) for table in TABLES}
     latents = tuple(str(f) for f in fresh_files(cfg, "latents", key))
     contexts, neighbours = str(fresh_files(cfg, "contexts")[0]), nearest_latents_of(cfg, hookpoint, name)
+    engine = engine_for(cfg.execution)
     shards = [ExampleShard(latents, contexts, name, cfg.examples, cfg.seed, latent_range,
                            None if neighbours is None else neighbours.filter(
                                (pc.field("latent") >= latent_range[0]) & (pc.field("latent") < latent_range[1])),
                            examples_part=str(staging["examples"] / f"part-{i:05d}.parquet"),
-                           coverage_part=str(staging["example_coverage"] / f"part-{i:05d}.parquet"))
+                           coverage_part=str(staging["example_coverage"] / f"part-{i:05d}.parquet"),
+                           threads=engine.threads_per_shard)
               for i, latent_range in enumerate(ranges)]
-    reports = engine_for(cfg.execution).map(run_shard, shards, progress)
+    reports = engine.map(run_shard, shards, progress)
     tables = []
     for table in TABLES:
         folder = lake.commit(staging[table], table, hookpoint, name, provenance=provenance)

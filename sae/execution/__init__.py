@@ -19,6 +19,9 @@ Progress = Callable[[int, int], None]  # (shards done, shards in all), called as
 
 class Engine(Protocol):
     name: str
+    # The threads one shard may use (DuckDB's `threads`): None for every core of the machine, else what the
+    # engine reserved for it, so that shards side by side on one node do not fight over its cores.
+    threads_per_shard: int | None
 
     def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard],
             progress: Progress | None = None) -> list[Result]:
@@ -34,7 +37,7 @@ def engine_for(execution: ExecutionConfig) -> Engine:
     if execution.engine == "ray":
         from .ray import RayEngine
 
-        return RayEngine(execution.address, execution.max_retries)
+        return RayEngine(execution.address, execution.max_retries, execution.cpus_per_shard)
     raise ValueError(f"unknown execution engine {execution.engine!r}; valid: local, ray")
 
 

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 class RayEngine:
     name = "ray"
 
-    def __init__(self, address: str | None, max_retries: int):
+    def __init__(self, address: str | None, max_retries: int, cpus_per_shard: int = 1):
         self.address = address
         self.max_retries = max_retries
+        self.threads_per_shard = cpus_per_shard
 
     def connect(self) -> None:
         """Join the configured cluster unless this process already has (a test's cluster, an earlier stage)."""
@@ -35,7 +36,7 @@ class RayEngine:
         import ray
 
         self.connect()
-        task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_call)
+        task = ray.remote(num_cpus=self.threads_per_shard, max_retries=self.max_retries, retry_exceptions=False)(_call)
         function = ray.put(run_shard)  # shipped once, not with every shard
         pending = [task.remote(function, shard) for shard in shards]
         position = {ref: i for i, ref in enumerate(pending)}

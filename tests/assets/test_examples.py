@@ -38,6 +38,7 @@ def test_the_asset_runs_its_shards_on_ray(tmp_path, converted_model, ray_cluster
     metadata = result.asset_materializations_for_node("examples")[0].metadata
     assert metadata["engine"].value == "ray" and metadata["shards"].value == 3
     assert metadata["shards_resumed"].value == 0
-    logged = [entry.user_message for entry in instance.all_logs(result.run_id) if "shards selected" in entry.user_message]
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)
+              if "shards selected" in entry.user_message]
     assert logged == [f"examples layers.1|planted: {done} of 3 shards selected (ray engine)" for done in (1, 2, 3)]
     assert len(lake_for(cfg).files("examples", *KEY)) == 3 and rows(cfg) == reference

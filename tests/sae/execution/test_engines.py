@@ -10,9 +10,9 @@ from tests.sae.test_config import _error, _raw
 
 
 def test_the_execution_section_parses_and_defaults_to_one_local_shard():
-    assert parse_config(_raw()).execution == ExecutionConfig("local", None, 1, 3)
+    assert parse_config(_raw()).execution == ExecutionConfig("local", None, 1, 3, 1)
     cfg = parse_config(_raw(execution={"engine": "ray", "address": "ray://head.cluster:10001", "shards": 64}))
-    assert cfg.execution == ExecutionConfig("ray", "ray://head.cluster:10001", 64, 3)
+    assert cfg.execution == ExecutionConfig("ray", "ray://head.cluster:10001", 64, 3, 1)
     assert isinstance(engine_for(cfg.execution), RayEngine) and engine_for(cfg.execution).max_retries == 3
     assert isinstance(engine_for(ExecutionConfig()), LocalEngine)
 
@@ -20,8 +20,9 @@ def test_the_execution_section_parses_and_defaults_to_one_local_shard():
 @pytest.mark.parametrize("execution, expected", [
     ({"engin": "ray"}, "unknown key 'engin'; did you mean 'engine'?"),
     ({"engine": "spark"}, "execution.engine 'spark' is unknown"),
-    ({"shards": 0}, "execution.shards must be positive"),
+    ({"shards": 0}, "execution.shards and cpus_per_shard must be positive"),
     ({"max_retries": -1}, "max_retries 0 or more"),
+    ({"cpus_per_shard": 0}, "got shards 1, cpus_per_shard 0"),
     ({"address": "auto"}, "set `execution.engine: ray` with it"),
     ({"engine": "ray", "address": "http://head:8265"}, "is not a Ray address"),
 ])
