@@ -37,6 +37,7 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str, progress: Pro
     latents = tuple(str(f) for f in fresh_files(cfg, "latents", key))
     contexts, neighbours = str(fresh_files(cfg, "contexts")[0]), nearest_latents_of(cfg, hookpoint, name)
     engine = engine_for(cfg.execution)
+    # Each shard carries the nearest latents of its own range alone: that is all it reads of them.
     shards = [ExampleShard(latents, contexts, name, cfg.examples, cfg.seed, latent_range,
                            None if neighbours is None else neighbours.filter(
                                (pc.field("latent") >= latent_range[0]) & (pc.field("latent") < latent_range[1])),
