@@ -22,11 +22,16 @@ def build_example_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         cfg = pipeline_config.config
         outcomes = {}
         for partition, key in partitions_of(context):
-            table, covered = examples_stage.build_examples(cfg, *key)
+            def progress(done: int, total: int, key=key) -> None:
+                context.log.info(f"examples {'|'.join(key)}: {done} of {total} shards selected "
+                                 f"({cfg.execution.engine} engine)")
+
+            table, covered, shards = examples_stage.build_examples(cfg, *key, progress=progress)
             complete = sum(covered.column("complete").to_pylist())
             context.add_asset_metadata({
                 "windows": table.num_rows, "latents": covered.num_rows, "complete": complete,
-                "flagged": covered.num_rows - complete,
+                "flagged": covered.num_rows - complete, "engine": cfg.execution.engine, "shards": len(shards),
+                "shards_resumed": sum(shard.resumed for shard in shards),
                 "preview": markdown_table(examples_stage.preview_examples(cfg, table))}, partition_key=partition)
             outcomes[key] = examples_stage.check_examples(cfg, key)
         publish_views(lake_for(cfg))

@@ -46,6 +46,7 @@ ANSWER_SCORERS = ("detection", "fuzzing")  # the LLM answers per window (surpris
 EXPLANATION_FREE_SCORERS = ("intruder",)  # judge the latent's windows alone: no explainer, no explanation
 NO_EXPLAINER = "none"  # the `explainer` of their scores rows
 DECODER_SCORERS = ("intervention",)  # steer with the latent's decoder direction: not for variants without one
+EXECUTION_ENGINES = ("local", "ray")  # where a stage's shards run (sae/execution)
 _GPU_INDEX = re.compile(r"cuda:\d+")
 
 
@@ -357,6 +358,22 @@ class SimilarityConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """Where the sharded stages (example selection) run: in this process, or as tasks on a Ray cluster. The rows
+    are the same whatever the engine and the number of shards, so none of this is part of a partition's
+    fingerprint."""
+
+    engine: str = "local"  # local: in this process, shard after shard; ray: one Ray task per shard
+    # ray only: null joins the cluster $RAY_ADDRESS names, or the one `ray start` made on this machine, else starts
+    # a Ray instance here for the run; "auto" joins an existing one or fails; "ray://host:10001" reaches a remote
+    # cluster through the Ray client.
+    address: str | None = None
+    shards: int = 1  # latent ranges per partition: each is selected on its own and written as one part file
+    max_retries: int = 3  # ray only: times a shard whose worker died (node lost, killed, out of memory) is rerun
+    cpus_per_shard: int = 1  # ray only: CPUs each shard's task reserves, and the threads its DuckDB runs
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     lake: str = "lake"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -374,6 +391,7 @@ class PipelineConfig:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     layers: tuple[LayerConfig, ...] = ()
     # Where `saelake serve` is reached: Dagster's metadata (the explanations preview) links each latent to its
     # page there. Only the links use it; `saelake serve --host/--port` decide where the browser listens.
@@ -562,6 +580,7 @@ def _check(config: PipelineConfig, where: str) -> None:
     if examples.n_quantiles < 1 or min(counts) < 0:
         raise ConfigError(f"{where}: examples counts must be non-negative and n_quantiles positive")
     check_choice(config.model.device, DEVICES, f"{where}: model.device")
+    _check_execution(config.execution, where)
     check_choice(config.model.dtype, DTYPES, f"{where}: model.dtype")
     _check_corpus(config.corpus, where)
     _check_explain(config.explain, config.examples, where)
@@ -571,6 +590,20 @@ def _check(config: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: the surprisal scorer reads log-probabilities of prompt tokens, which the openai "
                           "backend does not give; set score.llm to backend 'local' or 'vllm', or drop surprisal "
                           "from score.scorers")
+
+
+def _check_execution(execution: ExecutionConfig, where: str) -> None:
+    check_choice(execution.engine, EXECUTION_ENGINES, f"{where}: execution.engine")
+    if execution.shards < 1 or execution.cpus_per_shard < 1 or execution.max_retries < 0:
+        raise ConfigError(f"{where}: execution.shards and cpus_per_shard must be positive and max_retries 0 or "
+                          f"more, got shards {execution.shards}, cpus_per_shard {execution.cpus_per_shard}, "
+                          f"max_retries {execution.max_retries}")
+    if execution.address is not None and execution.engine != "ray":
+        raise ConfigError(f"{where}: execution.address names a Ray cluster; set `execution.engine: ray` with it, "
+                          "or drop it")
+    if execution.address not in (None, "auto") and not re.fullmatch(r"(ray://)?[\w.\-]+:\d+", execution.address):
+        raise ConfigError(f"{where}: execution.address {execution.address!r} is not a Ray address; give null "
+                          "(a Ray instance on this machine), 'auto' or 'ray://host:port' (or 'host:port')")
 
 
 def _check_planted(planted: PlantedConfig, where: str) -> None:

@@ -1,5 +1,6 @@
 -- Activating example windows of one latents partition, split into disjoint train and test sets.
--- Reads the temporary table `peaks` (sql/examples_peaks.sql).
+-- Reads the temporary table `peaks` (sql/examples_peaks.sql); selects for the latents in [$first_latent,
+-- $end_latent) alone (`peaks` may hold others: the nearest latents of those).
 --
 -- Each (latent, context) gives one candidate window, placed around the context's peak activation (the
 -- peak sits at $peak_offset tokens into the window, clamped so the window stays inside the context), so
@@ -15,6 +16,7 @@
 -- selection is reproducible from (seed, SAE, latent).
 WITH rows AS (
     SELECT latent, ctx_id, pos, act FROM read_parquet($files)
+    WHERE latent >= $first_latent AND latent < $end_latent
 ),
 bounds AS (
     SELECT latent, min(act) AS lo, max(act) AS hi FROM rows GROUP BY latent

@@ -13,7 +13,8 @@ candidates AS (
     SELECT n.latent, n.rank, s.ctx_id, s.peak_act,
            greatest(0, least(s.peak_pos - $peak_offset, $ctx_len - $window))::INTEGER AS start
     FROM neighbours AS n JOIN strongest AS s USING (neighbour)
-    WHERE n.latent IN (SELECT DISTINCT latent FROM peaks)  -- only latents that fire get examples
+    -- only latents that fire get examples (`neighbours` holds the latents of one range alone)
+    WHERE n.latent IN (SELECT DISTINCT latent FROM peaks)
 ),
 silent AS (
     SELECT c.* FROM candidates AS c

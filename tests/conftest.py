@@ -179,3 +179,19 @@ def postgres_server():
             server_command(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
     finally:
         shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray instance on this machine with two CPUs, so two worker processes run shards side by side; in a
+    private temp folder (never another one's cluster), shut down with its processes at the end of the session."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp, object_store_memory=200 * 2**20,
+             logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -19,27 +19,46 @@ WINDOW_SCHEMA = pa.schema([("latent", pa.int32()), ("split", pa.string()), ("kin
                            ("bin", pa.int16()), ("ctx_id", pa.int32()), ("start", pa.int16()),
                            ("peak_act", pa.float32())])
 RANDOM_ROUNDS = (2, 10, 50)  # candidates per wanted silent window, for the latents still short of them
+EVERY_LATENT = (0, 2**31 - 1)  # the [first, end) range of the latents of a whole partition (latent is int32)
 
 
 def select_examples(latents: list[Path], contexts: Path, sae: str, cfg: ExamplesConfig, seed: int,
-                    neighbours: pa.Table | None = None, memory_limit: str | None = None) -> pa.Table:
-    """Every kind of example for every latent that fires, with token ids and per-token activations.
+                    neighbours: pa.Table | None = None, memory_limit: str | None = None,
+                    latent_range: tuple[int, int] = EVERY_LATENT, threads: int | None = None) -> pa.Table:
+    """Every kind of example for every latent in `latent_range` ([first, end)) that fires, with token ids and
+    per-token activations.
 
     No test window of a latent shares a token with any of its train windows. `neighbours` (each latent's
-    nearest latents, as `nearest_latents` gives them) enables the hard negatives (kind 'neighbour')."""
+    nearest latents, as `nearest_latents` gives them) enables the hard negatives (kind 'neighbour'). Each
+    latent's windows depend on its own activations and its nearest latents' alone, so the tables of ranges
+    that tile a partition, concatenated, are the table of the whole partition. `threads` caps DuckDB's threads
+    (None: one per core)."""
     if not latents:
         raise FileNotFoundError("no latents files: materialize `latents` first")
+    first_latent, end_latent = latent_range
+    if not 0 <= first_latent < end_latent:
+        raise ValueError(f"latent_range must be [first, end) with 0 <= first < end, got {latent_range}")
     tokens = ContextTokens(contexts)
     n_contexts, ctx_len = tokens.shape
     files = [str(f) for f in latents]
     common = {"files": files, "window": cfg.window, "ctx_len": ctx_len, "seed": seed, "sae": sae}
+    in_range = pl.col("latent").is_between(first_latent, end_latent, closed="left")
+    if neighbours is not None:
+        neighbours = pl.from_arrow(neighbours).filter(in_range)
     with duckdb.connect() as con:
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
+        if threads is not None:
+            con.execute(f"SET threads = {int(threads)}")
         peak_offset = int(cfg.peak_position * (cfg.window - 1))
-        run_query(con, "examples_peaks", files=files)
+        # The nearest latents outside the range: their peaks are where the range's hard negatives are looked for.
+        nearby = pl.DataFrame({"latent": [] if neighbours is None else neighbours["neighbour"].unique().sort()},
+                              schema={"latent": pl.Int32}).filter(~in_range)
+        con.register("nearby_latents", nearby)
+        run_query(con, "examples_peaks", files=files, first_latent=first_latent, end_latent=end_latent)
         activating = run_query(
             con, "examples_activating", **common, peak_offset=peak_offset,
+            first_latent=first_latent, end_latent=end_latent,
             n_top=cfg.n_top, n_quantiles=cfg.n_quantiles, n_train_quantile=cfg.n_train_quantile,
             n_test=cfg.n_test,
         ).pl()

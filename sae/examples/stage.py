@@ -2,30 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..checks import ERROR, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
-from ..lake import LATENT_ROW_GROUP, lake_for
+from ..execution import Progress, engine_for, latent_ranges
+from ..lake import lake_for, read_parts
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
-from ..saes.stage import load_planted, load_stored_sae
+from ..saes.stage import load_planted, load_stored_sae, num_latents_of
+from .shards import ExampleShard, ShardReport, select_shard
+
+# Committed in this order: a crash in between leaves the partition stale, never half new.
+TABLES = ("example_coverage", "examples")
 
 
-def build_examples(cfg: PipelineConfig, hookpoint: str, name: str) -> tuple[pa.Table, pa.Table]:
-    """Select every kind of example for every latent of one partition; store examples and coverage."""
-    from .selection import coverage, select_examples
+def build_examples(cfg: PipelineConfig, hookpoint: str, name: str, progress: Progress | None = None,
+                   run_shard: Callable[[ExampleShard], ShardReport] = select_shard,
+                   ) -> tuple[pa.Table, pa.Table, list[ShardReport]]:
+    """Select every kind of example for every latent of one partition; store examples and coverage.
 
+    The latents are split into `execution.shards` ranges, selected by the configured engine (in this process
+    or as Ray tasks), each staged as one part file per table; both partitions are committed only once every
+    range is staged. A rerun with the same settings and shards keeps the ranges already staged. `run_shard`
+    is what each shard runs (a wrapper of `select_shard` that fails on purpose, in the tests)."""
     lake, key = lake_for(cfg), (hookpoint, name)
-    table = select_examples(fresh_files(cfg, "latents", key), fresh_files(cfg, "contexts")[0], name, cfg.examples,
-                            cfg.seed, neighbours=nearest_latents_of(cfg, hookpoint, name))
-    covered = coverage(table, cfg.examples)
-    # The coverage first, the examples last: a crash in between leaves the partition stale, never half new.
     provenance = lineage_of(cfg).provenance("examples", key)
-    lake.write_partition(covered, "example_coverage", hookpoint, name, provenance=provenance)
-    lake.write_partition(table, "examples", hookpoint, name, provenance=provenance, row_group_size=LATENT_ROW_GROUP)
-    return table, covered
+    ranges = latent_ranges(num_latents_of(cfg, hookpoint, name), cfg.execution.shards)
+    resume = f"{provenance.fingerprint} in {len(ranges)} shards"
+    staging = {table: lake.open_staging(table, hookpoint, name, resume=resume) for table in TABLES}
+    latents = tuple(str(f) for f in fresh_files(cfg, "latents", key))
+    contexts, neighbours = str(fresh_files(cfg, "contexts")[0]), nearest_latents_of(cfg, hookpoint, name)
+    engine = engine_for(cfg.execution)
+    # Each shard carries the nearest latents of its own range alone: that is all it reads of them.
+    shards = [ExampleShard(latents, contexts, name, cfg.examples, cfg.seed, latent_range,
+                           None if neighbours is None else neighbours.filter(
+                               (pc.field("latent") >= latent_range[0]) & (pc.field("latent") < latent_range[1])),
+                           examples_part=str(staging["examples"] / f"part-{i:05d}.parquet"),
+                           coverage_part=str(staging["example_coverage"] / f"part-{i:05d}.parquet"),
+                           threads=engine.threads_per_shard)
+              for i, latent_range in enumerate(ranges)]
+    reports = engine.map(run_shard, shards, progress)
+    tables = []
+    for table in TABLES:
+        folder = lake.commit(staging[table], table, hookpoint, name, provenance=provenance)
+        tables.append(read_parts(sorted(folder.glob("part-*.parquet"))))
+    covered, examples = tables
+    return examples, covered, reports
 
 
 def nearest_latents_of(cfg: PipelineConfig, hookpoint: str, name: str) -> pa.Table | None:

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import LLMConfig, PipelineConfig
-from ..lake import lake_for
+from ..lake import lake_for, read_parts
 from ..lineage import StaleDataError, fresh_files, lineage_of
 from ..llm.response_cache import CachedClient
 from ..models import load_tokenizer
@@ -61,8 +61,8 @@ def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, prog
     from .explainer import explain_partition
 
     key = (hookpoint, name)
-    examples = pq.read_table(fresh_files(cfg, "examples", key)[0])
-    covered = pq.read_table(fresh_files(cfg, "examples", key, table="example_coverage")[0])
+    examples = read_parts(fresh_files(cfg, "examples", key))
+    covered = read_parts(fresh_files(cfg, "examples", key, table="example_coverage"))
     decode = token_decoder(cfg)
     fixed = truth_rows(cfg, hookpoint, name, covered) if cfg.sae(name).planted is not None else None
     return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain_for(name), client,
@@ -94,7 +94,7 @@ def preview_explanations(cfg: PipelineConfig, hookpoint: str, name: str, table: 
     tokens <<marked>>."""
     from .explainer import main_explainer, top_window_text
 
-    examples = pq.read_table(fresh_files(cfg, "examples", (hookpoint, name))[0])
+    examples = read_parts(fresh_files(cfg, "examples", (hookpoint, name)))
     decode = token_decoder(cfg)
     main = [row for row in table.to_pylist() if row["explainer"] == main_explainer(cfg.explain)]
     return [{"layer": hookpoint, "sae": name, "latent": row["latent"],

@@ -52,6 +52,7 @@ UNPARTITIONED = ("contexts", "sae_quality_summary", "score_summary", "scorer_cal
                  "similarity_summary", "llm_cache")
 PROVENANCE_FILE = "_provenance.json"  # in every committed partition: what made it (see sae/lineage.py)
 STAGING_MARKER = "_staging_fingerprint"  # in a staging folder: the settings its files were made with
+TEMP_SUFFIX = ".tmp"  # a file being written, renamed to its name when complete
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 # Rows per Parquet row group of the per-latent tables sorted by latent (examples, latent_stats): a reader of one
 # latent (the latent browser) reads the one group whose latent range holds it, not the whole partition.
@@ -95,6 +96,8 @@ class Lake:
         never a mix of old and new). Every writer of the lake ends here."""
         final = self.partition(table, layer, sae)
         (staging / STAGING_MARKER).unlink(missing_ok=True)
+        for unfinished in staging.glob(f".*{TEMP_SUFFIX}"):  # a writer killed mid-file left it (see write_parquet)
+            unfinished.unlink()
         if provenance is not None:
             (staging / PROVENANCE_FILE).write_text(provenance.to_json())
         replace_folder(staging, final, self.root / ".trash" / uuid.uuid4().hex)
@@ -123,6 +126,14 @@ class Lake:
         return sorted(self.partition(table, layer, sae).glob("**/*.parquet"))
 
 
+def read_parts(files: list[Path]) -> pa.Table:
+    """A partition's part files as one table, in the order given: `Lake.files` sorts them by name, and a sharded
+    stage names its parts in shard order, so the rows come in the order of one whole run."""
+    if not files:
+        raise FileNotFoundError("no part files to read: the partition is empty")
+    return pa.concat_tables(pq.read_table(path) for path in files)
+
+
 def lake_for(cfg: PipelineConfig) -> Lake:
     """The lake a pipeline config writes to."""
     return Lake(cfg.lake)
@@ -146,6 +157,6 @@ def replace_folder(new: Path, target: Path, trash: Path) -> None:
 
 def write_parquet(table: pa.Table, path: Path, **options) -> None:
     """Write to a temporary name, then rename: a file in the lake is always complete."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
     pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
     os.replace(tmp, path)

@@ -12,7 +12,7 @@ from ..config import PipelineConfig
 from ..explanations.explainer import LLM
 from ..explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from ..explanations.stage import token_decoder
-from ..lake import lake_for
+from ..lake import lake_for, read_parts
 from ..lake.sql import run_query
 from ..lineage import connect_fresh, fresh_files, lineage_of
 
@@ -42,7 +42,7 @@ def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, e
     # Written for every scored partition, empty where none were asked for: no earlier run's rows linger.
     lake_for(cfg).write_partition(output, "output_explanations", hookpoint, name,
                                   provenance=lineage_of(cfg).provenance("scores", key))
-    table = score_partition(pq.read_table(examples[0]), explanations, score, token_decoder(cfg), cfg.seed,
+    table = score_partition(read_parts(examples), explanations, score, token_decoder(cfg), cfg.seed,
                             cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold, client=client,
                             embedder=embedder, progress=progress, generations=generations,
                             output_explanations=output)

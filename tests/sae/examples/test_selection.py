@@ -178,3 +178,22 @@ def test_silent_train_windows_for_the_contrastive_prompt_are_disjoint_from_test(
             assert not dense[latent, ctx_id, start : start + CFG.window].any()
     covered = coverage(pa.Table.from_pylist(rows), cfg).to_pylist()
     assert all(c["n_train_random"] == 3 for c in covered if c["latent"] in (1, 5, 20))
+
+
+@pytest.mark.parametrize("bounds", [(0, 7, 19, N_LATENTS), (0, 1, 2, 30, N_LATENTS)])
+def test_latent_ranges_tile_the_whole_selection(small_lake, examples, bounds):
+    """Shards by latent range, concatenated, are the whole partition's rows in the same order: their hard
+    negatives come from nearest latents in other ranges too."""
+    files, contexts, _, _ = small_lake
+    parts = [select_examples(files, contexts, "sae-a", CFG, seed=1, neighbours=NEIGHBOURS, latent_range=(lo, hi))
+             for lo, hi in zip(bounds[:-1], bounds[1:])]
+    assert all(set(part.column("latent").to_pylist()) <= set(range(lo, hi))
+               for part, lo, hi in zip(parts, bounds[:-1], bounds[1:]))
+    assert any(e["kind"] == "neighbour" for e in parts[1].to_pylist())
+    assert pa.concat_tables(parts).to_pylist() == examples
+
+
+def test_an_empty_or_reversed_latent_range_is_refused(small_lake):
+    files, contexts, _, _ = small_lake
+    with pytest.raises(ValueError, match="latent_range"):
+        select_examples(files, contexts, "sae-a", CFG, seed=1, latent_range=(5, 5))

@@ -70,7 +70,7 @@ def test_planted_stats_examples_and_quality(planted_lake):
     cfg, _ = planted_lake
     stats = compute_latent_stats(cfg, "layers.1", "planted")
     assert stats.num_rows == 3 and not any(stats.column("dead").to_pylist())
-    examples, covered = build_examples(cfg, "layers.1", "planted")
+    examples, covered, _ = build_examples(cfg, "layers.1", "planted")
     kinds = set(examples.column("kind").to_pylist())
     assert {"top", "quantile", "random", "neighbour"} <= kinds
     # Hard negatives come from the other families: a window where another family peaks and this one is silent.
