@@ -29,7 +29,7 @@ def main() -> None:
 
     from sae.config import LLM_SCORERS, load_config
     from sae.explanations.stage import token_decoder
-    from sae.lake import lake_for
+    from sae.lake import lake_for, read_parts
     from sae.lineage import fresh_files
     from sae.llm import make_client
     from sae.llm.base import ChatRequest, SamplingParams
@@ -47,7 +47,7 @@ def main() -> None:
     cfg = load_config(args.config)
     layer, name = args.partition.split("/", 1) if args.partition else (cfg.hookpoints[0], cfg.saes[0].name)
     key, lake = (layer, name), lake_for(cfg)
-    examples = pq.read_table(fresh_files(cfg, "examples", key)[0])
+    examples = read_parts(fresh_files(cfg, "examples", key))
     explanations = pq.read_table(fresh_files(cfg, "explanations", key)[0])
     generations = output = None
     if lake.files("steered_generations", layer, name):
