@@ -183,9 +183,13 @@ def test_saelake_serve_starts_the_browser_over_the_lake(browser_lake):
 
     cfg, root = browser_lake
     port = free_port()
+    # Other tests' in-process `saelake` calls leave their config in this process's environment: a user's shell
+    # would not have it.
+    env = {k: v for k, v in os.environ.items() if k not in ("SAELAKE_CONFIG", "SAELAKE_LAKE", "DAGSTER_HOME")}
     server = subprocess.Popen([sys.executable, "-c", "import sys; from assets.cli import main; sys.exit(main())",
                                "--config", str(root.parent / "config.yaml"), "serve", "--lake", str(root),
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env)
     try:
         deadline, page = time.monotonic() + 60, None
         while page is None and time.monotonic() < deadline and server.poll() is None:
