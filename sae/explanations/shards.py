@@ -21,6 +21,7 @@ from ..config import ExplainConfig
 from ..frames import frame, to_arrow
 from ..lake import write_parquet
 from ..llm.base import LLMClient
+from ..llm.response_cache import requests_sent
 from ..prompts import explainer_version
 from .explainer import LLM, SCHEMA, Decode, explain_with_retries, rows_for
 
@@ -67,7 +68,7 @@ def explain_shard(shard: ExplanationShard, decode: Decode, client: LLMClient | N
                 from ..llm import shared_client
 
                 client = shared_client(shard.cfg.llm, Path(shard.lake_root))
-            sent_before, version = client.sent, explainer_version(shard.cfg.prompt)
+            sent_before, version = requests_sent(client), explainer_version(shard.cfg.prompt)
             for start in range(0, len(todo), shard.cfg.batch_latents):
                 answers = explain_with_retries(shard.examples, todo[start : start + shard.cfg.batch_latents],
                                                shard.cfg, client, decode, shard.stats, progress)
@@ -76,7 +77,7 @@ def explain_shard(shard: ExplanationShard, decode: Decode, client: LLMClient | N
                 write_parquet(batch, path)
                 batches.append(path)
                 parts.append(frame(batch))
-            sent = client.sent - sent_before
+            sent = requests_sent(client) - sent_before
     table = to_arrow(pl.concat(parts).sort("latent", "explainer"), SCHEMA)
     write_parquet(table, part)
     _remove(batches)

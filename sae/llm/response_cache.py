@@ -100,3 +100,9 @@ class CachedClient(LLMClient):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def requests_sent(client: LLMClient | None) -> int:
+    """The requests `client` has passed to its backend so far, as the response cache counts them (0 for a bare
+    backend, which counts none, and for no client)."""
+    return client.sent if isinstance(client, CachedClient) else 0

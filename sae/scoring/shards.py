@@ -21,6 +21,7 @@ from ..explanations.explainer import Decode
 from ..explanations.shards import ShardReport  # what an explanation shard reports: the same for a scores shard
 from ..lake import write_parquet
 from ..llm.base import LLMClient
+from ..llm.response_cache import requests_sent
 from .scorers import Scoring, score_rows
 
 
@@ -42,15 +43,16 @@ def score_shard(shard: ScoreShard, decode: Decode, client: LLMClient | None = No
     part = Path(shard.part)
     if part.exists():
         return ShardReport(shard.latent_range, pq.read_metadata(part).num_rows, 0, resumed=True)
-    if client is None and shard.llm is not None:
+    scores_any = bool(shard.scoring.own)  # a range with no scored latent loads no model
+    if client is None and shard.llm is not None and scores_any:
         from ..llm import shared_client
 
         client = shared_client(shard.llm, Path(shard.lake_root))
-    if embedder is None and shard.embedder is not None:
+    if embedder is None and shard.embedder is not None and scores_any:
         from ..embedding import shared_embedder
 
         embedder = shared_embedder(*shard.embedder)
-    sent_before = getattr(client, "sent", 0)  # a client without the response cache counts nothing
+    sent_before = requests_sent(client)
     table = score_rows(dataclasses.replace(shard.scoring, client=client, decode=decode), embedder)
     write_parquet(table, part)
-    return ShardReport(shard.latent_range, table.num_rows, getattr(client, "sent", 0) - sent_before, resumed=False)
+    return ShardReport(shard.latent_range, table.num_rows, requests_sent(client) - sent_before, resumed=False)
