@@ -91,6 +91,9 @@ def open_readonly(lake_root: Path, allow: Sequence[Path] = ()) -> duckdb.DuckDBP
     if paths:
         con.execute(f"SET allowed_paths = [{', '.join(map(_quote, paths))}]")
     con.execute(f"SET file_search_path = {_quote(str(root))}")
+    # Parquet footers read once per file, not once per query (a long-lived reader such as the browser asks the
+    # same files again and again); DuckDB checks each file's modification time, so a rewritten file is reread.
+    con.execute("SET parquet_metadata_cache = true")
     # No file outside the allowed ones, no extension installs or loads; then nothing may be changed back.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
