@@ -337,12 +337,13 @@ class TransformersRuntime:
             encoded.append((context, self.tokenizer(request.text, add_special_tokens=False)["input_ids"]))
 
         def scored(i: int, logits: torch.Tensor) -> list[float]:
-            context, text = encoded[i]
-            # Position p predicts token p + 1: the text's tokens are predicted from len(context) - 1 on.
-            logprobs = torch.log_softmax(logits[len(context) - 1:len(context) + len(text) - 1].float(), dim=-1)
-            return logprobs.gather(1, torch.tensor(text, device=logprobs.device).unsqueeze(1)).squeeze(1).tolist()
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            text = torch.tensor(encoded[i][1], device=logprobs.device).unsqueeze(1)
+            return logprobs.gather(1, text).squeeze(1).tolist()
 
-        return self.forward([context + text for context, text in encoded], scored, "log-probs", progress)
+        # Position p predicts token p + 1: the text's tokens are predicted from len(context) - 1 on.
+        predicting = [list(range(len(context) - 1, len(context) + len(text) - 1)) for context, text in encoded]
+        return self.forward([context + text for context, text in encoded], predicting, scored, "log-probs", progress)
 
     def choice_logprobs(self, requests: list[ChoiceText], progress: bool) -> list[ChoiceLogprobs]:
         """Each reply read after its chat prompt; at the last token of each piece, the choices' log-probabilities."""
@@ -358,10 +359,10 @@ class TransformersRuntime:
             choice_ids.append([self.single_token(choice) for choice in request.choices])
 
         def read(i: int, logits: torch.Tensor) -> ChoiceLogprobs:
-            at_marks = torch.log_softmax(logits[marks[i]].float(), dim=-1)
+            at_marks = torch.log_softmax(logits.float(), dim=-1)
             return ChoiceLogprobs(at_marks[:, choice_ids[i]].tolist(), len(sequences[i]))
 
-        return self.forward(sequences, read, "choices", progress)
+        return self.forward(sequences, marks, read, "choices", progress)
 
     def single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -371,11 +372,12 @@ class TransformersRuntime:
         return ids[0]
 
     @torch.inference_mode()
-    def forward(self, sequences: list[list[int]], read: Callable[[int, torch.Tensor], Read], what: str,
-                progress: bool) -> list[Read]:
-        """`read(i, logits)` of each token sequence, its logits [length, vocabulary] from batched forward passes of
-        similar lengths (right padding, so positions start at 0 in every row); a batch's logits are dropped once
-        read."""
+    def forward(self, sequences: list[list[int]], positions: list[list[int]],
+                read: Callable[[int, torch.Tensor], Read], what: str, progress: bool) -> list[Read]:
+        """`read(i, logits)` of each token sequence, with its logits [len(positions[i]), vocabulary] at the given
+        positions alone, from batched forward passes of similar lengths (right padding, so positions start at 0
+        in every row). Only those positions go through the output layer: the full logits of a batch would take
+        gigabytes (every position times a vocabulary of ~50k)."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         results: list = [None] * len(sequences)
         with tqdm(total=len(sequences), desc=f"{what} {self.model.name_or_path}", unit="text",
@@ -388,12 +390,19 @@ class TransformersRuntime:
                 for row, i in enumerate(rows):
                     input_ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
                     attention[row, :len(sequences[i])] = 1
-                logits = self.model(input_ids=input_ids.to(self.device),
-                                    attention_mask=attention.to(self.device)).logits
+                hidden = self.model.base_model(input_ids=input_ids.to(self.device),
+                                               attention_mask=attention.to(self.device)).last_hidden_state
                 for row, i in enumerate(rows):
-                    results[i] = read(i, logits[row, :len(sequences[i])])
+                    results[i] = read(i, self.output_logits(hidden[row, positions[i]]))
                 bar.update(len(rows))
         return results
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's output layer on final hidden states, as its own forward applies it (with the logit
+        soft-capping some families use)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     @staticmethod
     def _top_logprobs(logits: tuple[torch.Tensor, ...], k: int) -> tuple[list, list]:
