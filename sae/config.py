@@ -337,8 +337,8 @@ class ScoreConfig:
     simulation_activating: int = 4
     simulation_silent: int = 2
     # structured: the LLM writes every value as constrained JSON (any backend). all_at_once: the reply is read
-    # in one forward pass, each token's value the expected digit after it (Bills et al.; llm.backend local only):
-    # no generation, so about a tenth of the time on CPU.
+    # in one forward pass, each token's value the expected digit after it (Bills et al.; llm.backend local or
+    # vllm): no generation, so about a seventh of the time here on CPU.
     simulation_method: str = "structured"
     # intervention: neutral prompts the subject model continues (`intervention_tokens` new tokens, greedy), clean
     # and with strength x the latent's max_act x its decoder direction added where it writes, for each strength;

@@ -8,6 +8,8 @@ from ..config import LLM_BACKENDS, LLMConfig
 from .base import (
     BackendError,
     ChatRequest,
+    ChoiceLogprobs,
+    ChoiceText,
     Completion,
     LLMClient,
     OutputFormat,
@@ -23,6 +25,8 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "ChatRequest",
+    "ChoiceLogprobs",
+    "ChoiceText",
     "Completion",
     "LLMClient",
     "OutputFormat",

@@ -165,6 +165,15 @@ class ChoiceText:
     choices: tuple[str, ...]
 
 
+def single_token(tokenizer, text: str) -> int:
+    """The one token id of `text` under a Hugging Face tokenizer; a choice longer than a token is refused."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise BackendError(f"{text!r} is {len(ids)} tokens of the model's tokenizer; a choice read from one "
+                           "next-token distribution must be one token")
+    return ids[0]
+
+
 @dataclass
 class ChoiceLogprobs:
     logprobs: list[list[float]]  # per piece, the log-probability of each choice (over the whole vocabulary)
@@ -194,7 +203,7 @@ class LLMClient(abc.ABC):
         """For each request, the log-probabilities of its choices after each of its pieces (see ChoiceText)."""
         raise BackendError(f"the {self.backend} backend does not read a given reply's next-token probabilities, "
                            "which `score.simulation_method: all_at_once` needs; score with llm.backend 'local' "
-                           "(score.llm), or set simulation_method: structured")
+                           "or 'vllm' (score.llm), or set simulation_method: structured")
 
     @property
     def prompt_logprobs_model(self) -> str:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
 from .base import (BackendError, ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, OutputFormat,
-                   SamplingParams, ScoredText, TokenLogprobs)
+                   SamplingParams, ScoredText, TokenLogprobs, single_token)
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
@@ -356,20 +356,13 @@ class TransformersRuntime:
                 ends.append(len(ids) - 1)  # the position whose logits predict what follows the piece
             sequences.append(ids)
             marks.append(ends)
-            choice_ids.append([self.single_token(choice) for choice in request.choices])
+            choice_ids.append([single_token(self.tokenizer, choice) for choice in request.choices])
 
         def read(i: int, logits: torch.Tensor) -> ChoiceLogprobs:
             at_marks = torch.log_softmax(logits.float(), dim=-1)
             return ChoiceLogprobs(at_marks[:, choice_ids[i]].tolist(), len(sequences[i]))
 
         return self.forward(sequences, marks, read, "choices", progress)
-
-    def single_token(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise BackendError(f"{text!r} is {len(ids)} tokens of {self.model.name_or_path}'s tokenizer; a choice "
-                               "read from one next-token distribution must be one token")
-        return ids[0]
 
     @torch.inference_mode()
     def forward(self, sequences: list[list[int]], positions: list[list[int]],
