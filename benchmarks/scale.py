@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,21 +96,32 @@ def object_store_costs(files: list[Path], contexts: Path, n_latents: int, neighb
                        work: Path) -> list[tuple[str, str, str]]:
     """(step, local, S3) rows: the latents commit, and the selection's read, select and commit (module doc)."""
     import boto3
-    from moto.server import ThreadedMotoServer
+    from botocore.exceptions import EndpointConnectionError
 
     from sae.lake import Lake
     from sae.lake.s3 import CACHE_ENV, store_for
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+    with socket.socket() as probe:  # a free port of 127.0.0.1
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Its own process: in a thread of this one, moto could not answer delta-rs, which holds the GIL meanwhile.
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
                        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-                       "AWS_EC2_METADATA_DISABLED": "true", CACHE_ENV: str(work / "writer")})
-    boto3.client("s3").create_bucket(Bucket="bench")
+                       "AWS_EC2_METADATA_DISABLED": "true"})
     costs = {}
     try:
+        for _ in range(100):
+            try:
+                boto3.client("s3").create_bucket(Bucket="bench")
+                break
+            except EndpointConnectionError:  # not listening yet
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"moto's S3 server did not start on port {port}")
         for kind, location in (("local", str(work / "lake")), ("s3", "s3://bench/lake")):
+            os.environ[CACHE_ENV] = str(work / f"writer-{kind}")  # the working copy of the machine that commits
             lake = Lake(location)
             staging = lake.open_staging("latents", LAYER, SAE)
             for i, path in enumerate(files):  # the stage's part files, staged (not timed)
@@ -117,7 +130,7 @@ def object_store_costs(files: list[Path], contexts: Path, n_latents: int, neighb
             lake.commit(staging, "latents", LAYER, SAE)
             commit = time.perf_counter() - start
             stored = sum(f.stat().st_size for f in lake.files("latents", LAYER, SAE))
-            os.environ[CACHE_ENV] = str(work / "reader")  # another machine's working copy, empty
+            os.environ[CACHE_ENV] = str(work / f"reader-{kind}")  # another machine's working copy, empty
             store_for.cache_clear()
             reader = Lake(location)
             start = time.perf_counter()
@@ -133,7 +146,8 @@ def object_store_costs(files: list[Path], contexts: Path, n_latents: int, neighb
             costs[kind] = {"commit": commit, "bytes": stored / nnz, "read": read, "select": select,
                            "examples": time.perf_counter() - start, "rows": examples}
     finally:
-        server.stop()
+        server.terminate()
+        server.wait()
     local, s3 = costs["local"], costs["s3"]
     assert s3["rows"].cast(local["rows"].schema).equals(local["rows"]), "the S3 lake selected other rows"
     return [("latents: commit (s)", f"{local['commit']:.2f}", f"{s3['commit']:.2f}"),

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import boto3
 import duckdb
@@ -22,6 +23,8 @@ from sae.lake import Lake, read_parts
 from sae.lake.access import open_readonly
 from sae.lake.s3 import CACHE_ENV, DeltaStore, LakeLocationError, S3Lake, split_url, store_for
 from sae.lineage import Provenance
+
+from ...conftest import free_port
 
 LAYER = "layers.1"
 
@@ -155,12 +158,26 @@ def test_two_writers_racing_both_commit(s3_lake_url, monkeypatch):
     slow.store = DeltaStore(s3_lake_url)  # another process: its own view of the log
     stale = slow.store.table("latents")
     assert stale.version() == 0
-    first = iter([stale])  # it commits on what it read before the fast writer's commit
-    monkeypatch.setattr(slow.store, "table", lambda table: next(first, None) or DeltaStore.table(slow.store, table))
+    read_before = [stale]  # it commits on what it read before the fast writer's commit
+    monkeypatch.setattr(slow.store, "table",
+                        lambda table: read_before.pop() if read_before else DeltaStore.table(slow.store, table))
     fast.write_partition(latents(20, 1), "latents", LAYER, "topk-x4")
     slow.write_partition(latents(30, 2), "latents", LAYER, "topk-x8")
     with open_readonly(s3_lake_url) as con:
         assert counts(con) == {"topk-x2": 10, "topk-x4": 20, "topk-x8": 30}
+
+
+def test_two_writers_creating_a_table_both_commit(s3_lake_url, monkeypatch):
+    """Both saw no table; the slow one's creation finds the fast one's, and it commits on top of it instead."""
+    fast, slow = Lake(s3_lake_url), Lake(s3_lake_url)
+    slow.store = DeltaStore(s3_lake_url)
+    read_before = [None]  # what the slow writer read before the fast writer's commit: no table yet
+    monkeypatch.setattr(slow.store, "table",
+                        lambda table: read_before.pop() if read_before else DeltaStore.table(slow.store, table))
+    fast.write_partition(latents(20, 1), "latents", LAYER, "topk-x4")
+    slow.write_partition(latents(30, 2), "latents", LAYER, "topk-x8")
+    with open_readonly(s3_lake_url) as con:
+        assert counts(con) == {"topk-x4": 20, "topk-x8": 30}
 
 
 @pytest.mark.usefixtures("clean_cli_env")
@@ -186,6 +203,15 @@ def test_a_missing_bucket_says_how_to_create_it(s3_lake_url):
     with pytest.raises(LakeLocationError, match="does not exist: create it") as err:
         Lake("s3://no-such-bucket/lake")
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+
+
+def test_an_unreachable_endpoint_says_so_at_once(s3_lake_url, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    store_for.cache_clear()
+    start = time.monotonic()
+    with pytest.raises(LakeLocationError, match="out of reach .*check AWS_ENDPOINT_URL"):
+        Lake(s3_lake_url)
+    assert time.monotonic() - start < 30
 
 
 def test_missing_credentials_say_which_variables_to_set(s3_lake_url, monkeypatch, tmp_path):
