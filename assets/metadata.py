@@ -38,6 +38,4 @@ def _cell(value) -> str:
 
 def publish_views(lake) -> None:
     """Rewrite the lake's views script for users after an asset wrote its tables."""
-    from sae.lake.access import write_views_script
-
-    write_views_script(lake.root)
+    lake.write_views()
