@@ -24,8 +24,8 @@ def _config_path(args) -> str:
 
     path = str(Path(args.config).resolve()) if args.config else config_path_from_env()
     os.environ[CONFIG_ENV] = path
-    if args.lake:
-        os.environ[LAKE_ENV] = str(Path(args.lake).resolve())
+    if args.lake:  # a folder is made absolute; an S3 URL is passed on as it is
+        os.environ[LAKE_ENV] = args.lake if "://" in args.lake else str(Path(args.lake).resolve())
     return path
 
 
@@ -122,19 +122,20 @@ def sql(args) -> int:
     from sae.config import load_config
     from sae.lake import Lake
     from sae.lake.access import LakeAccessError, open_readonly, read_only_statements
+    from sae.lake.s3 import LakeLocationError
 
-    root = Lake(load_config(_config_path(args)).lake).root
     try:
+        lake = Lake(load_config(_config_path(args)).lake)
         read_only_statements(args.query)
-        con = open_readonly(root, allow=[Path(p) for p in args.allow_path])
-    except (LakeAccessError, FileNotFoundError) as err:
+        con = open_readonly(str(lake), allow=[Path(p) for p in args.allow_path])
+    except (LakeAccessError, LakeLocationError, FileNotFoundError) as err:
         print(f"saelake sql: {err}", file=sys.stderr)
         return 1
     with con:
         try:
             con.sql(args.query).show(max_rows=args.max_rows, max_width=args.max_width)
         except duckdb.PermissionException as err:
-            print(f"saelake sql: {err}\n  saelake sql reads only files under the lake ({root}) through its views; "
+            print(f"saelake sql: {err}\n  saelake sql reads only files under the lake ({lake}) through its views; "
                   "--allow-path PATH allows more", file=sys.stderr)
             return 1
         except duckdb.Error as err:
@@ -178,7 +179,12 @@ def serve(args) -> int:
     from sae.config import load_config
 
     cfg = load_config(_config_path(args))
-    lake = Path(args.serve_lake or args.lake or cfg.lake)
+    location = args.serve_lake or args.lake or cfg.lake
+    if "://" in location:
+        print(f"saelake serve: the browser reads a lake folder, not {location}; serve a local lake "
+              "(--lake PATH)", file=sys.stderr)
+        return 1
+    lake = Path(location)
     serve_browser(lake, cfg.model, cfg.score.embedder, host=args.host, port=args.port,
                   embedder_device=cfg.score.embedder_device)
     return 0

@@ -38,9 +38,7 @@ def _cell(value) -> str:
 
 def publish_views(lake) -> None:
     """Rewrite the lake's views script for users after an asset wrote its tables."""
-    from sae.lake.access import write_views_script
-
-    write_views_script(lake.root)
+    lake.write_views()
 
 
 def shard_logger(context: dg.AssetExecutionContext, asset: str, key: tuple[str, str], done_word: str, engine: str):

@@ -228,12 +228,12 @@ def run_pipeline(cfg: PipelineConfig, config_path: str, instance: dg.DagsterInst
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    lake = lake_for(cfg).root
+    lake = lake_for(cfg)
     print(f"done in {time.perf_counter() - started:.0f} s. Lake: {lake}\n"
           f"  query it:   saelake sql \"SELECT layer, sae, latent, explanation FROM explanations\"\n"
           f"  see it:     saelake ui   (then open http://127.0.0.1:3000)\n"
-          f"  plots:      {lake / 'plots'}\n"
-          f"  dataset:    {lake / 'hf_export'}  (publish: saelake export DIR --push ORG/NAME)")
+          f"  plots:      {lake.root / 'plots'}\n"
+          f"  dataset:    {lake.root / 'hf_export'}  (publish: saelake export DIR --push ORG/NAME)")
     print_calibration(cfg)
     return 0
 

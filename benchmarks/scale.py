@@ -17,12 +17,23 @@ On the synthetic latents table of benchmarks/selection.py (generated once under 
     one), as explanations per minute. On 2 cores 2 workers can at most double the rate; llama.cpp runs on every
     core in each worker (its answers depend on its thread count), so two of them share the cores.
 Every sharded run is checked to give the same rows as the one-shard run.
+
+Then the cost of the lake on S3 against a local lake, on moto's S3 server on 127.0.0.1 (started here): moto on
+localhost has none of real S3's latency or bandwidth limits, so these are the costs of the lake's own work
+(widening float16 for Delta, copies, Delta log commits), a floor for real S3. For the latents stage: its commit
+of a partition of every synthetic non-zero (local: a rename; S3: upload and one Delta commit), in seconds and in
+non-zeros per second to set beside the stage's own rate, and the bytes stored per non-zero. For selection: the
+read of that partition by a fresh working copy (S3: its download), the selection in one shard, and the commit of
+the examples.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,6 +143,76 @@ def start_ray(cpus: int, temp: str):
     return ray, time.perf_counter() - start
 
 
+LAYER, SAE = "layers.6", "bench"
+
+
+def object_store_costs(files: list[Path], contexts: Path, n_latents: int, neighbours: pa.Table, nnz: int,
+                       work: Path) -> list[tuple[str, str, str]]:
+    """(step, local, S3) rows: the latents commit, and the selection's read, select and commit (module doc)."""
+    import boto3
+    from botocore.exceptions import EndpointConnectionError
+
+    from sae.lake import Lake
+    from sae.lake.s3 import CACHE_ENV, store_for
+
+    with socket.socket() as probe:  # a free port of 127.0.0.1
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Its own process: in a thread of this one, moto could not answer delta-rs, which holds the GIL meanwhile.
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    costs = {}
+    try:
+        for _ in range(100):
+            try:
+                boto3.client("s3").create_bucket(Bucket="bench")
+                break
+            except EndpointConnectionError:  # not listening yet
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"moto's S3 server did not start on port {port}")
+        for kind, location in (("local", str(work / "lake")), ("s3", "s3://bench/lake")):
+            os.environ[CACHE_ENV] = str(work / f"writer-{kind}")  # the working copy of the machine that commits
+            lake = Lake(location)
+            staging = lake.open_staging("latents", LAYER, SAE)
+            for i, path in enumerate(files):  # the stage's part files, staged (not timed)
+                shutil.copy(path, staging / f"part-{i:05d}.parquet")
+            start = time.perf_counter()
+            lake.commit(staging, "latents", LAYER, SAE)
+            commit = time.perf_counter() - start
+            stored = sum(f.stat().st_size for f in lake.files("latents", LAYER, SAE))
+            os.environ[CACHE_ENV] = str(work / f"reader-{kind}")  # another machine's working copy, empty
+            store_for.cache_clear()
+            reader = Lake(location)
+            start = time.perf_counter()
+            parts = reader.files("latents", LAYER, SAE)
+            read = time.perf_counter() - start
+            engine = LocalEngine()
+            shards = selection_shards(engine, parts, contexts, n_latents, 1, work / f"select-{kind}", neighbours)
+            select, examples = timed_selection(engine, shards)
+            staging = reader.open_staging("examples", LAYER, SAE)
+            shutil.copy(shards[0].examples_part, staging / "part-00000.parquet")
+            start = time.perf_counter()
+            reader.commit(staging, "examples", LAYER, SAE)
+            costs[kind] = {"commit": commit, "bytes": stored / nnz, "read": read, "select": select,
+                           "examples": time.perf_counter() - start, "rows": examples}
+    finally:
+        server.terminate()
+        server.wait()
+    local, s3 = costs["local"], costs["s3"]
+    assert s3["rows"].cast(local["rows"].schema).equals(local["rows"]), "the S3 lake selected other rows"
+    return [("latents: commit (s)", f"{local['commit']:.2f}", f"{s3['commit']:.2f}"),
+            ("latents: commit (M nnz/s)", f"{nnz / local['commit'] / 1e6:.1f}", f"{nnz / s3['commit'] / 1e6:.1f}"),
+            ("latents: bytes per non-zero", f"{local['bytes']:.2f}", f"{s3['bytes']:.2f}"),
+            ("selection: read partition (s)", f"{local['read']:.2f}", f"{s3['read']:.2f}"),
+            ("selection: select (s)", f"{local['select']:.1f}", f"{s3['select']:.1f}"),
+            ("selection: commit examples (s)", f"{local['examples']:.2f}", f"{s3['examples']:.2f}"),
+            ("selection: total (s)", *(f"{c['read'] + c['select'] + c['examples']:.1f}" for c in (local, s3)))]
+
+
 def main() -> None:
     import torch
 
@@ -189,6 +270,13 @@ def main() -> None:
         print(f"{'run':<34} {'seconds':>8} {'expl/min':>8}")  # cold: workers started and the model loaded
         for run, seconds, rate in explained:
             print(f"{run:<34} {seconds:>8} {rate:>8}")
+
+    with tempfile.TemporaryDirectory(prefix="scale-lakes-") as temp:
+        costs = object_store_costs(files, contexts, args.latents, neighbours, nnz, Path(temp))
+    print(f"\nthe lake on S3 (moto on 127.0.0.1: not real S3 latency) against a local lake, {nnz:,} non-zeros")
+    print(f"{'step':<34} {'local':>8} {'s3':>8}")
+    for step, local, s3 in costs:
+        print(f"{step:<34} {local:>8} {s3:>8}")
 
 
 def explanation_runs(n_latents: int, work: Path) -> list[tuple[str, str, str]]:

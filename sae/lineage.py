@@ -349,7 +349,7 @@ def require_fresh(cfg: PipelineConfig, asset: str, key: PartitionKey = None) -> 
     state = partition_state(lake, lineage, asset, key)
     name = f"`{asset}`" + ("" if key is None else f" for {partition_label(key)}")
     if state.status == "missing":
-        raise StaleDataError(f"{name} is missing from the lake {lake.root}: {refresh_hint(asset, key)}")
+        raise StaleDataError(f"{name} is missing from the lake {lake}: {refresh_hint(asset, key)}")
     if state.status == "stale":
         raise StaleDataError(f"{name} is stale ({'; '.join(state.reasons)}): {refresh_hint(asset, key)}")
     provenance = lineage.provenance(asset, key)

@@ -118,9 +118,11 @@ def local_model_config(cfg: PipelineConfig):
     the local Hugging Face cache. None for a Hub id that is not cached."""
     from transformers import AutoConfig
 
+    from .lake import Lake
+
     name = cfg.model.name
     if name == BUILTIN_MODEL:
-        converted = converted_folder(Path(cfg.lake).resolve())
+        converted = converted_folder(Lake(cfg.lake).root)  # an S3 lake keeps it in its local working copy
         if (converted / "config.json").exists():
             return AutoConfig.from_pretrained(converted)
         return AutoConfig.from_pretrained(builtin_gguf_folder(), gguf_file=BUILTIN_GGUF)

@@ -436,19 +436,6 @@ def token_line(pieces: Sequence[str]) -> str:
     return "|".join(clean_piece(piece) for piece in pieces)
 
 
-def simulation_messages(explanation: str, windows: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ...]:
-    """A simulation prompt: instructions and a worked example, then the explanation and each window's tokens."""
-    def body(text: str, excerpts: Sequence[Sequence[str]]) -> str:
-        lines = [f"Explanation: {text}"]
-        lines += [f"Excerpt {i} ({len(pieces)} tokens): {token_line(pieces)}" for i, pieces in enumerate(excerpts, 1)]
-        return "\n".join(lines)
-
-    example = body(EXAMPLE_EXPLANATION, [pieces for pieces, _ in SIMULATION_EXAMPLE])
-    answer = format_simulation([acts for _, acts in SIMULATION_EXAMPLE])
-    return (("system", SIMULATION_SYSTEM), ("user", example), ("assistant", answer),
-            ("user", body(explanation, windows)))
-
-
 def simulation_format(lengths: Sequence[int]) -> OutputFormat:
     """The replies a constrained backend may give: one list per window, of one 0-10 number per token."""
     values = tuple(str(v) for v in range(SIMULATION_MAX + 1))
@@ -484,8 +471,64 @@ def parse_simulation(completion: str, lengths: Sequence[int]) -> list[list[float
     return [found[:n] for found, n in zip(lists, lengths)]
 
 
+# All at once (Bills et al.'s method): the reply is not generated but read, one token per line, each followed by a
+# tab; the scorer's next-token probabilities of the digits after each tab are its prediction for that token. Lines
+# already read carry a placeholder, not a value, so no prediction is made from an earlier one.
+SIMULATION_LINES_SYSTEM = """You predict a feature inside a language model from its explanation. You get the \
+explanation and numbered text excerpts, each split into its tokens by "|". Copy each excerpt one token per line; \
+after each token write a tab and how strongly the feature fires there, judging only by the explanation: 0 where \
+it is silent (most tokens), up to 9 where it fires most."""
+SIMULATION_LINES_MAX = 9
+SIMULATION_DIGITS = tuple(str(v) for v in range(SIMULATION_LINES_MAX + 1))
+SIMULATION_PLACEHOLDER = "?"
+
+
+def simulation_body(explanation: str, windows: Sequence[Sequence[str]]) -> str:
+    lines = [f"Explanation: {explanation}"]
+    lines += [f"Excerpt {i} ({len(pieces)} tokens): {token_line(pieces)}" for i, pieces in enumerate(windows, 1)]
+    return "\n".join(lines)
+
+
+def simulation_messages(explanation: str, windows: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    """A simulation prompt: instructions and a worked example, then the explanation and each window's tokens."""
+    example = simulation_body(EXAMPLE_EXPLANATION, [pieces for pieces, _ in SIMULATION_EXAMPLE])
+    answer = format_simulation([acts for _, acts in SIMULATION_EXAMPLE])
+    return (("system", SIMULATION_SYSTEM), ("user", example), ("assistant", answer),
+            ("user", simulation_body(explanation, windows)))
+
+
+def line_piece(piece: str) -> str:
+    return clean_piece(piece).replace("\t", "⇥")
+
+
+def simulation_lines(windows: Sequence[Sequence[str]], values: Sequence[Sequence[str]]) -> list[str]:
+    """A line-by-line reply cut after each token's tab: piece i ends where token i's value goes, and starts with
+    the value of the token before it (`values`, per window and token: a digit, or the placeholder)."""
+    pieces, pending = [], ""
+    for w, (tokens, shown) in enumerate(zip(windows, values), 1):
+        pending += f"Excerpt {w}\n"
+        for token, value in zip(tokens, shown):
+            pieces.append(f"{pending}{line_piece(token)}\t")
+            pending = f"{value}\n"
+    return pieces
+
+
+def simulation_lines_prompt(explanation: str, windows: Sequence[Sequence[str]]) -> tuple[tuple[tuple[str, str], ...],
+                                                                                          list[str]]:
+    """An all-at-once simulation: the messages (instructions, a worked example answered line by line, the
+    explanation and the windows) and the pieces of the reply the scorer reads, a digit due after each."""
+    example = [pieces for pieces, _ in SIMULATION_EXAMPLE]
+    worked = simulation_lines(example, [[str(min(v, SIMULATION_LINES_MAX)) for v in acts]
+                                        for _, acts in SIMULATION_EXAMPLE])
+    answer = "".join(worked) + str(min(SIMULATION_EXAMPLE[-1][1][-1], SIMULATION_LINES_MAX))
+    messages = (("system", SIMULATION_LINES_SYSTEM), ("user", simulation_body(EXAMPLE_EXPLANATION, example)),
+                ("assistant", answer), ("user", simulation_body(explanation, windows)))
+    return messages, simulation_lines(windows, [[SIMULATION_PLACEHOLDER] * len(w) for w in windows])
+
+
 def simulation_version() -> str:
-    return version(SIMULATION_SYSTEM, EXAMPLE_EXPLANATION, repr(SIMULATION_EXAMPLE), format_simulation([[0, 1]]))
+    return version(SIMULATION_SYSTEM, EXAMPLE_EXPLANATION, repr(SIMULATION_EXAMPLE), format_simulation([[0, 1]]),
+                   SIMULATION_LINES_SYSTEM, "".join(simulation_lines([["a", "b"]], [["0", SIMULATION_PLACEHOLDER]])))
 
 
 # intervention -------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,3 +197,65 @@ def ray_cluster():
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server on 127.0.0.1: a real HTTP S3 endpoint; each test takes a bucket of its own."""
+
+    endpoint: str
+    buckets: int = 0
+
+    def environment(self) -> dict[str, str]:
+        """The standard AWS variables that reach it (test keys: moto accepts any)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "saelake-test",
+                "AWS_SECRET_ACCESS_KEY": "saelake-test-secret", "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def new_bucket(self) -> str:
+        import boto3
+
+        name = f"saelake-{self.buckets}"
+        self.buckets += 1
+        env = self.environment()
+        boto3.client("s3", endpoint_url=self.endpoint, region_name=env["AWS_REGION"],
+                     aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 and a free port, for the whole session, in a process of its own: in a thread
+    of this one it could not answer delta-rs, which holds the GIL while it waits for the answer."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto's S3 server did not start on port {port}") from None
+                time.sleep(0.2)
+        yield S3Server(endpoint=f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_lake_url(s3_server, tmp_path, monkeypatch) -> str:
+    """The URL of an empty S3 lake in a new bucket, with the AWS environment that reaches it and a working copy
+    under tmp_path (SAELAKE_CACHE)."""
+    from sae.lake.s3 import CACHE_ENV, store_for
+
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    store_for.cache_clear()  # a store holds the Delta tables it has read: none carries over to the next test
+    yield f"s3://{s3_server.new_bucket()}/lake"
+    store_for.cache_clear()

@@ -8,7 +8,9 @@ parameter is parsed into a typed value and bound into a query from sql/; an unkn
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -33,6 +35,7 @@ from .lake import BrowserLake
 from .resources import (WITHOUT_DECODER, Embedders, TokenTexts, context_tokens, embedding_index, occurrences,
                         unit_decoder)
 
+log = logging.getLogger(__name__)
 PAGE_SIZES = (25, 50, 100, 200)
 SORTS = ("latent", "frequency", "max_act", "score")
 EXPLAINED = ("all", "yes", "no")
@@ -327,12 +330,29 @@ class Browser:
             groups.append({"title": title, "windows": shown})
         return groups
 
-    def decoder_neighbours(self, v: Variant, latent: int) -> list[dict] | None:
-        """The latents of the same SAE whose decoder directions are closest (cosine); None without a decoder."""
+    def decoder_of(self, v: Variant) -> np.ndarray | None:
+        """The variant's unit decoder rows, None where it has no decoder (neurons, planted) or no saes partition."""
         if not v.has_decoder or not (self.lake.root / "saes" / f"layer={v.layer}" / f"sae={v.sae}").is_dir():
             return None
-        decoder = unit_decoder(self.lake, v.layer, v.sae)
-        if latent >= len(decoder):
+        return unit_decoder(self.lake, v.layer, v.sae)
+
+    def warm_up(self) -> None:
+        """Load what the first latent page would wait for (the tokenizer, every decoder, the explanation
+        embeddings), so that its visitor does not. A failure here is only logged: the page that needs the
+        piece loads it again and shows the error."""
+        try:
+            self.texts.tokenizer
+            for v in self.variants():
+                self.decoder_of(v)
+            if self.lake.has("explanation_embeddings"):
+                embedding_index(self.lake)
+        except Exception as err:  # noqa: BLE001 - a warm-up must never stop the server
+            log.warning("the browser's warm-up stopped (%s); pages load what they need themselves", err)
+
+    def decoder_neighbours(self, v: Variant, latent: int) -> list[dict] | None:
+        """The latents of the same SAE whose decoder directions are closest (cosine); None without a decoder."""
+        decoder = self.decoder_of(v)
+        if decoder is None or latent >= len(decoder):
             return None
         sims = decoder @ decoder[latent]
         sims[latent] = -np.inf
@@ -463,4 +483,6 @@ def serve(lake_root: Path, model: ModelConfig, embedder: str, host: str = "127.0
     if not Path(lake_root).is_dir():
         raise FileNotFoundError(f"no lake at {lake_root}; run `saelake run` first (or pass --lake PATH)")
     print(f"browsing {Path(lake_root).resolve()} at http://{host}:{port}/ (read-only; Ctrl-C stops)", flush=True)
-    uvicorn.run(create_app(lake_root, model, embedder, embedder_device), host=host, port=port, log_level="warning")
+    app = create_app(lake_root, model, embedder, embedder_device)
+    threading.Thread(target=app.state.browser.warm_up, name="browser-warm-up", daemon=True).start()
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -27,6 +27,8 @@ Layout (`layer` and `sae` are hive partition columns):
 A partition is built under .staging/ and renamed into place when complete, so a failed or killed run
 never leaves a half-written partition visible. Each committed partition holds `_provenance.json`: the
 fingerprint of the settings and inputs that made it (sae/lineage.py), checked by every reader.
+A lake at an S3 URL (`s3://bucket/prefix`) is an `S3Lake` (sae/lake/s3.py): the same layout in a local working
+copy, its tables Delta tables on S3, each commit one Delta commit.
 """
 
 from __future__ import annotations
@@ -60,10 +62,29 @@ LATENT_ROW_GROUP = 8192
 
 
 class Lake:
+    """A lake folder; `Lake("s3://bucket/prefix")` is an `S3Lake`, which overrides what reads or commits."""
+
+    def __new__(cls, root: str | Path):
+        from .s3 import is_object_store_url
+
+        if cls is Lake and is_object_store_url(root):
+            from .s3 import S3Lake
+
+            return super().__new__(S3Lake)
+        return super().__new__(cls)
+
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
 
+    def __str__(self) -> str:
+        return str(self.root)
+
     def partition(self, table: str, layer: str | None = None, sae: str | None = None) -> Path:
+        """The committed partition's folder (a table's, or a layer's, with the partitions under it)."""
+        return self.location(table, layer, sae)
+
+    def location(self, table: str, layer: str | None = None, sae: str | None = None) -> Path:
+        """Where the partition lies under the root, whether or not it exists; reads nothing."""
         path = self.root / table
         if layer is not None:
             path = path / f"layer={layer}"
@@ -73,7 +94,7 @@ class Lake:
 
     def staging(self, table: str, layer: str | None = None, sae: str | None = None) -> Path:
         """A private folder where a partition is built; kept across failures so a rerun can resume."""
-        final = self.partition(table, layer, sae)
+        final = self.location(table, layer, sae)
         return self.root / ".staging" / final.relative_to(self.root)
 
     def open_staging(self, table: str, layer: str | None = None, sae: str | None = None,
@@ -94,12 +115,8 @@ class Lake:
                provenance: Provenance | None = None) -> Path:
         """Make the complete `staging` folder the partition, with the provenance of what made it (two renames;
         never a mix of old and new). Every writer of the lake ends here."""
-        final = self.partition(table, layer, sae)
-        (staging / STAGING_MARKER).unlink(missing_ok=True)
-        for unfinished in staging.glob(f".*{TEMP_SUFFIX}"):  # a writer killed mid-file left it (see write_parquet)
-            unfinished.unlink()
-        if provenance is not None:
-            (staging / PROVENANCE_FILE).write_text(provenance.to_json())
+        final = self.location(table, layer, sae)
+        seal(staging, provenance)
         replace_folder(staging, final, self.root / ".trash" / uuid.uuid4().hex)
         return final
 
@@ -112,18 +129,38 @@ class Lake:
 
     def stored_provenance(self, table: str, layer: str | None = None, sae: str | None = None) -> Provenance | None:
         """What made the committed partition, or None where there is none (or it predates provenance)."""
-        from ..lineage import Provenance
-
         path = self.partition(table, layer, sae) / PROVENANCE_FILE
-        if not path.exists():
-            return None
-        try:
-            return Provenance.from_json(path.read_text())
-        except (ValueError, TypeError):
-            return None  # unreadable: treated as missing, so the partition is rebuilt
+        return parse_provenance(path.read_text()) if path.exists() else None
 
     def files(self, table: str, layer: str | None = None, sae: str | None = None) -> list[Path]:
         return sorted(self.partition(table, layer, sae).glob("**/*.parquet"))
+
+    def write_views(self) -> Path:
+        """Rewrite `views.sql`, the views over the lake for any DuckDB client (see sae/lake/access.py)."""
+        from .access import write_views_script
+
+        return write_views_script(self.root)
+
+
+def seal(staging: Path, provenance: Provenance | None) -> None:
+    """Make a staged partition ready to commit: no staging marker, no unfinished file, its provenance in."""
+    (staging / STAGING_MARKER).unlink(missing_ok=True)
+    for unfinished in staging.glob(f".*{TEMP_SUFFIX}"):  # a writer killed mid-file left it (see write_parquet)
+        unfinished.unlink()
+    if provenance is not None:
+        (staging / PROVENANCE_FILE).write_text(provenance.to_json())
+
+
+def parse_provenance(text: str | None) -> Provenance | None:
+    """A stored `_provenance.json`; None where there is none or it cannot be read (the partition is rebuilt)."""
+    from ..lineage import Provenance
+
+    if text is None:
+        return None
+    try:
+        return Provenance.from_json(text)
+    except (ValueError, TypeError):
+        return None
 
 
 def read_parts(files: list[Path]) -> pa.Table:

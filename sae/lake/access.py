@@ -63,23 +63,24 @@ def write_views_script(lake_root: Path) -> Path:
     return target
 
 
-def open_readonly(lake_root: Path, allow: Sequence[Path] = ()) -> duckdb.DuckDBPyConnection:
+def open_readonly(lake_root: Path | str, allow: Sequence[Path] = ()) -> duckdb.DuckDBPyConnection:
     """An in-memory connection with the lake's views, confined to reading files under the lake root and `allow`.
 
     DuckDB checks a relative path before `file_search_path` resolves it, so the views are created over the
     current root's absolute paths here, in memory: nothing stale is stored. Writes are refused by
     `read_only_statements`, which every caller runs on the user's SQL first (the lake itself must stay
-    readable, and DuckDB's allowed directories admit writing as well as reading).
+    readable, and DuckDB's allowed directories admit writing as well as reading). An S3 URL opens the lake's
+    Delta tables instead (sae/lake/s3.py).
     """
+    from .s3 import is_object_store_url
+
+    if is_object_store_url(lake_root):
+        from .s3 import open_readonly as open_object_store
+
+        return open_object_store(str(lake_root), allow)
     root = Path(lake_root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"no lake at {root}; run `saelake run` first (or pass --lake PATH)")
-    allowed = [root, *(Path(p).resolve() for p in allow)]
-    missing = [str(p) for p in allowed[1:] if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"allowed path(s) do not exist: {', '.join(missing)}")
-    folders = [f"{p}/" for p in allowed if p.is_dir()]
-    paths = [str(p) for p in allowed if not p.is_dir()]
     con = duckdb.connect()
     try:
         con.execute(views_sql(root, absolute=True))
@@ -87,14 +88,30 @@ def open_readonly(lake_root: Path, allow: Sequence[Path] = ()) -> duckdb.DuckDBP
         con.close()
         raise LakeAccessError(f"the lake's views cannot be built: {err}. `saelake check` names every damaged "
                               "part; delete it and rebuild its partition with `saelake run`") from err
-    con.execute(f"SET allowed_directories = [{', '.join(map(_quote, folders))}]")
+    confine(con, [root, *(Path(p).resolve() for p in allow)], search_path=root)
+    return con
+
+
+def confine(con: duckdb.DuckDBPyConnection, allowed: Sequence[Path], search_path: Path | None) -> None:
+    """Let `con` read the files and folders `allowed` and nothing else, then lock its configuration."""
+    missing = [str(p) for p in allowed if not p.exists()]
+    if missing:
+        con.close()
+        raise FileNotFoundError(f"allowed path(s) do not exist: {', '.join(missing)}")
+    folders = [f"{p}/" for p in allowed if p.is_dir()]
+    paths = [str(p) for p in allowed if not p.is_dir()]
+    if folders:
+        con.execute(f"SET allowed_directories = [{', '.join(map(_quote, folders))}]")
     if paths:
         con.execute(f"SET allowed_paths = [{', '.join(map(_quote, paths))}]")
-    con.execute(f"SET file_search_path = {_quote(str(root))}")
+    if search_path is not None:
+        con.execute(f"SET file_search_path = {_quote(str(search_path))}")
+    # Parquet footers read once per file, not once per query (a long-lived reader such as the browser asks the
+    # same files again and again); DuckDB checks each file's modification time, so a rewritten file is reread.
+    con.execute("SET parquet_metadata_cache = true")
     # No file outside the allowed ones, no extension installs or loads; then nothing may be changed back.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return con
 
 
 def read_only_statements(query: str) -> list[duckdb.Statement]:

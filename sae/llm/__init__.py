@@ -9,6 +9,8 @@ from ..config import LLM_BACKENDS, LLMConfig
 from .base import (
     BackendError,
     ChatRequest,
+    ChoiceLogprobs,
+    ChoiceText,
     Completion,
     LLMClient,
     OutputFormat,
@@ -27,6 +29,8 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "ChatRequest",
+    "ChoiceLogprobs",
+    "ChoiceText",
     "Completion",
     "LLMClient",
     "OutputFormat",

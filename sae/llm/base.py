@@ -154,6 +154,32 @@ class ScoredText:
     text: str
 
 
+@dataclass(frozen=True)
+class ChoiceText:
+    """A chat prompt whose reply is read, not generated: the model reads the reply (its `pieces` one after
+    another) in one forward pass, and after each piece gives the log-probability of each of `choices` (each one
+    token) as the next token. Pieces are tokenized apart, so a choice after a piece starts a token."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs, as in ChatRequest
+    pieces: tuple[str, ...]
+    choices: tuple[str, ...]
+
+
+def single_token(tokenizer, text: str) -> int:
+    """The one token id of `text` under a Hugging Face tokenizer; a choice longer than a token is refused."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise BackendError(f"{text!r} is {len(ids)} tokens of the model's tokenizer; a choice read from one "
+                           "next-token distribution must be one token")
+    return ids[0]
+
+
+@dataclass
+class ChoiceLogprobs:
+    logprobs: list[list[float]]  # per piece, the log-probability of each choice (over the whole vocabulary)
+    prompt_tokens: int  # the tokens read: the chat prompt and every piece
+
+
 PROMPT_LOGPROB_BACKENDS = "llm.backend 'local' (transformers) or 'vllm'"
 
 
@@ -173,9 +199,16 @@ class LLMClient(abc.ABC):
                            f"surprisal scorer needs; score with {PROMPT_LOGPROB_BACKENDS} (score.llm), or drop "
                            "surprisal from score.scorers")
 
+    def choice_logprobs(self, requests: Sequence[ChoiceText], progress: bool = False) -> list[ChoiceLogprobs]:
+        """For each request, the log-probabilities of its choices after each of its pieces (see ChoiceText)."""
+        raise BackendError(f"the {self.backend} backend does not read a given reply's next-token probabilities, "
+                           "which `score.simulation_method: all_at_once` needs; score with llm.backend 'local' "
+                           "or 'vllm' (score.llm), or set simulation_method: structured")
+
     @property
     def prompt_logprobs_model(self) -> str:
-        """The model that answers prompt_logprobs (a local client may use another runtime's copy)."""
+        """The model that answers prompt_logprobs and choice_logprobs (a local client may use another runtime's
+        copy)."""
         return self.model
 
     def close(self) -> None:

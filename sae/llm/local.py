@@ -22,19 +22,21 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
-from .base import (BackendError, ChatRequest, Completion, LLMClient, OutputFormat, SamplingParams, ScoredText,
-                   TokenLogprobs)
+from .base import (BackendError, ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, OutputFormat,
+                   SamplingParams, ScoredText, TokenLogprobs, single_token)
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
+Read = TypeVar("Read")  # what TransformersRuntime.forward keeps of one sequence's logits
 
 DEFAULT_SLOT_CONTEXT = 4096  # llamacpp: tokens per slot (prompt + completion) unless llm.max_model_len says
 
@@ -117,11 +119,20 @@ class LocalClient(LLMClient):
         converted float32 copy, so these numbers come from `prompt_logprobs_model`, not the 4-bit GGUF)."""
         if not requests:
             return []
+        return self.transformers().prompt_logprobs(list(requests), progress)
+
+    def choice_logprobs(self, requests: Sequence[ChoiceText], progress: bool = False) -> list[ChoiceLogprobs]:
+        """From a transformers forward pass, on either runtime (as prompt_logprobs, for the same reason)."""
+        if not requests:
+            return []
+        return self.transformers().choice_logprobs(list(requests), progress)
+
+    def transformers(self) -> TransformersRuntime:
+        """The transformers runtime: the engine itself, or the same model loaded beside llama.cpp on first use."""
         if self._transformers is None:
-            log.info("prompt log-probs of %s come from the transformers runtime (llama.cpp gives none)",
-                     self.cfg.model)
+            log.info("log-probs of %s come from the transformers runtime (llama.cpp gives none)", self.cfg.model)
             self._transformers = transformers_runtime(self.cfg, self.lake_root, self.device)
-        return self._transformers.prompt_logprobs(list(requests), progress)
+        return self._transformers
 
     @property
     def prompt_logprobs_model(self) -> str:
@@ -316,7 +327,6 @@ class TransformersRuntime:
             ))
         return completions
 
-    @torch.inference_mode()
     def prompt_logprobs(self, requests: list[ScoredText], progress: bool) -> list[list[float]]:
         """Log-probabilities of each text's tokens after its context, by forward passes of similar lengths."""
         encoded = []
@@ -325,30 +335,67 @@ class TransformersRuntime:
                 raise ValueError("a scored text needs a context: its first token is predicted from it")
             context = self.tokenizer(request.context)["input_ids"]  # with the BOS token, if the model has one
             encoded.append((context, self.tokenizer(request.text, add_special_tokens=False)["input_ids"]))
-        order = sorted(range(len(requests)), key=lambda i: sum(map(len, encoded[i])), reverse=True)
-        results: list[list[float] | None] = [None] * len(requests)
-        with tqdm(total=len(requests), desc=f"log-probs {self.model.name_or_path}", unit="text",
+
+        def scored(i: int, logits: torch.Tensor) -> list[float]:
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            text = torch.tensor(encoded[i][1], device=logprobs.device).unsqueeze(1)
+            return logprobs.gather(1, text).squeeze(1).tolist()
+
+        # Position p predicts token p + 1: the text's tokens are predicted from len(context) - 1 on.
+        predicting = [list(range(len(context) - 1, len(context) + len(text) - 1)) for context, text in encoded]
+        return self.forward([context + text for context, text in encoded], predicting, scored, "log-probs", progress)
+
+    def choice_logprobs(self, requests: list[ChoiceText], progress: bool) -> list[ChoiceLogprobs]:
+        """Each reply read after its chat prompt; at the last token of each piece, the choices' log-probabilities."""
+        sequences, marks, choice_ids = [], [], []
+        for request in requests:
+            ids = self.encode(ChatRequest(request.messages, SamplingParams()))
+            ends = []
+            for piece in request.pieces:
+                ids = ids + self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ends.append(len(ids) - 1)  # the position whose logits predict what follows the piece
+            sequences.append(ids)
+            marks.append(ends)
+            choice_ids.append([single_token(self.tokenizer, choice) for choice in request.choices])
+
+        def read(i: int, logits: torch.Tensor) -> ChoiceLogprobs:
+            at_marks = torch.log_softmax(logits.float(), dim=-1)
+            return ChoiceLogprobs(at_marks[:, choice_ids[i]].tolist(), len(sequences[i]))
+
+        return self.forward(sequences, marks, read, "choices", progress)
+
+    @torch.inference_mode()
+    def forward(self, sequences: list[list[int]], positions: list[list[int]],
+                read: Callable[[int, torch.Tensor], Read], what: str, progress: bool) -> list[Read]:
+        """`read(i, logits)` of each token sequence, with its logits [len(positions[i]), vocabulary] at the given
+        positions alone, from batched forward passes of similar lengths (right padding, so positions start at 0
+        in every row). Only those positions go through the output layer: the full logits of a batch would take
+        gigabytes (every position times a vocabulary of ~50k)."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+        results: list = [None] * len(sequences)
+        with tqdm(total=len(sequences), desc=f"{what} {self.model.name_or_path}", unit="text",
                   disable=not progress) as bar:
             for start in range(0, len(order), self.batch_size):
                 rows = order[start:start + self.batch_size]
-                sequences = [encoded[i][0] + encoded[i][1] for i in rows]
-                width = max(map(len, sequences))
+                width = max(len(sequences[i]) for i in rows)
                 input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
                 attention = torch.zeros((len(rows), width), dtype=torch.long)
-                for row, sequence in enumerate(sequences):  # right padding: positions start at 0 in every row
-                    input_ids[row, :len(sequence)] = torch.tensor(sequence)
-                    attention[row, :len(sequence)] = 1
-                logits = self.model(input_ids=input_ids.to(self.device),
-                                    attention_mask=attention.to(self.device)).logits
                 for row, i in enumerate(rows):
-                    context, text = encoded[i]
-                    # Position p predicts token p + 1: the text's tokens are predicted from len(context) - 1 on.
-                    predicting = logits[row, len(context) - 1:len(context) + len(text) - 1].float()
-                    logprobs = torch.log_softmax(predicting, dim=-1)
-                    target = torch.tensor(text, device=logprobs.device).unsqueeze(1)
-                    results[i] = logprobs.gather(1, target).squeeze(1).tolist()
+                    input_ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+                    attention[row, :len(sequences[i])] = 1
+                hidden = self.model.base_model(input_ids=input_ids.to(self.device),
+                                               attention_mask=attention.to(self.device)).last_hidden_state
+                for row, i in enumerate(rows):
+                    results[i] = read(i, self.output_logits(hidden[row, positions[i]]))
                 bar.update(len(rows))
-        return results  # type: ignore[return-value]
+        return results
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's output layer on final hidden states, as its own forward applies it (with the logit
+        soft-capping some families use)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     @staticmethod
     def _top_logprobs(logits: tuple[torch.Tensor, ...], k: int) -> tuple[list, list]:

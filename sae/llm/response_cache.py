@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from ..lake import write_parquet
-from .base import ChatRequest, Completion, LLMClient, ScoredText, request_key
+from .base import ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, ScoredText, request_key
 
 SCHEMA = pa.schema([("key", pa.string()), ("backend", pa.string()), ("model", pa.string()),
                     ("request", pa.string()), ("completion", pa.string()),
@@ -93,6 +93,9 @@ class CachedClient(LLMClient):
     def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
         # Not cached: a forward pass costs about what reading a cached row would, and its floats are large.
         return self.inner.prompt_logprobs(requests, progress=progress)
+
+    def choice_logprobs(self, requests: Sequence[ChoiceText], progress: bool = False) -> list[ChoiceLogprobs]:
+        return self.inner.choice_logprobs(requests, progress=progress)  # one forward pass each, as above
 
     @property
     def prompt_logprobs_model(self) -> str:

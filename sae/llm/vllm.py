@@ -20,9 +20,13 @@ from typing import Any
 
 from ..config import BUILTIN_MODEL, LLMConfig
 from ..models import builtin_model_folder
-from .base import BackendError, ChatRequest, Completion, LLMClient, ScoredText, TokenLogprobs
+from .base import (BackendError, ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, SamplingParams,
+                   ScoredText, TokenLogprobs, single_token)
 
 INSTALL_HINT = "pip install 'saelake[vllm]' (vLLM needs a CUDA GPU; on CPU use llm.backend 'local')"
+
+
+CHOICE_TOP_K = 20  # log-probs per position that choice_logprobs asks for: vLLM's default max_logprobs
 
 
 def load_vllm():
@@ -174,6 +178,43 @@ class VLLMClient(LLMClient):
         return [[steps[position][prompt["prompt_token_ids"][position]].logprob
                  for position in range(start, len(prompt["prompt_token_ids"]))]
                 for prompt, start, steps in zip(prompts, spans, (output.prompt_logprobs for output in outputs))]
+
+    def choice_logprobs(self, requests: Sequence[ChoiceText], progress: bool = False) -> list[ChoiceLogprobs]:
+        """vLLM's prompt_logprobs over the chat prompt and the pieces as token ids. vLLM gives the `CHOICE_TOP_K`
+        likeliest tokens at each position (its max_logprobs), not a chosen few: a choice outside them gets the
+        log-probability of the least likely one shown, an upper bound. Where the scorer follows the reply's
+        format, the digits fill that list."""
+        if not requests:
+            return []
+        tokenizer = self._engine.get_tokenizer()
+        prompts, marks, choices = [], [], []
+        for request in requests:
+            text = tokenizer.apply_chat_template(ChatRequest(request.messages, SamplingParams()).as_openai_messages(),
+                                                 add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ends = []
+            for piece in request.pieces:
+                ids = ids + tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ends.append(len(ids))  # vLLM's prompt_logprobs[p] is the distribution of token p
+            prompts.append({"prompt_token_ids": ids})
+            marks.append(ends)
+            choices.append([single_token(tokenizer, choice) for choice in request.choices])
+        params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=CHOICE_TOP_K,
+                                       logprobs=CHOICE_TOP_K)
+        outputs = self._engine.generate(prompts, sampling_params=params, use_tqdm=progress)
+        if len(outputs) != len(requests):
+            raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        out = []
+        for prompt, ends, ids, output in zip(prompts, marks, choices, outputs):
+            rows = []
+            for end in ends:
+                # The distribution after the last piece predicts the token past the prompt: the first generated.
+                step = output.prompt_logprobs[end] if end < len(prompt["prompt_token_ids"]) \
+                    else output.outputs[0].logprobs[0]
+                floor = min(lp.logprob for lp in step.values())
+                rows.append([step[i].logprob if i in step else floor for i in ids])
+            out.append(ChoiceLogprobs(rows, len(prompt["prompt_token_ids"])))
+        return out
 
     def close(self) -> None:
         self._engine = None

@@ -54,8 +54,8 @@ def iter_activations(files: list[Path], batch_rows: int, holdout_from_ctx: int |
     for path, group in groups:
         table = pq.ParquetFile(path).read_row_group(group, columns=["ctx_id", "act"])
         ctx = table.column("ctx_id").to_numpy()
-        d = table.schema.field("act").type.list_size
-        acts = table.column("act").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, d)
+        # Rows of one width: a fixed-size list here, a plain list where the lake is on S3 (Delta has no other).
+        acts = table.column("act").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1)
         if holdout_from_ctx is not None:
             keep = (ctx >= holdout_from_ctx) if heldout else (ctx < holdout_from_ctx)
             acts = acts[keep]

@@ -10,6 +10,11 @@ token of the windows (`correlation`, the primary metric) and over the activating
 (`correlation_activating`, how well it grades where the latent fires); NULL where undefined (a constant
 prediction, or a reply that cannot be read). Chance is 0. The control is another latent's explanation (each
 explainer's derangement), as for detection.
+
+With `simulation_method: all_at_once` nothing is generated: the scorer reads a reply that lists the tokens one per
+line, each followed by a tab and a placeholder, in one forward pass, and a token's prediction is the mean digit
+(0-9) under its next-token probabilities after the tab (Bills et al.'s method). Every reply is then readable, and
+a latent costs one forward pass per explainer and source instead of hundreds of generated tokens.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ import random
 
 import numpy as np
 
-from ..llm.base import ChatRequest, SamplingParams
-from ..prompts import parse_simulation, simulation_format, simulation_messages, simulation_version
+from ..config import ScoreConfig
+from ..llm.base import ChatRequest, ChoiceLogprobs, ChoiceText, SamplingParams
+from ..prompts import (SIMULATION_DIGITS, parse_simulation, simulation_format, simulation_lines_prompt,
+                       simulation_messages, simulation_version)
 from .metrics import pearson
 from .scorers import Scoring, Usage, blank_row, defined, sample_for_llm
 
 
-def simulated_windows(s: Scoring, latent: int) -> list[dict]:
-    """The windows the simulation scorer shows for a latent, activating first; the same for every explainer."""
-    cfg = dataclasses.replace(s.cfg, n_activating=s.cfg.simulation_activating, n_silent=s.cfg.simulation_silent)
-    activating, silent = sample_for_llm(s.windows[latent], cfg, random.Random(f"{s.seed}/{latent}/simulation"))
+def simulated_windows(windows: list[dict], cfg: ScoreConfig, seed: int, latent: int) -> list[dict]:
+    """The test windows the simulation scorer shows for a latent, activating first; the same for every explainer."""
+    cfg = dataclasses.replace(cfg, n_activating=cfg.simulation_activating, n_silent=cfg.simulation_silent)
+    activating, silent = sample_for_llm(windows, cfg, random.Random(f"{seed}/{latent}/simulation"))
     return activating + silent
 
 
@@ -48,9 +55,10 @@ def correlations(rows: list[dict], predictions: list[list[float]]) -> tuple[floa
 
 def simulation_rows(s: Scoring) -> list[dict]:
     client = s.need_client("simulation")
+    read_replies = s.cfg.simulation_method == "all_at_once"
     asked = []  # (key, explanation latent, windows, request)
     for latent in s.judged_latents:
-        rows = simulated_windows(s, latent)
+        rows = simulated_windows(s.windows[latent], s.cfg, s.seed, latent)
         if not rows:
             continue
         pieces = [list(s.decode(row["tokens"])) for row in rows]
@@ -60,21 +68,50 @@ def simulation_rows(s: Scoring) -> list[dict]:
         for explainer, explained in s.by_explainer.items():
             for source, mapping in explained.sources:
                 if latent in mapping:
-                    messages = simulation_messages(explained.text_of[mapping[latent]], pieces)
-                    asked.append(((latent, explainer, "simulation", source), mapping[latent], rows,
-                                  ChatRequest(messages, sampling)))
-    completions = s.complete([request for *_, request in asked])
+                    text = explained.text_of[mapping[latent]]
+                    if read_replies:
+                        messages, reply = simulation_lines_prompt(text, pieces)
+                        request = ChoiceText(messages, tuple(reply), SIMULATION_DIGITS)
+                    else:
+                        request = ChatRequest(simulation_messages(text, pieces), sampling)
+                    asked.append(((latent, explainer, "simulation", source), mapping[latent], rows, request))
+    requests = [request for *_, request in asked]
+    answers = read_all(s, client, requests) if read_replies else s.complete(requests)
     out = []
-    for (key, explanation_latent, rows, _), done in zip(asked, completions):
-        usage = Usage()
-        usage.add(done)
-        row = blank_row(key, explanation_latent, client.model, simulation_version(), s.now, chance=0.0)
-        row |= usage.columns() | {"n_activating": sum(r["kind"] == "quantile" for r in rows)}
-        predictions = parse_simulation(done.text, [len(r["tokens"]) for r in rows])
+    for (key, explanation_latent, rows, _), answer in zip(asked, answers):
+        row = blank_row(key, explanation_latent, client.prompt_logprobs_model if read_replies else client.model,
+                        simulation_version(), s.now, chance=0.0)
+        row["n_activating"] = sum(r["kind"] == "quantile" for r in rows)
+        lengths = [len(r["tokens"]) for r in rows]
+        if read_replies:
+            row |= Usage(1, answer.prompt_tokens, 0).columns()
+            predictions = expected_digits(answer.logprobs, lengths)
+        else:
+            usage = Usage()
+            usage.add(answer)
+            row |= usage.columns()
+            predictions = parse_simulation(answer.text, lengths)
         if predictions is None:
-            row |= {"n_failures": len(rows), "failed_answers": [done.text]}
+            row |= {"n_failures": len(rows), "failed_answers": [answer.text]}
         else:
             every, activating = correlations(rows, predictions)
             row |= {"n_examples": len(rows), "correlation": every, "correlation_activating": activating}
         out.append(row)
     return sorted(out, key=lambda r: (r["latent"], r["explainer"], r["source"]))
+
+
+def read_all(s: Scoring, client, requests: list[ChoiceText]) -> list[ChoiceLogprobs]:
+    """Every reply read, handed to the backend `batch_requests` at a time."""
+    out = []
+    for first in range(0, len(requests), s.batch_requests):
+        out += client.choice_logprobs(requests[first : first + s.batch_requests], progress=s.progress)
+    return out
+
+
+def expected_digits(logprobs: list[list[float]], lengths: list[int]) -> list[list[float]]:
+    """Each token's prediction: the mean digit under the scorer's probabilities of the digits alone after its tab
+    (renormalised: whatever else it would have written there is no prediction), per window."""
+    weights = np.exp(np.asarray(logprobs, dtype=np.float64))
+    values = (weights @ np.arange(weights.shape[1])) / weights.sum(axis=1)
+    bounds = np.cumsum([0, *lengths])
+    return [values[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,6 +1,8 @@
 """End to end through Dagster on a tiny config, checked against a brute-force reference."""
 
 import json
+import re
+from urllib.parse import urlsplit
 
 import dagster as dg
 import duckdb
@@ -281,10 +283,28 @@ def check_llm_stages(cfg, lake, instance):
         assert (lake.root / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
     meta = instance.get_latest_materialization_event(dg.AssetKey("explanations")).asset_materialization.metadata
     assert "top_example" in meta["explanations"].value and "<<" in meta["explanations"].value
+    check_latent_links(cfg, lake, meta["explanations"].value)
     meta = instance.get_latest_materialization_event(dg.AssetKey("score_summary")).asset_materialization.metadata
     assert "control" in meta["summary"].value and "data:image/png;base64" in meta["score_histograms"].value
     meta = instance.get_latest_materialization_event(dg.AssetKey("similarity")).asset_materialization.metadata
     assert "data:image/png;base64" in meta["heatmap"].value
+
+
+def check_latent_links(cfg, lake, preview: str) -> None:
+    """Each latent of the Dagster preview links into the browser at `browser_url`, and the page it names exists
+    there: the browser app over this lake answers it with that latent's page."""
+    from starlette.testclient import TestClient
+
+    from sae.browser.app import create_app
+
+    links = re.findall(r"\[(\d+)\]\(([^)]+)\)", preview)
+    assert links, preview
+    app = create_app(lake.root, cfg.model, cfg.score.embedder, cfg.score.embedder_device)
+    with TestClient(app) as client:
+        for latent, url in links:
+            assert url.startswith(cfg.browser_url.rstrip("/") + "/latent/"), url
+            page = client.get(urlsplit(url).path)
+            assert page.status_code == 200 and f"latent {latent}" in page.text.lower(), url
 
 
 def test_saelake_sql_is_read_only_and_prints_a_table(tmp_path, tiny_config, tiny_config_path, capsys):

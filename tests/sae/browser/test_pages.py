@@ -140,6 +140,17 @@ def test_a_lake_without_explanations_still_browses(browser_lake, bare_lake):
     assert "Not built yet" in client.get(f"/latent/{LAYERS[0]}/{SAE}/0").text
 
 
+def test_the_warm_up_loads_what_the_first_latent_page_needs(browser_lake, bare_lake):
+    """`saelake serve` warms up in the background: afterwards the tokenizer and the explanation embeddings are
+    loaded (this lake's planted variants have no decoder to load); on a lake without embeddings it loads the
+    rest and stops without an error."""
+    for lake, embedded in ((browser_lake[1], True), (bare_lake, False)):
+        browser = make_app(browser_lake[0], lake).state.browser
+        browser.warm_up()
+        assert browser.texts._tokenizer is not None
+        assert ("embeddings" in browser.lake._cache) is embedded
+
+
 def test_the_browser_sees_a_table_committed_while_it_runs(browser_lake, bare_lake, tmp_path):
     import shutil
 

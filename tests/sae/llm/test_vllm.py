@@ -166,35 +166,51 @@ def test_constrained_requests_carry_structured_outputs():
     assert first.structured_outputs == StructuredOutputs(fmt.regex()) and second.structured_outputs is None
 
 
+class WordTokenizer:
+    """An id per word (its length + 100); a BOS id 1 first, as many tokenizers add; a chat template that joins
+    the messages' contents."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens else []) + [100 + len(w) for w in text.split()]}
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+        assert add_generation_prompt and not tokenize
+        return " ".join(m["content"] for m in messages) + " ASSISTANT"
+
+
+@dataclass
+class PromptParams(StandInSamplingParams):
+    prompt_logprobs: int | None = None
+
+
+@dataclass
+class PromptOutput(RequestOutput):
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+
+
+class PromptEngine(StandInEngine):
+    """Position p holds its own token at log-prob -p and a likelier alternative (id 7); `extra` adds more ids."""
+
+    extra: dict[int, float] = {}
+
+    def get_tokenizer(self):
+        return WordTokenizer()
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=True):
+        self.calls.append({"prompts": prompts, "sampling_params": sampling_params})
+        return [PromptOutput(str(i), prompt["prompt_token_ids"],
+                             [CompletionOutput(0, "x", [7], [{101: Logprob(-0.5), 102: Logprob(-0.7)}])],
+                             [None] + [{token: Logprob(-float(p)), 7: Logprob(-0.01),
+                                        **{t: Logprob(v - p) for t, v in self.extra.items()}}
+                                       for p, token in enumerate(prompt["prompt_token_ids"]) if p > 0])
+                for i, prompt in enumerate(prompts)]
+
+
 def test_prompt_logprobs_are_read_at_the_texts_tokens():
     from sae.llm import ScoredText
 
-    class WordTokenizer:  # an id per word (its length + 100); a BOS id 1 first, as many tokenizers add
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": ([1] if add_special_tokens else []) + [100 + len(w) for w in text.split()]}
-
-    @dataclass
-    class Params(StandInSamplingParams):
-        prompt_logprobs: int | None = None
-
-    @dataclass
-    class PromptOutput(RequestOutput):
-        prompt_logprobs: list[dict[int, Logprob] | None] | None = None
-
-    class Engine(StandInEngine):
-        def get_tokenizer(self):
-            return WordTokenizer()
-
-        def generate(self, prompts, sampling_params=None, use_tqdm=True):
-            self.calls.append({"prompts": prompts, "sampling_params": sampling_params})
-            # Position p holds its own token at log-prob -p, and a likelier alternative (id 7).
-            return [PromptOutput(str(i), prompt["prompt_token_ids"], [], [None] + [
-                {token: Logprob(-float(p)), 7: Logprob(-0.01)}
-                for p, token in enumerate(prompt["prompt_token_ids"]) if p > 0])
-                for i, prompt in enumerate(prompts)]
-
-    engine = Engine()
-    client = VLLMClient(LLMConfig(backend="vllm"), Path("unused"), engine=engine, sampling_params=Params)
+    engine = PromptEngine()
+    client = VLLMClient(LLMConfig(backend="vllm"), Path("unused"), engine=engine, sampling_params=PromptParams)
     done = client.prompt_logprobs([ScoredText("Text:", "one three"), ScoredText("a b c", "x")])
     # "Text:" is [BOS, id], so the text's tokens sit at positions 2 and 3; after "a b c" (4 tokens) "x" is at 4.
     assert done == [[-2.0, -3.0], [-4.0]]
@@ -202,3 +218,22 @@ def test_prompt_logprobs_are_read_at_the_texts_tokens():
     assert call["prompts"][0] == {"prompt_token_ids": [1, 105, 103, 105]}
     params = call["sampling_params"]
     assert (params.prompt_logprobs, params.max_tokens, params.temperature) == (0, 1, 0.0)
+
+
+def test_choice_logprobs_are_read_after_each_piece():
+    """After a piece inside the prompt, from that position's prompt log-probs (a choice outside the top ones at
+    the least likely one's value); after the last piece, from the first generated token's log-probs."""
+    from sae.llm import ChoiceText
+
+    engine = PromptEngine()
+    engine.extra = {101: -1.0}  # "a" is among each position's top tokens, "bb" (102) never
+    client = VLLMClient(LLMConfig(backend="vllm"), Path("unused"), engine=engine, sampling_params=PromptParams)
+    (done,) = client.choice_logprobs([ChoiceText((("user", "judge this"),), ("one two", "three"), ("a", "bb"))])
+    # "judge this ASSISTANT" is 3 tokens, "one two" 2 more: the choice after it is token 5, at log-prob -5 - 1.
+    assert done.logprobs == [[-6.0, -6.0], [-0.5, -0.7]] and done.prompt_tokens == 6
+    (call,) = engine.calls
+    assert call["prompts"] == [{"prompt_token_ids": [105, 104, 109, 103, 103, 105]}]
+    params = call["sampling_params"]
+    assert (params.prompt_logprobs, params.logprobs, params.max_tokens, params.temperature) == (20, 20, 1, 0.0)
+    with pytest.raises(BackendError, match="must be one token"):
+        client.choice_logprobs([ChoiceText((("user", "x"),), ("y",), ("two words",))])

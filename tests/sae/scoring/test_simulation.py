@@ -1,5 +1,6 @@
 """The simulation scorer: its correlations equal numpy's on a constructed case, replies are constrained to one
-0-10 number per token, and what cannot be read or correlated is NULL."""
+0-10 number per token, and what cannot be read or correlated is NULL; read all at once, its predictions equal
+the model's own next-token probabilities."""
 
 import re
 
@@ -9,9 +10,10 @@ import pytest
 
 from sae.config import ScoreConfig
 from sae.explanations.explainer import SCHEMA as EXPLANATIONS
-from sae.llm.base import Completion, LLMClient
+from sae.llm.base import BackendError, Completion, LLMClient
 from sae.prompts import format_simulation, parse_simulation, simulation_format
 from sae.scoring.scorers import score_partition
+from sae.scoring.scorers import test_windows as windows_by_latent  # not collected as a test under this name
 
 WORDS = ["volcano", "river", "budget", "music", "train", "school", "paper", "green", "city", "winter"]
 # The fixed predictions: by the token's word, whatever the explanation.
@@ -119,3 +121,65 @@ def test_simulation_and_intruder_through_llamacpp_read_every_reply():
     for row in rows:
         assert row["n_failures"] == 0 and row["n_requests"] == 1 and row["completion_tokens"] > 0, row
         assert row["n_examples"] == (1 if row["scorer"] == "intruder" else 3)
+
+
+def test_all_at_once_simulation_equals_the_reference_from_the_models_own_next_token_probabilities(
+        model_lake, converted_model):
+    """The real SmolLM2 (transformers) reads each reply once; every token's prediction is the mean digit after its
+    tab, which this test recomputes from a forward pass of its own over the same chat prompt and reply."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sae.config import BUILTIN_MODEL, LLMConfig
+    from sae.llm import make_client
+    from sae.prompts import SIMULATION_DIGITS, simulation_lines_prompt
+    from sae.scoring.simulation import correlations, simulated_windows
+
+    explanations = pa.Table.from_pylist(
+        [{"latent": latent, "explainer": "llm", "explanation": text, "parsed": True}
+         for latent, text in ((0, "the word volcano"), (1, "words about money"))], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("simulation",), simulation_activating=2, simulation_silent=1,
+                      simulation_method="all_at_once")
+    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=2), model_lake)
+    try:
+        table = score_partition(examples(), explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
+                                client=client)
+    finally:
+        client.close()
+    rows = {(r["latent"], r["source"]): r for r in table.to_pylist()}
+    assert set(rows) == {(0, "real"), (0, "control"), (1, "real"), (1, "control")}
+
+    model = AutoModelForCausalLM.from_pretrained(converted_model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted_model)
+    digits = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in SIMULATION_DIGITS]
+    assert all(len(ids) == 1 for ids in digits)
+    texts = {0: "the word volcano", 1: "words about money"}
+    for (latent, source), row in rows.items():
+        windows = simulated_windows(windows_by_latent(examples(), [latent])[latent], cfg, 0, latent)  # the same draw
+        messages, pieces = simulation_lines_prompt(texts[row["explanation_latent"]],
+                                                   [decode(w["tokens"]) for w in windows])
+        prompt = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages],
+                                               add_generation_prompt=True, tokenize=False)
+        ids, marks = tokenizer(prompt, add_special_tokens=False)["input_ids"], []
+        for piece in pieces:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+            marks.append(len(ids) - 1)
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.tensor([ids])).logits[0, marks].double(), dim=-1)
+        at = probs[:, [d[0] for d in digits]]
+        expected = ((at @ torch.arange(10, dtype=torch.float64)) / at.sum(dim=1)).numpy()
+        bounds = np.cumsum([0] + [len(w["tokens"]) for w in windows])
+        every, activating = correlations(windows, [expected[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        assert row["correlation"] == pytest.approx(every, abs=1e-4)
+        assert row["correlation_activating"] == pytest.approx(activating, abs=1e-4)
+        assert (row["n_requests"], row["completion_tokens"], row["n_failures"]) == (1, 0, 0)
+        assert row["prompt_tokens"] == len(ids) and row["scorer_model"] == BUILTIN_MODEL
+
+
+def test_all_at_once_simulation_needs_a_backend_that_reads_next_token_probabilities():
+    explanations = pa.Table.from_pylist(
+        [{"latent": 0, "explainer": "llm", "explanation": "the word volcano", "parsed": True}], schema=EXPLANATIONS)
+    cfg = ScoreConfig(scorers=("simulation",), simulation_method="all_at_once", control=False)
+    with pytest.raises(BackendError, match="simulation_method: structured"):
+        score_partition(examples(), explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
+                        client=FixedPredictions())
