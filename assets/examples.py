@@ -7,7 +7,7 @@ from sae.examples import stage as examples_stage
 from sae.lake import lake_for
 
 from .lineage import check_results, lake_asset, partitions_of
-from .metadata import markdown_table, publish_views
+from .metadata import markdown_table, publish_views, shard_logger
 from .resources import PipelineConfigResource
 
 
@@ -22,10 +22,7 @@ def build_example_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         cfg = pipeline_config.config
         outcomes = {}
         for partition, key in partitions_of(context):
-            def progress(done: int, total: int, key=key) -> None:
-                context.log.info(f"examples {'|'.join(key)}: {done} of {total} shards selected "
-                                 f"({cfg.execution.engine} engine)")
-
+            progress = shard_logger(context, "examples", key, "selected", cfg.execution.engine)
             table, covered, shards = examples_stage.build_examples(cfg, *key, progress=progress)
             complete = sum(covered.column("complete").to_pylist())
             context.add_asset_metadata({

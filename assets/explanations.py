@@ -5,11 +5,12 @@ import contextlib
 import dagster as dg
 
 from sae.config import TOKENS_BACKEND, PipelineConfig
+from sae.execution import engine_for
 from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 
 from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
-from .metadata import markdown_table, publish_views, with_latent_links
+from .metadata import markdown_table, publish_views, shard_logger, with_latent_links
 from .resources import PipelineConfigResource
 
 
@@ -24,14 +25,16 @@ def build_explanation_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         lake's response cache (`llm_cache`), so a rerun of the same prompts costs no model call."""
         cfg = pipeline_config.config
         outcomes = {}
-        uses_llm = cfg.explain.llm.backend != TOKENS_BACKEND
-        with explanations_stage.open_llm(cfg, cfg.explain.llm) if uses_llm else contextlib.nullcontext() as client:
+        # On Ray the shards load the LLM in their workers: this process needs none.
+        in_process = cfg.explain.llm.backend != TOKENS_BACKEND and engine_for(cfg.execution).in_process
+        with explanations_stage.open_llm(cfg, cfg.explain.llm) if in_process else contextlib.nullcontext() as client:
             for partition, key in partitions_of(context):
-                sent_before = client.sent if client else 0
-                table = explanations_stage.explain_latents(cfg, *key, client)
+                progress = shard_logger(context, "explanations", key, "explained", cfg.execution.engine)
+                table, shards = explanations_stage.build_explanations(cfg, *key, client, shard_progress=progress)
                 context.add_asset_metadata({
                     **explanations_stage.explainer_counts(table),
-                    "llm_calls": (client.sent if client else 0) - sent_before,
+                    "llm_calls": sum(shard.llm_calls for shard in shards), "engine": cfg.execution.engine,
+                    "shards": len(shards), "shards_resumed": sum(shard.resumed for shard in shards),
                     "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
                     "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
                     "explanations": markdown_table(with_latent_links(

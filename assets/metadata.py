@@ -39,3 +39,12 @@ def _cell(value) -> str:
 def publish_views(lake) -> None:
     """Rewrite the lake's views script for users after an asset wrote its tables."""
     lake.write_views()
+
+
+def shard_logger(context: dg.AssetExecutionContext, asset: str, key: tuple[str, str], done_word: str, engine: str):
+    """A progress callback for a sharded stage: logs each finished shard of partition `key`, e.g. "examples
+    layers.1|planted: 2 of 3 shards selected (ray engine)"."""
+    def progress(done: int, total: int) -> None:
+        context.log.info(f"{asset} {'|'.join(key)}: {done} of {total} shards {done_word} ({engine} engine)")
+
+    return progress

@@ -7,13 +7,14 @@ import contextlib
 import dagster as dg
 
 from sae.config import LLM_SCORERS, PipelineConfig
+from sae.execution import engine_for
 from sae.explanations import stage as explanations_stage
 from sae.lake import lake_for
 from sae.scoring import stage as scoring_stage
 from sae.scoring.calibration import calibration_lines, calibration_rows
 
 from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
-from .metadata import markdown_table, publish_views
+from .metadata import markdown_table, publish_views, shard_logger
 from .resources import PipelineConfigResource
 
 
@@ -26,14 +27,20 @@ def build_scoring_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         intruder's and intervention's accuracy, simulation's correlation, and the LLM tokens behind each row.
         Each latent is scored with its own explanation (source real) and another latent's (control)."""
         cfg = pipeline_config.config
-        llm = cfg.score.llm or cfg.explain.llm
-        uses_llm = any(s in LLM_SCORERS for s in cfg.score.scorers)
-        embedder = scoring_stage.open_embedder(cfg) if "embedding" in cfg.score.scorers else None
+        # On Ray the shards load the LLM and the embedder in their workers: this process needs neither.
+        in_process = engine_for(cfg.execution).in_process
+        uses_llm = in_process and any(s in LLM_SCORERS for s in cfg.score.scorers)
+        embedder = scoring_stage.open_embedder(cfg) if in_process and "embedding" in cfg.score.scorers else None
         outcomes = {}
-        with explanations_stage.open_llm(cfg, llm) if uses_llm else contextlib.nullcontext() as client:
+        with explanations_stage.open_llm(cfg, scoring_stage.scorer_llm(cfg)) if uses_llm else \
+                contextlib.nullcontext() as client:
             for partition, key in partitions_of(context):
-                table = scoring_stage.score_explanations(cfg, *key, client, embedder)
-                context.add_asset_metadata({"scores": markdown_table(scoring_stage.mean_scores(table))},
+                progress = shard_logger(context, "scores", key, "scored", cfg.execution.engine)
+                table, shards = scoring_stage.score_shards(cfg, *key, client, embedder, shard_progress=progress)
+                context.add_asset_metadata({"scores": markdown_table(scoring_stage.mean_scores(table)),
+                                            "llm_calls": sum(shard.llm_calls for shard in shards),
+                                            "engine": cfg.execution.engine, "shards": len(shards),
+                                            "shards_resumed": sum(shard.resumed for shard in shards)},
                                            partition_key=partition)
                 outcomes[key] = scoring_stage.check_scores(cfg, key)
         publish_views(lake_for(cfg))

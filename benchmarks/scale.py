@@ -1,7 +1,9 @@
-"""Benchmark of the execution engines: the cost of a shard, and the sharded example selection on Ray.
+"""Benchmark of the execution engines: the cost of a shard, and the sharded example selection and explanations on
+Ray.
 
-    python benchmarks/scale.py                       # 10 M non-zeros, 8k latents, 4 shards
+    python benchmarks/scale.py                       # 10 M non-zeros, 8k latents, 4 shards; 8 explained latents
     python benchmarks/scale.py --nnz 100000000       # the size of benchmarks/selection.py
+    python benchmarks/scale.py --explain 0           # without the explanation stage (the LLM's part, ~2 minutes)
 
 On the synthetic latents table of benchmarks/selection.py (generated once under benchmarks/.data/), prints:
   - per-shard overhead: a no-op shard in this process against a no-op Ray task (a Ray instance on this machine,
@@ -9,6 +11,11 @@ On the synthetic latents table of benchmarks/selection.py (generated once under 
   - the example selection of every latent: in this process as one shard (today's path) and in --shards latent
     ranges (DuckDB on every core), and in those ranges as Ray tasks of one CPU each (one DuckDB thread) on 1 and
     on 2 worker CPUs, as non-zeros per second.
+  - the explanation stage with the real SmolLM2 (the offline default, llama.cpp, one prompt at a time) on
+    --explain synthetic latents: in this process as one shard, and in 2 shards as Ray tasks on 1 and on 2 worker
+    CPUs, each worker loading the model once (cold: the run that starts the workers and loads it; warm: the next
+    one), as explanations per minute. On 2 cores 2 workers can at most double the rate; llama.cpp runs on every
+    core in each worker (its answers depend on its thread count), so two of them share the cores.
 Every sharded run is checked to give the same rows as the one-shard run.
 
 Then the cost of the lake on S3 against a local lake, on moto's S3 server on 127.0.0.1 (started here): moto on
@@ -43,7 +50,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 
 from selection import generate  # noqa: E402  (the synthetic latents table, shared with benchmarks/selection.py)
 
-from sae.config import ExamplesConfig  # noqa: E402
+from sae.config import ExamplesConfig, ExecutionConfig, ExplainConfig, LLMConfig  # noqa: E402
 from sae.examples.shards import ExampleShard, select_shard  # noqa: E402
 from sae.execution import latent_ranges  # noqa: E402
 from sae.execution.local import LocalEngine  # noqa: E402
@@ -78,6 +85,53 @@ def timed_selection(engine, shards: list[ExampleShard]) -> tuple[float, pa.Table
     engine.map(select_shard, shards)
     seconds = time.perf_counter() - start
     return seconds, pa.concat_tables(pq.read_table(s.examples_part) for s in shards)
+
+
+# A toy vocabulary for the synthetic explanation prompts (the LLM reads words, not a tokenizer's pieces).
+WORDS = ("the", "river", "bank", "money", "loan", "water", "flows", "green", "city", "runs", "fast", "old", "song",
+         "light", "stone", "bridge")
+
+
+def decode(ids) -> list[str]:
+    return [f" {WORDS[i % len(WORDS)]}" for i in ids]
+
+
+def explain_inputs(n_latents: int) -> tuple[pa.Table, pa.Table]:
+    """Train windows (3 top, 3 quantile, 16 tokens each) of `n_latents` synthetic latents, and their coverage."""
+    import numpy as np
+
+    from sae.examples.selection import coverage
+
+    rng, rows = np.random.default_rng(0), []
+    for latent in range(n_latents):
+        for i in range(6):
+            acts = [0.0] * 16
+            acts[8] = float(6 - i)
+            rows.append({"latent": latent, "split": "train", "kind": "top" if i < 3 else "quantile", "bin": i % 2,
+                         "ctx_id": 10 * latent + i, "start": 0, "peak_act": acts[8],
+                         "tokens": rng.integers(0, len(WORDS), 16).tolist(), "acts": acts})
+    examples = pa.Table.from_pylist(rows)
+    return examples, coverage(examples, ExamplesConfig(n_top=3, n_train_quantile=3))
+
+
+EXPLAIN = ExplainConfig(llm=LLMConfig(batch_size=1), latents="all", n_examples=6, max_tokens=24, max_attempts=1,
+                        batch_latents=1, token_baseline=False)
+TIMING = ("created_at", "latency_s", "cached")
+
+
+def timed_explanations(lake_root: Path, inputs: tuple[pa.Table, pa.Table], execution: ExecutionConfig,
+                       client=None) -> tuple[float, list[dict]]:
+    """Seconds to explain every synthetic latent in a lake of its own (no cached answer), and the rows."""
+    from sae.explanations.explainer import explain_shards
+    from sae.lake import Lake
+    from sae.lineage import Provenance
+
+    provenance = Provenance("explanations", "bench|x", "bench", "1", {}, {})
+    start = time.perf_counter()
+    table, _ = explain_shards(Lake(lake_root), "bench", "x", *inputs, EXPLAIN, client, decode, 0, provenance,
+                              execution=execution)
+    seconds = time.perf_counter() - start
+    return seconds, [{k: v for k, v in row.items() if k not in TIMING} for row in table.to_pylist()]
 
 
 def start_ray(cpus: int, temp: str):
@@ -169,6 +223,7 @@ def main() -> None:
     parser.add_argument("--latents", type=int, default=8192)
     parser.add_argument("--shards", type=int, default=4, help="latent ranges of the Ray runs")
     parser.add_argument("--no-ops", type=int, default=200, help="no-op shards timed for the per-shard overhead")
+    parser.add_argument("--explain", type=int, default=8, help="latents explained by SmolLM2 (0: none)")
     args = parser.parse_args()
 
     files, contexts = generate(REPO / "benchmarks" / ".data" / f"select-{args.nnz}-{args.latents}", args.nnz,
@@ -204,16 +259,51 @@ def main() -> None:
                          f"{nnz / seconds / 1e6:.2f}"))
             print(f"ray with {cpus} CPU(s): started in {startup:.1f} s; no-op shard {ray_ms:.2f} ms "
                   f"(in this process {local_ms:.4f} ms)")
+        explained = explanation_runs(args.explain, work) if args.explain else []
     print(f"\nexample selection, {nnz:,} non-zeros, {args.latents:,} latents, {os.cpu_count()} cores")
     print(f"{'run':<34} {'seconds':>8} {'M nnz/s':>8}")
     for run, seconds, rate in rows:
         print(f"{run:<34} {seconds:>8} {rate:>8}")
+    if explained:
+        print(f"\nexplanations by SmolLM2 (llama.cpp, one prompt at a time), {args.explain} latents, "
+              f"{os.cpu_count()} cores: 2 workers can at most double the rate here")
+        print(f"{'run':<34} {'seconds':>8} {'expl/min':>8}")  # cold: workers started and the model loaded
+        for run, seconds, rate in explained:
+            print(f"{run:<34} {seconds:>8} {rate:>8}")
+
     with tempfile.TemporaryDirectory(prefix="scale-lakes-") as temp:
         costs = object_store_costs(files, contexts, args.latents, neighbours, nnz, Path(temp))
     print(f"\nthe lake on S3 (moto on 127.0.0.1: not real S3 latency) against a local lake, {nnz:,} non-zeros")
     print(f"{'step':<34} {'local':>8} {'s3':>8}")
     for step, local, s3 in costs:
         print(f"{step:<34} {local:>8} {s3:>8}")
+
+
+def explanation_runs(n_latents: int, work: Path) -> list[tuple[str, str, str]]:
+    """The explanation stage in this process and on 1 and 2 Ray workers; the model's load time printed apart."""
+    from sae.llm import shared_client
+
+    inputs, rows = explain_inputs(n_latents), []
+    start = time.perf_counter()
+    client = shared_client(EXPLAIN.llm, work / "explain-local")  # what each worker does once, before its first shard
+    print(f"SmolLM2 (llama.cpp) loaded in {time.perf_counter() - start:.1f} s in this process")
+    seconds, reference = timed_explanations(work / "explain-local", inputs, ExecutionConfig(), client)
+    rows.append(("local, 1 shard (in this process)", f"{seconds:.1f}", f"{n_latents / seconds * 60:.1f}"))
+    for cpus in (1, 2):
+        ray, _ = start_ray(cpus, str(work / f"ray-explain{cpus}"))
+        try:
+            # Two shards per run: on 1 worker the second reuses the model the first loaded. The first run starts
+            # the workers and loads the model in each (cold); the second, in another lake (no cached answer),
+            # finds them loaded (warm): the difference is what starting a worker costs.
+            for start in ("cold", "warm"):
+                seconds, explained = timed_explanations(work / f"explain-ray{cpus}-{start}", inputs,
+                                                        ExecutionConfig(engine="ray", shards=2))
+                assert explained == reference, "the explanations on Ray differ from the one-process run"
+                rows.append((f"ray, 2 shards, {cpus} worker{'s' * (cpus > 1)}, {start}", f"{seconds:.1f}",
+                             f"{n_latents / seconds * 60:.1f}"))
+        finally:
+            ray.shutdown()
+    return rows
 
 
 if __name__ == "__main__":

@@ -364,16 +364,16 @@ class SimilarityConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """Where the sharded stages (example selection) run: in this process, or as tasks on a Ray cluster. The rows
-    are the same whatever the engine and the number of shards, so none of this is part of a partition's
-    fingerprint."""
+    """Where the sharded stages (selection, explanations, scoring) run: in this process, or as tasks on a Ray
+    cluster. The rows are the same whatever the engine and the number of shards, so none of this is part of a
+    partition's fingerprint."""
 
     engine: str = "local"  # local: in this process, shard after shard; ray: one Ray task per shard
     # ray only: null joins the cluster $RAY_ADDRESS names, or the one `ray start` made on this machine, else starts
     # a Ray instance here for the run; "auto" joins an existing one or fails; "ray://host:10001" reaches a remote
     # cluster through the Ray client.
     address: str | None = None
-    shards: int = 1  # latent ranges per partition: each is selected on its own and written as one part file
+    shards: int = 1  # latent ranges per partition: each is done on its own and written as one part file per table
     max_retries: int = 3  # ray only: times a shard whose worker died (node lost, killed, out of memory) is rerun
     cpus_per_shard: int = 1  # ray only: CPUs each shard's task reserves, and the threads its DuckDB runs
 

@@ -98,3 +98,15 @@ def embedding_auc(explanation_vec: np.ndarray, window_vecs: np.ndarray, activati
     explanation = normalise_rows(np.asarray(explanation_vec).reshape(-1))
     windows = normalise_rows(np.asarray(window_vecs).reshape(-1, explanation.shape[0]))
     return roc_auc(np.asarray(activating, dtype=bool), windows @ explanation)
+
+
+# The embedders this process has loaded for shards, by (name, device): see shared_embedder.
+_SHARED: dict[tuple[str, str], Embedder] = {}
+
+
+def shared_embedder(name: str, device: str = "auto") -> Embedder:
+    """The embedder `name`, loaded once per process and kept for every later shard that asks for it (a Ray worker
+    runs many shards; see llm.shared_client for why a per-process cache rather than an actor)."""
+    if (name, device) not in _SHARED:
+        _SHARED[name, device] = Embedder(name, device=device)
+    return _SHARED[name, device]

@@ -19,7 +19,7 @@ def embed_explanations(cfg: PipelineConfig, hookpoint: str, name: str, embedder)
     sentence-transformer."""
     key = (hookpoint, name)
     explained = fresh_files(cfg, "explanations", key)
-    table = pq.read_table(explained[0], columns=["latent", "explainer", "explanation", "parsed"]).filter(
+    table = pq.read_table([str(f) for f in explained], columns=["latent", "explainer", "explanation", "parsed"]).filter(
         pc.field("parsed") & (pc.field("explainer") == main_explainer(cfg.explain)))
     vectors = embedder.embed(table.column("explanation").to_pylist())
     flat = pa.array(vectors.reshape(-1), pa.float32())

@@ -22,6 +22,9 @@ class Engine(Protocol):
     # The threads one shard may use (DuckDB's `threads`): None for every core of the machine, else what the
     # engine reserved for it, so that shards side by side on one node do not fight over its cores.
     threads_per_shard: int | None
+    # Whether shards run in this process: then they may use what it already holds (a loaded LLM, its response
+    # cache) instead of loading their own in each worker.
+    in_process: bool
 
     def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard],
             progress: Progress | None = None) -> list[Result]:

@@ -10,6 +10,7 @@ from . import Progress, Result, Shard
 class LocalEngine:
     name = "local"
     threads_per_shard = None  # one shard at a time: it has the machine
+    in_process = True
 
     def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard],
             progress: Progress | None = None) -> list[Result]:

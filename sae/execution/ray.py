@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 class RayEngine:
     name = "ray"
+    in_process = False
 
     def __init__(self, address: str | None, max_retries: int, cpus_per_shard: int = 1):
         self.address = address

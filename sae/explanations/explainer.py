@@ -2,30 +2,31 @@
 
 Resumable: each batch of finished latents is written to the partition's staging folder as it completes,
 behind a fingerprint of everything that shapes the answers; a rerun with the same settings explains only
-the latents still missing (committed or staged rows are reused, not asked again). The complete partition
-is committed in one rename.
+the latents still missing (committed or staged rows are reused, not asked again). The latents are explained in
+latent-range shards (sae/explanations/shards.py), in this process or on Ray, and the complete partition is
+committed in one rename.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..config import TOKENS_BACKEND, ExplainConfig
+from ..config import TOKENS_BACKEND, ExecutionConfig, ExplainConfig
+from ..execution import Progress
 from ..frames import frame, to_arrow
-from ..lake import Lake, write_parquet
+from ..lake import Lake, read_parts
 from ..lineage import Provenance
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams
-from ..prompts import Window, example_rotation, explainer_messages, explainer_version, marked_text, parse_explanation
+from ..prompts import Window, example_rotation, explainer_messages, marked_text, parse_explanation
 from .copies import copied_example
 from .evidence import BASELINE_VERSION, TokenStats, baseline_explanation
 
@@ -217,57 +218,69 @@ def explain_partition(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, 
                       cfg: ExplainConfig, client: LLMClient | None, decode: Decode, seed: int,
                       provenance: Provenance, stats: dict[int, TokenStats] | None = None,
                       progress: bool = False, fixed: pa.Table | None = None) -> pa.Table:
+    """The partition's explanations in one shard in this process (see explain_shards, which also says what each
+    shard did)."""
+    return explain_shards(lake, hookpoint, sae, examples, coverage, cfg, client, decode, seed, provenance, stats,
+                          progress, fixed)[0]
+
+
+def explain_shards(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table,
+                   cfg: ExplainConfig, client: LLMClient | None, decode: Decode, seed: int,
+                   provenance: Provenance, stats: dict[int, TokenStats] | None = None,
+                   progress: bool = False, fixed: pa.Table | None = None,
+                   execution: ExecutionConfig = ExecutionConfig(), n_latents: int | None = None,
+                   shard_progress: Progress | None = None, run_shard: Callable | None = None) -> tuple[pa.Table, list]:
     """Explain the chosen latents of one partition with the LLM, resuming from earlier rows made with the same
     settings; and every latent with the token baseline (from `stats`), where it is on. With
     `explain.llm.backend: tokens` the baseline is the only explainer and `client` is not used. `fixed` rows
-    (other explainers that ask no model, see `fixed_rows`) are stored beside them."""
-    parts = []
-    if cfg.llm.backend != TOKENS_BACKEND:
-        parts.append(_llm_rows(lake, hookpoint, sae, examples, coverage, cfg, client, decode, seed, provenance,
-                               stats, progress))
+    (other explainers that ask no model, see `fixed_rows`) are stored beside them.
+
+    The latents are split into `execution.shards` ranges, explained by the configured engine (sae/explanations/
+    shards.py), each staged as one part file, and the partition is committed once every range is staged; a rerun
+    with the same settings and shards keeps the ranges staged and the batches of the others. What needs the whole
+    partition stays here: the choice of latents (a sample is drawn over all of them) and the rows that ask no
+    model. The ranges split `n_latents` (the variant's width; None: up to the highest latent of `coverage`). In
+    this process the shards ask `client`; on Ray each worker loads the LLM once (llm.shared_client).
+    `run_shard(shard, decode=, client=, progress=)` is what each shard runs (explain_shard; a wrapper that fails
+    on purpose, in the tests). Returns the committed rows and each shard's report."""
+    from ..execution import engine_for, latent_ranges
+    from .shards import ExplanationShard, explain_shard
+
+    chosen = choose_latents(coverage, cfg, seed) if cfg.llm.backend != TOKENS_BACKEND else []
+    asking_none = [frame(SCHEMA.empty_table())]
     if cfg.llm.backend == TOKENS_BACKEND or cfg.token_baseline:
-        parts.append(frame(token_baseline_rows(coverage, stats or {})))
+        asking_none.append(frame(token_baseline_rows(coverage, stats or {})))
     if fixed is not None:
-        parts.append(frame(fixed))
-    table = to_arrow(pl.concat(parts).sort("latent", "explainer"), SCHEMA)
-    # The batches' staging folder becomes the one-file partition (the response cache keeps every answer).
-    lake.write_partition(table, "explanations", hookpoint, sae, provenance=provenance)
-    return table
-
-
-def _llm_rows(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, coverage: pa.Table, cfg: ExplainConfig,
-              client: LLMClient, decode: Decode, seed: int, provenance: Provenance,
-              stats: dict[int, TokenStats] | None, progress: bool) -> pl.DataFrame:
-    latents = choose_latents(coverage, cfg, seed)
-    version = explainer_version(cfg.prompt)
-    staging = lake.open_staging("explanations", hookpoint, sae, resume=provenance.fingerprint)
-    done = _reusable_rows(lake, hookpoint, sae, staging, provenance.fingerprint)
-    done = done.filter((pl.col("explainer") == LLM) & pl.col("latent").is_in(latents))
-    finished = set(done["latent"])
-    todo = [latent for latent in latents if latent not in finished]
-    log.info("%s|%s: %d latents chosen, %d already explained, %d to go", hookpoint, sae, len(latents),
-             len(finished), len(todo))
-    parts = [done]
-    for first in range(0, len(todo), cfg.batch_latents):
-        answers = explain_with_retries(examples, todo[first : first + cfg.batch_latents], cfg, client, decode, stats,
-                                       progress)
-        part = rows_for(answers, client, version)
-        write_parquet(part, staging / f"part-{len(list(staging.glob('part-*.parquet'))):05d}.parquet")
-        parts.append(frame(part))
-    return pl.concat(parts)
-
-
-def _reusable_rows(lake: Lake, hookpoint: str, sae: str, staging: Path, fingerprint: str) -> pl.DataFrame:
-    """Rows from the committed partition and from staged batches (`staging`, opened for this fingerprint)
-    that were made with the same settings."""
-    tables = []
+        asking_none.append(frame(fixed))
+    no_model = pl.concat(asking_none)
+    covered = frame(coverage)["latent"]
+    if n_latents is None:
+        n_latents = int(covered.max()) + 1 if len(covered) else 1
+    ranges = latent_ranges(n_latents, execution.shards)
+    staging = lake.open_staging("explanations", hookpoint, sae,
+                                resume=f"{provenance.fingerprint} in {len(ranges)} shards")
     stored = lake.stored_provenance("explanations", hookpoint, sae)
-    if stored is not None and stored.fingerprint == fingerprint:
-        tables.extend(pq.read_table(path, schema=SCHEMA) for path in lake.files("explanations", hookpoint, sae))
-    tables.extend(pq.read_table(p, schema=SCHEMA) for p in sorted(staging.glob("part-*.parquet")))
-    # A latent may be both committed and staged (an interrupted rerun); keep its first row.
-    return pl.concat([frame(t) for t in tables or [SCHEMA.empty_table()]]).unique(
-        ["latent", "explainer"], keep="first", maintain_order=True)
+    reusable = tuple(str(f) for f in lake.files("explanations", hookpoint, sae)) \
+        if stored is not None and stored.fingerprint == provenance.fingerprint else ()
+    train = frame(examples).filter(pl.col("split") == "train")
+    engine = engine_for(execution)
+    log.info("%s|%s: %d latents chosen for the LLM, in %d shards on the %s engine", hookpoint, sae, len(chosen),
+             len(ranges), engine.name)
+    shards = []
+    for i, (first, end) in enumerate(ranges):
+        mine = [latent for latent in chosen if first <= latent < end]
+        shards.append(ExplanationShard(
+            (first, end), tuple(mine), train.filter(pl.col("latent").is_in(mine)).to_arrow(),
+            None if stats is None else {latent: stats[latent] for latent in mine if latent in stats},
+            to_arrow(no_model.filter(pl.col("latent").is_between(first, end, closed="left")), SCHEMA), cfg,
+            str(lake.root), reusable, str(staging / f"part-{i:05d}.parquet")))
+    # A worker cannot receive this process's client: it loads its own there. Its progress bars would interleave in
+    # this process's log; the engine reports each shard as it finishes instead.
+    run = functools.partial(run_shard or explain_shard, decode=decode, client=client if engine.in_process else None,
+                            progress=progress and engine.in_process)
+    reports = engine.map(run, shards, shard_progress)
+    folder = lake.commit(staging, "explanations", hookpoint, sae, provenance=provenance)
+    return read_parts(sorted(folder.glob("part-*.parquet"))), reports
 
 
 def top_window_text(examples: pa.Table, latent: int, decode: Decode, threshold: float = 0.0) -> str:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import LLMConfig, PipelineConfig
+from ..execution import Progress
 from ..lake import lake_for, read_parts
 from ..lineage import StaleDataError, fresh_files, lineage_of
 from ..llm.response_cache import CachedClient
 from ..models import load_tokenizer
+
+if TYPE_CHECKING:
+    from .shards import ShardReport
 
 
 def token_decoder(cfg: PipelineConfig):
@@ -56,18 +63,30 @@ def latent_token_stats(cfg: PipelineConfig, hookpoint: str, name: str, decode) -
 
 
 def explain_latents(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True) -> pa.Table:
-    """The partition's explanations; a planted variant's latents each also get their ground truth (explainer
-    `truth`)."""
-    from .explainer import explain_partition
+    """The partition's explanations (build_explanations, without the shards' reports)."""
+    return build_explanations(cfg, hookpoint, name, client, progress)[0]
+
+
+def build_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, progress: bool = True,
+                       shard_progress: Progress | None = None, run_shard: Callable | None = None,
+                       ) -> tuple[pa.Table, list[ShardReport]]:
+    """The partition's explanations, in `execution.shards` latent ranges on the configured engine (see
+    explain_shards); a planted variant's latents each also get their ground truth (explainer `truth`). `client`
+    is the LLM of the in-process engine (None: loaded where a shard first needs it); `run_shard` what each shard
+    runs (explain_shard; a wrapper that fails on purpose, in the tests)."""
+    from ..saes.stage import num_latents_of
+    from .explainer import explain_shards
 
     key = (hookpoint, name)
     examples = read_parts(fresh_files(cfg, "examples", key))
     covered = read_parts(fresh_files(cfg, "examples", key, table="example_coverage"))
     decode = token_decoder(cfg)
     fixed = truth_rows(cfg, hookpoint, name, covered) if cfg.sae(name).planted is not None else None
-    return explain_partition(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain_for(name), client,
-                             decode, cfg.seed, lineage_of(cfg).provenance("explanations", key),
-                             stats=latent_token_stats(cfg, hookpoint, name, decode), progress=progress, fixed=fixed)
+    return explain_shards(lake_for(cfg), hookpoint, name, examples, covered, cfg.explain_for(name), client, decode,
+                          cfg.seed, lineage_of(cfg).provenance("explanations", key),
+                          stats=latent_token_stats(cfg, hookpoint, name, decode), progress=progress, fixed=fixed,
+                          execution=cfg.execution, n_latents=num_latents_of(cfg, hookpoint, name),
+                          shard_progress=shard_progress, run_shard=run_shard)
 
 
 def truth_rows(cfg: PipelineConfig, hookpoint: str, name: str, covered: pa.Table) -> pa.Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import LLM_BACKENDS, LLMConfig
 from .base import (
@@ -18,6 +19,9 @@ from .base import (
     TokenLogprobs,
     request_key,
 )
+
+if TYPE_CHECKING:
+    from .response_cache import CachedClient
 
 BACKENDS = LLM_BACKENDS
 
@@ -35,6 +39,7 @@ __all__ = [
     "TokenLogprobs",
     "make_client",
     "request_key",
+    "shared_client",
 ]
 
 
@@ -53,3 +58,27 @@ def make_client(cfg: LLMConfig, lake_root: Path) -> LLMClient:
 
         return VLLMClient(cfg, Path(lake_root))
     raise BackendError(f"llm.backend {cfg.backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+
+
+# The clients this process has loaded for shards, by (settings, lake): see shared_client.
+_SHARED: dict[tuple[LLMConfig, str], CachedClient] = {}
+
+
+def shared_client(cfg: LLMConfig, lake_root: Path) -> CachedClient:
+    """The backend of `cfg` behind the lake's response cache, loaded once per process and kept for every later
+    shard that asks for it (the cache refreshed with the answers other processes wrote since).
+
+    Why a per-process cache and not a Ray actor that holds the engine: Ray runs a task in a worker process it keeps
+    and reuses for the next tasks, so the model a shard loaded serves every later shard of that worker without a
+    second kind of remote object; the shards stay plain tasks of the one `RayEngine.map`, which Ray reruns when
+    their worker dies (an actor would need restarts and task retries of its own); and the in-process engine finds
+    the same cache. What it costs: a worker keeps each engine it loaded (an explainer and a different scorer model
+    are two) until Ray retires the worker."""
+    from .response_cache import CachedClient
+
+    key = (cfg, str(Path(lake_root).resolve()))
+    if key not in _SHARED:
+        _SHARED[key] = CachedClient(make_client(cfg, Path(lake_root)), Path(lake_root) / "llm_cache")
+    client = _SHARED[key]
+    client.refresh()
+    return client

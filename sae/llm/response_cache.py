@@ -3,6 +3,12 @@
 Rows live in `lake/llm_cache/part-*.parquet`, one file per batch of new completions (written atomically),
 so a rerun of the same prompts costs no model call and gives the same text, and a crash loses nothing
 that was already written. `saelake sql` can read the cache like any table.
+
+Shards on other processes (Ray workers) write their answers here themselves, batch by batch, as the driver does:
+every file has a name of its own and appears whole (a temp name, then a rename), so writers side by side never
+touch each other's files and a reader never sees half of one; and an answer is kept as soon as its batch is done,
+so a shard killed midway loses none it had (its rerun answers them from here). Having shards hand their answers
+back for the driver to write would lose exactly those.
 """
 
 from __future__ import annotations
@@ -32,18 +38,23 @@ class CachedClient(LLMClient):
         self.backend, self.model, self.supports_logprobs = inner.backend, inner.model, inner.supports_logprobs
         self.folder = Path(folder)
         self.sent = 0  # requests that reached the backend (the rest came from the cache)
-        self._entries = self._load()
+        self._entries: dict[str, str] = {}
+        self._read: set[str] = set()  # the part files loaded so far
+        self.refresh()
 
     def _identity(self) -> str:
         return f"{self.backend}:{self.model}"
 
-    def _load(self) -> dict[str, str]:
-        files = sorted(self.folder.glob("part-*.parquet"))
+    def refresh(self) -> None:
+        """Load the part files written since the last load (by other processes: the shards of other workers, a
+        later run), so a client kept across shards answers from them too."""
+        files = [f for f in sorted(self.folder.glob("part-*.parquet")) if f.name not in self._read]
         if not files:
-            return {}
+            return
         # Files in name order (their time stamps), so a key written twice keeps its latest completion.
         table = pl.read_parquet(files, columns=["key", "completion"])
-        return dict(zip(table["key"].to_list(), table["completion"].to_list()))
+        self._entries.update(zip(table["key"].to_list(), table["completion"].to_list()))
+        self._read.update(f.name for f in files)
 
     def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[Completion]:
         keys = [request_key(self._identity(), r) for r in requests]
@@ -74,8 +85,10 @@ class CachedClient(LLMClient):
             "completion": texts, "created_at": [now] * len(keys),
         }, schema=SCHEMA)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_parquet(table, self.folder / f"part-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
+        path = self.folder / f"part-{now:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        write_parquet(table, path)
         self._entries.update(zip(keys, texts))
+        self._read.add(path.name)
 
     def prompt_logprobs(self, requests: Sequence[ScoredText], progress: bool = False) -> list[list[float]]:
         # Not cached: a forward pass costs about what reading a cached row would, and its floats are large.
@@ -90,3 +103,9 @@ class CachedClient(LLMClient):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def requests_sent(client: LLMClient | None) -> int:
+    """The requests `client` has passed to its backend so far, as the response cache counts them (0 for a bare
+    backend, which counts none, and for no client)."""
+    return client.sent if isinstance(client, CachedClient) else 0

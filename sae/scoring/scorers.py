@@ -353,11 +353,11 @@ class Scoring:
     and the scorer LLM."""
 
     by_explainer: dict[str, Explained]
-    latents: list[int]  # the scored latents
-    judged_latents: list[int]  # those the scorer LLM judges
-    windows: dict[int, list[dict]]
+    latents: list[int]  # the scored latents of the partition
+    judged_latents: list[int]  # those the scorer LLM judges (in a shard: those of its range)
+    windows: dict[int, list[dict]]  # test windows by latent (in a shard: its range's, and the intruder's pool)
     cfg: ScoreConfig
-    decode: Decode
+    decode: Decode | None  # None in a shard on its way to a worker, which sets its own
     seed: int
     n_bins: int
     fuzz_threshold: float
@@ -367,6 +367,24 @@ class Scoring:
     batch_requests: int
     generations: pa.Table | None = None  # intervention: the partition's steered_generations
     output_explainers: dict[str, Explained] = field(default_factory=dict)  # intervention only: output-side ones
+    own: list[int] | None = None  # the scored latents whose rows it makes (None: all of `latents`)
+
+    def __post_init__(self):
+        if self.own is None:
+            self.own = self.latents
+
+    def of_range(self, first: int, end: int) -> Scoring:
+        """The part of this partition's scoring that makes the rows of latents [first, end), without client or
+        decoder (a worker sets its own). It keeps what the whole partition decides (scored and judged latents,
+        controls, texts); the windows are the range's, with, for the intruder, the activating test windows of
+        every scored latent (its intruders come from anywhere in the partition)."""
+        own = [latent for latent in self.latents if first <= latent < end]
+        pool = {latent: [r for r in rows if r["kind"] == "quantile"] for latent, rows in self.windows.items()} \
+            if "intruder" in self.cfg.scorers else {}
+        return dataclasses.replace(
+            self, own=own, judged_latents=[latent for latent in self.judged_latents if first <= latent < end],
+            windows=defaultdict(list, {**pool, **{latent: self.windows[latent] for latent in own}}), client=None,
+            decode=None)
 
     def need_client(self, scorer: str) -> LLMClient:
         if self.client is None:
@@ -396,54 +414,68 @@ def score_partition(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig
                     output_explanations: pa.Table | None = None) -> pa.Table:
     """Scores of every parsed explanation of one partition, per explainer, real and (if configured) control; the
     `output_explanations` (sae/scoring/output_explanations.py) by the intervention scorer alone."""
+    return score_rows(partition_scoring(examples, explanations, cfg, decode, seed, n_bins, fuzz_threshold, client,
+                                        progress, batch_requests, generations, output_explanations), embedder)
+
+
+def partition_scoring(examples: pa.Table, explanations: pa.Table, cfg: ScoreConfig, decode: Decode | None, seed: int,
+                      n_bins: int, fuzz_threshold: float, client: LLMClient | None = None, progress: bool = False,
+                      batch_requests: int = 512, generations: pa.Table | None = None,
+                      output_explanations: pa.Table | None = None) -> Scoring:
+    """What scoring one partition reads, drawn over the whole partition: the scored and judged latents (samples
+    of all of them), each explainer's controls (a derangement across all its latents), and the test windows."""
     by_explainer = explained_by(explanations, cfg, seed)
     latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
-    judged_latents = llm_judged_latents(latents, cfg.llm_n_latents, seed)
-    windows = test_windows(examples, latents)
-    now = datetime.now(timezone.utc)
-    scoring = Scoring(by_explainer, latents, judged_latents, windows, cfg, decode, seed, n_bins, fuzz_threshold, now,
-                      client, progress, batch_requests, generations)
+    scoring = Scoring(by_explainer, latents, llm_judged_latents(latents, cfg.llm_n_latents, seed),
+                      test_windows(examples, latents), cfg, decode, seed, n_bins, fuzz_threshold,
+                      datetime.now(timezone.utc), client, progress, batch_requests, generations)
     if output_explanations is not None:
         scoring.output_explainers = explained_per_explainer(frame(output_explanations).filter(pl.col("parsed")),
                                                             cfg.control, seed)
-    rows = []
-    llm_scorers = [s for s in cfg.scorers if s in ANSWER_SCORERS]
-    if llm_scorers and latents:
-        if client is None:
+    return scoring
+
+
+def score_rows(s: Scoring, embedder=None) -> pa.Table:
+    """The scores rows of the latents `s.own`, sorted by latent, explainer, scorer and source (real first)."""
+    cfg, rows = s.cfg, []
+    llm_scorers = [scorer for scorer in cfg.scorers if scorer in ANSWER_SCORERS]
+    if llm_scorers and s.own:
+        if s.client is None:
             raise ValueError(f"scorers {llm_scorers} need an LLM client")
         sampling = SamplingParams(max_tokens=cfg.max_tokens,
-                                  top_logprobs=TOP_LOGPROBS if client.supports_logprobs else 0)
+                                  top_logprobs=TOP_LOGPROBS if s.client.supports_logprobs else 0)
         batches = []
-        for latent in judged_latents:
+        for latent in s.judged_latents:
             # The same windows, in the same order, for every explainer and source of a latent.
-            rng = random.Random(f"{seed}/{latent}")
-            activating, silent = sample_for_llm(windows[latent], cfg, rng)
-            items = {"detection": detection_items(activating, silent, decode),
-                     "fuzzing": fuzzing_items(activating, silent, decode, fuzz_threshold,
+            rng = random.Random(f"{s.seed}/{latent}")
+            activating, silent = sample_for_llm(s.windows[latent], cfg, rng)
+            items = {"detection": detection_items(activating, silent, s.decode),
+                     "fuzzing": fuzzing_items(activating, silent, s.decode, s.fuzz_threshold,
                                               cfg.fuzz_wrong_in_activating, rng)}
             for scorer in llm_scorers:
-                for explainer, explained in by_explainer.items():
+                for explainer, explained in s.by_explainer.items():
                     for source, mapping in explained.sources:
                         if latent in mapping:
                             batches += llm_batches((latent, explainer, scorer, source),
                                                    explained.text_of[mapping[latent]], items[scorer], cfg,
-                                                   random.Random(f"{seed}/{latent}/{scorer}"), sampling)
+                                                   random.Random(f"{s.seed}/{latent}/{scorer}"), sampling)
         judged: dict = {}
-        for first in range(0, len(batches), batch_requests):
-            part = batches[first : first + batch_requests]
-            judge(part, client.complete([b.request for b in part], progress=progress), judged)
+        for first in range(0, len(batches), s.batch_requests):
+            part = batches[first : first + s.batch_requests]
+            judge(part, s.client.complete([b.request for b in part], progress=s.progress), judged)
         for key, record in sorted(judged.items()):
             latent, explainer, scorer, source = key
-            mapping = dict(by_explainer[explainer].sources)[source]
-            rows.append(metrics_row(key, mapping[latent], record, n_bins, client.model, scorer_version(scorer), now))
-    if "embedding" in cfg.scorers and latents:
-        rows += embedding_rows(by_explainer, windows, decode, embedder, n_bins, now)
-    if "surprisal" in cfg.scorers and latents:
-        rows += surprisal_rows(by_explainer, judged_latents, windows, cfg, decode, client, seed, n_bins, now,
-                               progress, batch_requests)
+            mapping = dict(s.by_explainer[explainer].sources)[source]
+            rows.append(metrics_row(key, mapping[latent], record, s.n_bins, s.client.model, scorer_version(scorer),
+                                    s.now))
+    if "embedding" in cfg.scorers and s.own:
+        rows += embedding_rows(s.by_explainer, s.own, s.windows, s.decode, embedder, s.n_bins, s.now)
+    if "surprisal" in cfg.scorers and s.own:
+        rows += surprisal_rows(s.by_explainer, s.judged_latents, s.windows, cfg, s.decode, s.client, s.seed, s.n_bins,
+                               s.now, s.progress, s.batch_requests)
     for name, scorer_rows in request_scorers().items():
-        if name in cfg.scorers and latents:
-            rows += scorer_rows(scoring)
+        if name in cfg.scorers and s.own:
+            rows += scorer_rows(s)
     # One row per (latent, explainer, scorer, source), each the verdict of model calls: built as rows, not shaped.
     return pa.Table.from_pylist(rows, schema=SCHEMA).sort_by([
         ("latent", "ascending"), ("explainer", "ascending"), ("scorer", "ascending"), ("source", "descending")])
@@ -457,11 +489,10 @@ def ranked(labels: np.ndarray, values: np.ndarray, bins: list[int | None]) -> Ju
     return Judged(labels.tolist(), predictions.tolist(), values.tolist(), bins)
 
 
-def embedding_rows(by_explainer: dict[str, Explained], windows, decode: Decode, embedder, n_bins: int,
-                   now: datetime) -> list[dict]:
-    """AUC of cosine(explanation, window) over every test window of each latent, per explainer, real and
+def embedding_rows(by_explainer: dict[str, Explained], latents: list[int], windows, decode: Decode, embedder,
+                   n_bins: int, now: datetime) -> list[dict]:
+    """AUC of cosine(explanation, window) over every test window of each of `latents`, per explainer, real and
     control."""
-    latents = sorted({latent for e in by_explainer.values() for latent in e.text_of})
     texts, spans = [], {}
     for latent in latents:
         rows = windows[latent]
@@ -471,7 +502,7 @@ def embedding_rows(by_explainer: dict[str, Explained], windows, decode: Decode, 
     out = []
     for explainer, explained in by_explainer.items():
         explanation_vecs = dict(zip(explained.text_of, embedder.embed(list(explained.text_of.values()))))
-        for latent in sorted(explained.text_of):
+        for latent in sorted(explained.text_of.keys() & set(latents)):
             lo, hi = spans[latent]
             rows = windows[latent]
             labels = np.array([r["kind"] == "quantile" for r in rows], bool)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..checks import WARN, CheckOutcome, CheckSpec, record_checks
-from ..config import PipelineConfig
+from ..config import LLM_SCORERS, LLMConfig, PipelineConfig
+from ..execution import Progress
 from ..explanations.explainer import LLM
 from ..explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from ..explanations.stage import token_decoder
 from ..lake import lake_for, read_parts
 from ..lake.sql import run_query
 from ..lineage import connect_fresh, fresh_files, lineage_of
+
+if TYPE_CHECKING:
+    from ..explanations.shards import ShardReport
 
 
 def open_embedder(cfg: PipelineConfig):
@@ -23,32 +30,70 @@ def open_embedder(cfg: PipelineConfig):
     return Embedder(cfg.score.embedder, device=cfg.score.embedder_device)
 
 
+def scorer_llm(cfg: PipelineConfig) -> LLMConfig:
+    """The LLM of the scorers: score.llm, else the explainer's."""
+    return cfg.score.llm or cfg.explain.llm
+
+
 def score_explanations(cfg: PipelineConfig, hookpoint: str, name: str, client, embedder,
                        progress: bool = True) -> pa.Table:
+    """The partition's scores (score_shards, without the shards' reports)."""
+    return score_shards(cfg, hookpoint, name, client, embedder, progress)[0]
+
+
+def score_shards(cfg: PipelineConfig, hookpoint: str, name: str, client, embedder, progress: bool = True,
+                 shard_progress: Progress | None = None, run_shard: Callable | None = None,
+                 ) -> tuple[pa.Table, list[ShardReport]]:
     """Score one partition's explanations on its test windows; written to `scores` (and, for the intervention
     scorer, its generations to `steered_generations` and its output-side explanations to `output_explanations`
-    first)."""
-    from .scorers import judged_latents_of, score_partition
+    first).
 
-    key = (hookpoint, name)
+    The rows are made in `execution.shards` latent ranges on the configured engine (sae/scoring/shards.py), each
+    staged as one part file, and the partition is committed once every range is staged; a rerun with the same
+    settings and shards keeps the ranges staged. What needs the whole partition stays here: the latents scored and
+    judged (samples of all of them), the controls (a derangement across each explainer's latents), the intruder's
+    pool of windows, and the intervention's continuations and output-side explanations (made before the shards,
+    with `client`). `client` and `embedder` serve the in-process engine (None: loaded where a shard first needs
+    them); on Ray each worker loads its own once. `run_shard(shard, decode=, client=, embedder=)` is what each
+    shard runs (score_shard; a wrapper that fails on purpose, in the tests). Returns the committed rows and each
+    shard's report."""
+    from ..execution import engine_for, latent_ranges
+    from ..llm import shared_client
+    from ..saes.stage import num_latents_of
+    from .scorers import judged_latents_of, partition_scoring
+    from .shards import ScoreShard, score_shard
+
+    lake, key = lake_for(cfg), (hookpoint, name)
+    provenance = lineage_of(cfg).provenance("scores", key)
     examples, explained = fresh_files(cfg, "examples", key), fresh_files(cfg, "explanations", key)
-    explanations, score = pq.read_table(explained[0]), cfg.score_for(name)
+    explanations, score = read_parts(explained), cfg.score_for(name)
     generations, output = None, EXPLANATIONS_SCHEMA.empty_table()
     if "intervention" in score.scorers and cfg.sae(name).has_decoder:
         judged = judged_latents_of(explanations, score, cfg.seed)
         generations = write_steered_generations(cfg, hookpoint, name, judged)
         if score.output_prompts:
-            output = output_explanations(cfg, hookpoint, name, client, generations, judged, progress)
+            # Written here, whatever the engine: the LLM of this process (loaded now where the engine runs elsewhere).
+            output = output_explanations(cfg, hookpoint, name, client or shared_client(scorer_llm(cfg), lake.root),
+                                         generations, judged, progress)
     # Written for every scored partition, empty where none were asked for: no earlier run's rows linger.
-    lake_for(cfg).write_partition(output, "output_explanations", hookpoint, name,
-                                  provenance=lineage_of(cfg).provenance("scores", key))
-    table = score_partition(read_parts(examples), explanations, score, token_decoder(cfg), cfg.seed,
-                            cfg.examples.n_quantiles, cfg.explain.prompt.highlight_threshold, client=client,
-                            embedder=embedder, progress=progress, generations=generations,
-                            output_explanations=output)
-    lake_for(cfg).write_partition(table, "scores", hookpoint, name,
-                                  provenance=lineage_of(cfg).provenance("scores", key))
-    return table
+    lake.write_partition(output, "output_explanations", hookpoint, name, provenance=provenance)
+    engine, decode = engine_for(cfg.execution), token_decoder(cfg)
+    # A worker's progress bars would interleave in this process's log; the engine reports each shard instead.
+    scoring = partition_scoring(read_parts(examples), explanations, score, decode, cfg.seed, cfg.examples.n_quantiles,
+                                cfg.explain.prompt.highlight_threshold, progress=progress and engine.in_process,
+                                generations=generations, output_explanations=output)
+    ranges = latent_ranges(num_latents_of(cfg, hookpoint, name), cfg.execution.shards)
+    staging = lake.open_staging("scores", hookpoint, name, resume=f"{provenance.fingerprint} in {len(ranges)} shards")
+    llm = scorer_llm(cfg) if any(s in LLM_SCORERS for s in score.scorers) else None
+    embedding = (cfg.score.embedder, cfg.score.embedder_device) if "embedding" in score.scorers else None
+    shards = [ScoreShard(latent_range, scoring.of_range(*latent_range), llm, embedding, str(lake.root),
+                         str(staging / f"part-{i:05d}.parquet")) for i, latent_range in enumerate(ranges)]
+    # A worker cannot receive this process's client or embedder: it loads its own there.
+    run = functools.partial(run_shard or score_shard, decode=decode, client=client if engine.in_process else None,
+                            embedder=embedder if engine.in_process else None)
+    reports = engine.map(run, shards, shard_progress)
+    folder = lake.commit(staging, "scores", hookpoint, name, provenance=provenance)
+    return read_parts(sorted(folder.glob("part-*.parquet"))), reports
 
 
 def write_steered_generations(cfg: PipelineConfig, hookpoint: str, name: str, latents: list[int]) -> pa.Table:
