@@ -175,6 +175,26 @@ def single_token(tokenizer, text: str) -> int:
 
 
 @dataclass
+class EncodedChoices:
+    """A ChoiceText as token ids, the same for every backend that reads one with a Hugging Face tokenizer."""
+
+    ids: list[int]  # the chat prompt (its template, with the assistant's turn opened) and every piece
+    ends: list[int]  # per piece, the tokens up to its end: the choice after it is predicted at ends[i] - 1
+    choice_ids: list[int]
+
+
+def encode_choices(tokenizer, request: ChoiceText) -> EncodedChoices:
+    prompt = tokenizer.apply_chat_template(ChatRequest(request.messages, SamplingParams()).as_openai_messages(),
+                                           add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ends = []
+    for piece in request.pieces:
+        ids = ids + tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ends.append(len(ids))
+    return EncodedChoices(ids, ends, [single_token(tokenizer, choice) for choice in request.choices])
+
+
+@dataclass
 class ChoiceLogprobs:
     logprobs: list[list[float]]  # per piece, the log-probability of each choice (over the whole vocabulary)
     prompt_tokens: int  # the tokens read: the chat prompt and every piece

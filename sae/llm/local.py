@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..config import BUILTIN_MODEL, LLM_RUNTIMES, LLMConfig, check_choice
 from ..models import BUILTIN_GGUF, builtin_gguf_folder, builtin_model_folder, resolve_device, resolve_dtype
 from .base import (BackendError, ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, OutputFormat,
-                   SamplingParams, ScoredText, TokenLogprobs, single_token)
+                   SamplingParams, ScoredText, TokenLogprobs, encode_choices)
 from .openai import build_payload, parse_chat_response
 
 log = logging.getLogger(__name__)
@@ -347,22 +347,15 @@ class TransformersRuntime:
 
     def choice_logprobs(self, requests: list[ChoiceText], progress: bool) -> list[ChoiceLogprobs]:
         """Each reply read after its chat prompt; at the last token of each piece, the choices' log-probabilities."""
-        sequences, marks, choice_ids = [], [], []
-        for request in requests:
-            ids = self.encode(ChatRequest(request.messages, SamplingParams()))
-            ends = []
-            for piece in request.pieces:
-                ids = ids + self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-                ends.append(len(ids) - 1)  # the position whose logits predict what follows the piece
-            sequences.append(ids)
-            marks.append(ends)
-            choice_ids.append([single_token(self.tokenizer, choice) for choice in request.choices])
+        encoded = [encode_choices(self.tokenizer, request) for request in requests]
 
         def read(i: int, logits: torch.Tensor) -> ChoiceLogprobs:
             at_marks = torch.log_softmax(logits.float(), dim=-1)
-            return ChoiceLogprobs(at_marks[:, choice_ids[i]].tolist(), len(sequences[i]))
+            return ChoiceLogprobs(at_marks[:, encoded[i].choice_ids].tolist(), len(encoded[i].ids))
 
-        return self.forward(sequences, marks, read, "choices", progress)
+        # The logits at the last token of a piece predict what follows it.
+        marks = [[end - 1 for end in e.ends] for e in encoded]
+        return self.forward([e.ids for e in encoded], marks, read, "choices", progress)
 
     @torch.inference_mode()
     def forward(self, sequences: list[list[int]], positions: list[list[int]],

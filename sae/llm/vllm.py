@@ -20,8 +20,8 @@ from typing import Any
 
 from ..config import BUILTIN_MODEL, LLMConfig
 from ..models import builtin_model_folder
-from .base import (BackendError, ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, SamplingParams,
-                   ScoredText, TokenLogprobs, single_token)
+from .base import (BackendError, ChatRequest, ChoiceLogprobs, ChoiceText, Completion, LLMClient, ScoredText,
+                   TokenLogprobs, encode_choices)
 
 INSTALL_HINT = "pip install 'saelake[vllm]' (vLLM needs a CUDA GPU; on CPU use llm.backend 'local')"
 
@@ -187,33 +187,23 @@ class VLLMClient(LLMClient):
         if not requests:
             return []
         tokenizer = self._engine.get_tokenizer()
-        prompts, marks, choices = [], [], []
-        for request in requests:
-            text = tokenizer.apply_chat_template(ChatRequest(request.messages, SamplingParams()).as_openai_messages(),
-                                                 add_generation_prompt=True, tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ends = []
-            for piece in request.pieces:
-                ids = ids + tokenizer(piece, add_special_tokens=False)["input_ids"]
-                ends.append(len(ids))  # vLLM's prompt_logprobs[p] is the distribution of token p
-            prompts.append({"prompt_token_ids": ids})
-            marks.append(ends)
-            choices.append([single_token(tokenizer, choice) for choice in request.choices])
+        encoded = [encode_choices(tokenizer, request) for request in requests]
         params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=CHOICE_TOP_K,
                                        logprobs=CHOICE_TOP_K)
-        outputs = self._engine.generate(prompts, sampling_params=params, use_tqdm=progress)
+        outputs = self._engine.generate([{"prompt_token_ids": e.ids} for e in encoded], sampling_params=params,
+                                        use_tqdm=progress)
         if len(outputs) != len(requests):
             raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         out = []
-        for prompt, ends, ids, output in zip(prompts, marks, choices, outputs):
+        for e, output in zip(encoded, outputs):
             rows = []
-            for end in ends:
-                # The distribution after the last piece predicts the token past the prompt: the first generated.
-                step = output.prompt_logprobs[end] if end < len(prompt["prompt_token_ids"]) \
-                    else output.outputs[0].logprobs[0]
+            for end in e.ends:
+                # prompt_logprobs[p] is the distribution of token p; the one after the last piece predicts the
+                # token past the prompt, the first generated.
+                step = output.prompt_logprobs[end] if end < len(e.ids) else output.outputs[0].logprobs[0]
                 floor = min(lp.logprob for lp in step.values())
-                rows.append([step[i].logprob if i in step else floor for i in ids])
-            out.append(ChoiceLogprobs(rows, len(prompt["prompt_token_ids"])))
+                rows.append([step[i].logprob if i in step else floor for i in e.choice_ids])
+            out.append(ChoiceLogprobs(rows, len(e.ids)))
         return out
 
     def close(self) -> None:

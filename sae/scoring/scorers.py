@@ -30,7 +30,7 @@ import dataclasses
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -393,9 +393,14 @@ class Scoring:
 
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:
         """Every request answered, handed to the backend `batch_requests` at a time."""
+        return self.in_batches(self.client.complete, requests)
+
+    def in_batches(self, call: Callable[..., list], requests: list) -> list:
+        """`call` (a client method taking requests and `progress`) over `batch_requests` requests at a time, so
+        a crash loses little; the results in the order of `requests`."""
         out = []
         for first in range(0, len(requests), self.batch_requests):
-            out += self.client.complete(requests[first : first + self.batch_requests], progress=self.progress)
+            out += call(requests[first : first + self.batch_requests], progress=self.progress)
         return out
 
 
@@ -460,9 +465,7 @@ def score_rows(s: Scoring, embedder=None) -> pa.Table:
                                                    explained.text_of[mapping[latent]], items[scorer], cfg,
                                                    random.Random(f"{s.seed}/{latent}/{scorer}"), sampling)
         judged: dict = {}
-        for first in range(0, len(batches), s.batch_requests):
-            part = batches[first : first + s.batch_requests]
-            judge(part, s.client.complete([b.request for b in part], progress=s.progress), judged)
+        judge(batches, s.complete([b.request for b in batches]), judged)
         for key, record in sorted(judged.items()):
             latent, explainer, scorer, source = key
             mapping = dict(s.by_explainer[explainer].sources)[source]

@@ -25,7 +25,7 @@ import random
 import numpy as np
 
 from ..config import ScoreConfig
-from ..llm.base import ChatRequest, ChoiceLogprobs, ChoiceText, SamplingParams
+from ..llm.base import ChatRequest, ChoiceText, SamplingParams
 from ..prompts import (SIMULATION_DIGITS, parse_simulation, simulation_format, simulation_lines_prompt,
                        simulation_messages, simulation_version)
 from .metrics import pearson
@@ -62,9 +62,7 @@ def simulation_rows(s: Scoring) -> list[dict]:
         if not rows:
             continue
         pieces = [list(s.decode(row["tokens"])) for row in rows]
-        output_format = simulation_format([len(p) for p in pieces])
-        sampling = SamplingParams(max_tokens=max(s.cfg.max_tokens, output_format.max_length + 1),
-                                  output_format=output_format)
+        sampling = None if read_replies else structured_sampling(s.cfg, [len(p) for p in pieces])
         for explainer, explained in s.by_explainer.items():
             for source, mapping in explained.sources:
                 if latent in mapping:
@@ -76,7 +74,7 @@ def simulation_rows(s: Scoring) -> list[dict]:
                         request = ChatRequest(simulation_messages(text, pieces), sampling)
                     asked.append(((latent, explainer, "simulation", source), mapping[latent], rows, request))
     requests = [request for *_, request in asked]
-    answers = read_all(s, client, requests) if read_replies else s.complete(requests)
+    answers = s.in_batches(client.choice_logprobs, requests) if read_replies else s.complete(requests)
     out = []
     for (key, explanation_latent, rows, _), answer in zip(asked, answers):
         row = blank_row(key, explanation_latent, client.prompt_logprobs_model if read_replies else client.model,
@@ -100,12 +98,10 @@ def simulation_rows(s: Scoring) -> list[dict]:
     return sorted(out, key=lambda r: (r["latent"], r["explainer"], r["source"]))
 
 
-def read_all(s: Scoring, client, requests: list[ChoiceText]) -> list[ChoiceLogprobs]:
-    """Every reply read, handed to the backend `batch_requests` at a time."""
-    out = []
-    for first in range(0, len(requests), s.batch_requests):
-        out += client.choice_logprobs(requests[first : first + s.batch_requests], progress=s.progress)
-    return out
+def structured_sampling(cfg: ScoreConfig, lengths: list[int]) -> SamplingParams:
+    """Sampling of a structured reply: constrained to one 0-10 per token, with room for the longest such reply."""
+    output_format = simulation_format(lengths)
+    return SamplingParams(max_tokens=max(cfg.max_tokens, output_format.max_length + 1), output_format=output_format)
 
 
 def expected_digits(logprobs: list[list[float]], lengths: list[int]) -> list[list[float]]:

@@ -128,29 +128,22 @@ def test_all_at_once_simulation_equals_the_reference_from_the_models_own_next_to
     """The real SmolLM2 (transformers) reads each reply once; every token's prediction is the mean digit after its
     tab, which this test recomputes from a forward pass of its own over the same chat prompt and reply."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sae.config import BUILTIN_MODEL, LLMConfig
-    from sae.llm import make_client
+    from sae.config import BUILTIN_MODEL
     from sae.prompts import SIMULATION_DIGITS, simulation_lines_prompt
     from sae.scoring.simulation import correlations, simulated_windows
+
+    from .real_model import reference_model, scores_by_latent_and_source
 
     explanations = pa.Table.from_pylist(
         [{"latent": latent, "explainer": "llm", "explanation": text, "parsed": True}
          for latent, text in ((0, "the word volcano"), (1, "words about money"))], schema=EXPLANATIONS)
     cfg = ScoreConfig(scorers=("simulation",), simulation_activating=2, simulation_silent=1,
                       simulation_method="all_at_once")
-    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=2), model_lake)
-    try:
-        table = score_partition(examples(), explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
-                                client=client)
-    finally:
-        client.close()
-    rows = {(r["latent"], r["source"]): r for r in table.to_pylist()}
+    rows = scores_by_latent_and_source(examples(), explanations, cfg, decode, model_lake, batch_size=2)
     assert set(rows) == {(0, "real"), (0, "control"), (1, "real"), (1, "control")}
 
-    model = AutoModelForCausalLM.from_pretrained(converted_model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(converted_model)
+    model, tokenizer = reference_model(converted_model)
     digits = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in SIMULATION_DIGITS]
     assert all(len(ids) == 1 for ids in digits)
     texts = {0: "the word volcano", 1: "words about money"}

@@ -13,8 +13,9 @@ from sae.config import BUILTIN_MODEL, LLMConfig, ScoreConfig
 from sae.explanations.explainer import SCHEMA as EXPLANATIONS
 from sae.llm import BackendError, ScoredText, make_client
 from sae.prompts import surprisal_contexts
-from sae.scoring.scorers import score_partition, window_text
+from sae.scoring.scorers import window_text
 
+from .real_model import reference_model, scores_by_latent_and_source
 from .test_scorers import _examples, decode
 
 TEXTS = {0: "the word volcano", 1: "talk about school budgets"}
@@ -31,24 +32,15 @@ def reference_logprob(model, tokenizer, context: str, text: str) -> float:
 
 
 def test_surprisal_equals_the_reference_from_the_models_log_probs(model_lake, converted_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     # Four activating and four silent test windows per latent, all of which the scorer then reads.
     examples = pa.Table.from_pylist([r for r in _examples(np.random.default_rng(1)).to_pylist() if r["ctx_id"] % 6 < 4])
     explanations = pa.Table.from_pylist([{"latent": k, "explanation": v, "parsed": True} for k, v in TEXTS.items()],
                                         schema=EXPLANATIONS)
     cfg = ScoreConfig(scorers=("surprisal",), n_activating=4, n_silent=4)
-    client = make_client(LLMConfig(runtime="transformers", device="cpu", batch_size=5), model_lake)
-    try:
-        table = score_partition(examples, explanations, cfg, decode, seed=0, n_bins=3, fuzz_threshold=0.0,
-                                client=client)
-    finally:
-        client.close()
-    rows = {(r["latent"], r["source"]): r for r in table.to_pylist()}
+    rows = scores_by_latent_and_source(examples, explanations, cfg, decode, model_lake, batch_size=5)
     assert set(rows) == {(0, "real"), (0, "control"), (1, "real"), (1, "control")}
 
-    model = AutoModelForCausalLM.from_pretrained(converted_model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(converted_model)
+    model, tokenizer = reference_model(converted_model)
     test = examples.to_pylist()
     memo = {}
 
