@@ -13,7 +13,7 @@ from sae.lake import lake_for
 from sae.latents import stage as latents_stage
 
 from .lineage import GPU_POOL, check_results, lake_asset, partitions_of
-from .metadata import folder_bytes, markdown_table, publish_views
+from .metadata import folder_bytes, markdown_table, publish_views, shard_logger
 from .resources import PipelineConfigResource
 
 
@@ -28,7 +28,8 @@ def build_latent_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
             context.log.info(f"activations switched off for {skipped} (`activations: false` in the config)")
         if not wanted:
             return dg.MaterializeResult(metadata={"skipped": ", ".join(skipped)})
-        report = latents_stage.cache_activations(cfg, wanted)
+        progress = shard_logger(context, "activations", (", ".join(wanted),), "cached", cfg.execution.engine)
+        report = latents_stage.cache_activations(cfg, wanted, shard_progress=progress)
         lake = lake_for(cfg)
         publish_views(lake)
         for hookpoint in wanted:
@@ -36,7 +37,8 @@ def build_latent_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
                                        partition_key=hookpoint)
         return dg.MaterializeResult(metadata={
             "tokens": report.tokens, "tokens_per_second": round(report.tokens_per_second, 1),
-            "chunks_resumed": report.chunks_skipped})
+            "chunks_resumed": report.chunks_skipped, "engine": cfg.execution.engine,
+            "shards": report.shards})
 
     @lake_asset(cfg, "latents", group_name="latents", pool=GPU_POOL, deps=["contexts", "saes"],
                 checks=latents_stage.CHECKS, kinds={"parquet", "duckdb"})
@@ -44,7 +46,8 @@ def build_latent_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
         """Non-zero SAE latent activations (latent, ctx_id, pos, act), sorted by latent, ZSTD-compressed."""
         cfg = pipeline_config.config
         keys = dict(partitions_of(context))
-        report = latents_stage.cache_latents(cfg, list(keys.values()))
+        progress = shard_logger(context, "latents", (", ".join(keys),), "cached", cfg.execution.engine)
+        report = latents_stage.cache_latents(cfg, list(keys.values()), shard_progress=progress)
         lake = lake_for(cfg)
         publish_views(lake)
         outcomes = {}
@@ -56,7 +59,8 @@ def build_latent_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
             outcomes[key] = latents_stage.check_latents(cfg, key)
         return dg.MaterializeResult(
             metadata={"tokens": report.tokens, "tokens_per_second": round(report.tokens_per_second, 1),
-                      "chunks_resumed": report.chunks_skipped},
+                      "chunks_resumed": report.chunks_skipped, "engine": cfg.execution.engine,
+                      "shards": report.shards},
             check_results=check_results(outcomes))
 
     @lake_asset(cfg, "latent_stats", group_name="latents", deps=["latents"], kinds={"duckdb", "parquet"})

@@ -4,6 +4,7 @@ Ray.
     python benchmarks/scale.py                       # 10 M non-zeros, 8k latents, 4 shards; 8 explained latents
     python benchmarks/scale.py --nnz 100000000       # the size of benchmarks/selection.py
     python benchmarks/scale.py --explain 0           # without the explanation stage (the LLM's part, ~2 minutes)
+    python benchmarks/scale.py --cache-tokens 0      # without the caching stage (the subject model's part)
 
 On the synthetic latents table of benchmarks/selection.py (generated once under benchmarks/.data/), prints:
   - per-shard overhead: a no-op shard in this process against a no-op Ray task (a Ray instance on this machine,
@@ -16,6 +17,10 @@ On the synthetic latents table of benchmarks/selection.py (generated once under 
     CPUs, each worker loading the model once (cold: the run that starts the workers and loads it; warm: the next
     one), as explanations per minute. On 2 cores 2 workers can at most double the rate; llama.cpp runs on every
     core in each worker (its answers depend on its thread count), so two of them share the cores.
+  - the caching stage (dense activations of one mid-depth layer of the real SmolLM2-135M) over --cache-tokens
+    tokens of the Wikipedia sample: in this process as one shard (torch on every core), and in 4 context ranges
+    on Ray actors of one CPU each (Ray gives each one torch thread) on 1 and on 2 workers, cold and warm as for
+    the explanations, as tokens per second.
 Every sharded run is checked to give the same rows as the one-shard run.
 
 Then the cost of the lake on S3 against a local lake, on moto's S3 server on 127.0.0.1 (started here): moto on
@@ -52,7 +57,7 @@ from selection import generate  # noqa: E402  (the synthetic latents table, shar
 
 from sae.config import ExamplesConfig, ExecutionConfig, ExplainConfig, LLMConfig  # noqa: E402
 from sae.examples.shards import ExampleShard, select_shard  # noqa: E402
-from sae.execution import latent_ranges  # noqa: E402
+from sae.execution import contiguous_ranges  # noqa: E402
 from sae.execution.local import LocalEngine  # noqa: E402
 from sae.execution.ray import RayEngine  # noqa: E402
 
@@ -77,7 +82,7 @@ def selection_shards(engine, files: list[Path], contexts: Path, n_latents: int, 
                          examples_part=str(staging / f"part-{i:05d}.parquet"),
                          coverage_part=str(staging / f"coverage-{i:05d}.parquet"),
                          threads=engine.threads_per_shard)
-            for i, latent_range in enumerate(latent_ranges(n_latents, shards))]
+            for i, latent_range in enumerate(contiguous_ranges(n_latents, shards))]
 
 
 def timed_selection(engine, shards: list[ExampleShard]) -> tuple[float, pa.Table]:
@@ -96,13 +101,13 @@ def decode(ids) -> list[str]:
     return [f" {WORDS[i % len(WORDS)]}" for i in ids]
 
 
-def explain_inputs(n_latents: int) -> tuple[pa.Table, pa.Table]:
+def explain_inputs(n_latents: int, seed: int) -> tuple[pa.Table, pa.Table]:
     """Train windows (3 top, 3 quantile, 16 tokens each) of `n_latents` synthetic latents, and their coverage."""
     import numpy as np
 
     from sae.examples.selection import coverage
 
-    rng, rows = np.random.default_rng(0), []
+    rng, rows = np.random.default_rng(seed), []
     for latent in range(n_latents):
         for i in range(6):
             acts = [0.0] * 16
@@ -121,12 +126,14 @@ TIMING = ("created_at", "latency_s", "cached")
 
 def timed_explanations(lake_root: Path, inputs: tuple[pa.Table, pa.Table], execution: ExecutionConfig,
                        client=None) -> tuple[float, list[dict]]:
-    """Seconds to explain every synthetic latent in a lake of its own (no cached answer), and the rows."""
+    """Seconds to explain every synthetic latent into `lake_root`, and the rows."""
     from sae.explanations.explainer import explain_shards
     from sae.lake import Lake
     from sae.lineage import Provenance
 
     provenance = Provenance("explanations", "bench|x", "bench", "1", {}, {})
+    # No earlier run's rows: a committed partition of the same fingerprint would serve its latents unasked.
+    shutil.rmtree(Lake(lake_root).partition("explanations", "bench", "x"), ignore_errors=True)
     start = time.perf_counter()
     table, _ = explain_shards(Lake(lake_root), "bench", "x", *inputs, EXPLAIN, client, decode, 0, provenance,
                               execution=execution)
@@ -224,6 +231,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4, help="latent ranges of the Ray runs")
     parser.add_argument("--no-ops", type=int, default=200, help="no-op shards timed for the per-shard overhead")
     parser.add_argument("--explain", type=int, default=8, help="latents explained by SmolLM2 (0: none)")
+    parser.add_argument("--cache-tokens", type=int, default=32_768, help="tokens the caching runs cover (0: none)")
     args = parser.parse_args()
 
     files, contexts = generate(REPO / "benchmarks" / ".data" / f"select-{args.nnz}-{args.latents}", args.nnz,
@@ -260,6 +268,7 @@ def main() -> None:
             print(f"ray with {cpus} CPU(s): started in {startup:.1f} s; no-op shard {ray_ms:.2f} ms "
                   f"(in this process {local_ms:.4f} ms)")
         explained = explanation_runs(args.explain, work) if args.explain else []
+        cached = caching_runs(args.cache_tokens, work) if args.cache_tokens else []
     print(f"\nexample selection, {nnz:,} non-zeros, {args.latents:,} latents, {os.cpu_count()} cores")
     print(f"{'run':<34} {'seconds':>8} {'M nnz/s':>8}")
     for run, seconds, rate in rows:
@@ -269,6 +278,12 @@ def main() -> None:
               f"{os.cpu_count()} cores: 2 workers can at most double the rate here")
         print(f"{'run':<34} {'seconds':>8} {'expl/min':>8}")  # cold: workers started and the model loaded
         for run, seconds, rate in explained:
+            print(f"{run:<34} {seconds:>8} {rate:>8}")
+    if cached:
+        print(f"\ncaching activations of {CACHED_LAYER} of SmolLM2-135M, {args.cache_tokens:,} tokens, "
+              f"{os.cpu_count()} cores")
+        print(f"{'run':<34} {'seconds':>8} {'tok/s':>8}")
+        for run, seconds, rate in cached:
             print(f"{run:<34} {seconds:>8} {rate:>8}")
 
     with tempfile.TemporaryDirectory(prefix="scale-lakes-") as temp:
@@ -283,24 +298,83 @@ def explanation_runs(n_latents: int, work: Path) -> list[tuple[str, str, str]]:
     """The explanation stage in this process and on 1 and 2 Ray workers; the model's load time printed apart."""
     from sae.llm import shared_client
 
-    inputs, rows = explain_inputs(n_latents), []
+    # Two sets of windows: the warm runs must ask new prompts of the model their workers kept (a worker's client
+    # keeps the answers it saw), in the same lake (a worker's model is the lake's).
+    inputs, rows = {start: explain_inputs(n_latents, seed) for seed, start in enumerate(("cold", "warm"))}, []
     start = time.perf_counter()
     client = shared_client(EXPLAIN.llm, work / "explain-local")  # what each worker does once, before its first shard
     print(f"SmolLM2 (llama.cpp) loaded in {time.perf_counter() - start:.1f} s in this process")
-    seconds, reference = timed_explanations(work / "explain-local", inputs, ExecutionConfig(), client)
+    seconds, reference = timed_explanations(work / "explain-local", inputs["cold"], ExecutionConfig(), client)
     rows.append(("local, 1 shard (in this process)", f"{seconds:.1f}", f"{n_latents / seconds * 60:.1f}"))
+    references = {"cold": reference,
+                  "warm": timed_explanations(work / "explain-local", inputs["warm"], ExecutionConfig(), client)[1]}
+    assert references["warm"] != reference, "the second set of windows was not explained anew"
     for cpus in (1, 2):
         ray, _ = start_ray(cpus, str(work / f"ray-explain{cpus}"))
         try:
             # Two shards per run: on 1 worker the second reuses the model the first loaded. The first run starts
-            # the workers and loads the model in each (cold); the second, in another lake (no cached answer),
-            # finds them loaded (warm): the difference is what starting a worker costs.
+            # the workers and loads the model in each (cold); the second finds them loaded (warm): the difference
+            # is what starting a worker costs.
             for start in ("cold", "warm"):
-                seconds, explained = timed_explanations(work / f"explain-ray{cpus}-{start}", inputs,
+                seconds, explained = timed_explanations(work / f"explain-ray{cpus}", inputs[start],
                                                         ExecutionConfig(engine="ray", shards=2))
-                assert explained == reference, "the explanations on Ray differ from the one-process run"
+                assert explained == references[start], "the explanations on Ray differ from the one-process run"
                 rows.append((f"ray, 2 shards, {cpus} worker{'s' * (cpus > 1)}, {start}", f"{seconds:.1f}",
                              f"{n_latents / seconds * 60:.1f}"))
+        finally:
+            ray.shutdown()
+    return rows
+
+
+CACHED_LAYER = "layers.15"  # of SmolLM2-135M's 30: the forward pass stops there
+
+
+def caching_runs(n_tokens: int, work: Path) -> list[tuple[str, str, str]]:
+    """The activations of CACHED_LAYER over `n_tokens`, in this process and in 4 context ranges on 1 and 2 Ray
+    workers, each run into a lake of its own with the same contexts; every run's files equal the first's."""
+    from sae.config import parse_config
+    from sae.corpus.stage import build_contexts
+    from sae.lake import Lake
+    from sae.latents.stage import cache_activations
+    from sae.models import BUILTIN_MODEL, builtin_model_folder
+
+    model = builtin_model_folder(REPO / "lake")  # converted once, where `make demo` keeps it
+    contexts = None
+
+    def lake_with_contexts(name: str, **execution):
+        lake = work / name
+        (lake / "models").mkdir(parents=True)
+        (lake / "models" / BUILTIN_MODEL).symlink_to(model, target_is_directory=True)
+        cfg = parse_config({"lake": str(lake), "n_tokens": n_tokens, "ctx_len": 64, "batch_size": 16,
+                            "chunk_tokens": n_tokens // 8, "layers": [{"hookpoint": CACHED_LAYER}],
+                            "saes": [{"name": "neurons", "neurons": {}}], "execution": execution})
+        nonlocal contexts
+        if contexts is None:
+            build_contexts(cfg)
+            contexts = Lake(lake).partition("contexts")
+        else:
+            shutil.copytree(contexts, Lake(lake).partition("contexts"))
+        return cfg
+
+    def timed(cfg) -> tuple[float, list[pa.Table]]:
+        start = time.perf_counter()
+        cache_activations(cfg, [CACHED_LAYER], progress=False)
+        seconds = time.perf_counter() - start
+        return seconds, [pq.read_table(f) for f in Lake(cfg.lake).files("activations", CACHED_LAYER)]
+
+    seconds, reference = timed(lake_with_contexts("cache-local"))
+    rows = [("local, 1 shard (in this process)", f"{seconds:.1f}", f"{n_tokens / seconds:,.0f}")]
+    for cpus in (1, 2):
+        ray, _ = start_ray(cpus, str(work / f"ray-cache{cpus}"))
+        try:
+            cfg = lake_with_contexts(f"cache-ray{cpus}", engine="ray", shards=4)
+            for start in ("cold", "warm"):  # cold: the workers start and load the model; warm: loaded
+                # The same lake again (the worker's model is the lake's), its activations removed first.
+                shutil.rmtree(Lake(cfg.lake).partition("activations", CACHED_LAYER), ignore_errors=True)
+                seconds, files = timed(cfg)
+                assert files == reference, "the activations cached on Ray differ from the one-process run"
+                rows.append((f"ray, 4 shards, {cpus} worker{'s' * (cpus > 1)}, {start}", f"{seconds:.1f}",
+                             f"{n_tokens / seconds:,.0f}"))
         finally:
             ray.shutdown()
     return rows

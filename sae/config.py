@@ -364,18 +364,23 @@ class SimilarityConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """Where the sharded stages (selection, explanations, scoring) run: in this process, or as tasks on a Ray
-    cluster. The rows are the same whatever the engine and the number of shards, so none of this is part of a
+    """Where the sharded stages (caching, selection, explanations, scoring) run: in this process, or on a pool of
+    Ray actors. The rows are the same whatever the engine and the number of shards, so none of this is part of a
     partition's fingerprint."""
 
-    engine: str = "local"  # local: in this process, shard after shard; ray: one Ray task per shard
+    engine: str = "local"  # local: in this process, shard after shard; ray: on Ray actors, a shard at a time each
     # ray only: null joins the cluster $RAY_ADDRESS names, or the one `ray start` made on this machine, else starts
     # a Ray instance here for the run; "auto" joins an existing one or fails; "ray://host:10001" reaches a remote
     # cluster through the Ray client.
     address: str | None = None
-    shards: int = 1  # latent ranges per partition: each is done on its own and written as one part file per table
+    # Latent ranges per partition (each done on its own, one part file per table), and context ranges of caching.
+    shards: int = 1
     max_retries: int = 3  # ray only: times a shard whose worker died (node lost, killed, out of memory) is rerun
-    cpus_per_shard: int = 1  # ray only: CPUs each shard's task reserves, and the threads its DuckDB runs
+    cpus_per_shard: int = 1  # ray only: CPUs each shard worker reserves, and the threads its DuckDB runs
+    # ray only: GPUs each worker of the model-running stages (caching, explanations, scoring) reserves; 0 on a
+    # CPU cluster, 1 for a model that fits one GPU.
+    gpus_per_shard: float = 0.0
+    workers: int | None = None  # ray only: shard workers at once; null: as many as the cluster's resources hold
 
 
 @dataclass(frozen=True)
@@ -599,6 +604,9 @@ def _check(config: PipelineConfig, where: str) -> None:
 
 def _check_execution(execution: ExecutionConfig, where: str) -> None:
     check_choice(execution.engine, EXECUTION_ENGINES, f"{where}: execution.engine")
+    if execution.gpus_per_shard < 0 or (execution.workers is not None and execution.workers < 1):
+        raise ConfigError(f"{where}: execution.gpus_per_shard must be 0 or more and workers positive (or null), "
+                          f"got gpus_per_shard {execution.gpus_per_shard}, workers {execution.workers}")
     if execution.shards < 1 or execution.cpus_per_shard < 1 or execution.max_retries < 0:
         raise ConfigError(f"{where}: execution.shards and cpus_per_shard must be positive and max_retries 0 or "
                           f"more, got shards {execution.shards}, cpus_per_shard {execution.cpus_per_shard}, "

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from ..checks import ERROR, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
-from ..execution import Progress, engine_for, latent_ranges
+from ..execution import Progress, contiguous_ranges, engine_for
 from ..lake import lake_for, read_parts
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
@@ -26,12 +26,12 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str, progress: Pro
     """Select every kind of example for every latent of one partition; store examples and coverage.
 
     The latents are split into `execution.shards` ranges, selected by the configured engine (in this process
-    or as Ray tasks), each staged as one part file per table; both partitions are committed only once every
+    or on Ray actors), each staged as one part file per table; both partitions are committed only once every
     range is staged. A rerun with the same settings and shards keeps the ranges already staged. `run_shard`
     is what each shard runs (a wrapper of `select_shard` that fails on purpose, in the tests)."""
     lake, key = lake_for(cfg), (hookpoint, name)
     provenance = lineage_of(cfg).provenance("examples", key)
-    ranges = latent_ranges(num_latents_of(cfg, hookpoint, name), cfg.execution.shards)
+    ranges = contiguous_ranges(num_latents_of(cfg, hookpoint, name), cfg.execution.shards)
     resume = f"{provenance.fingerprint} in {len(ranges)} shards"
     staging = {table: lake.open_staging(table, hookpoint, name, resume=resume) for table in TABLES}
     latents = tuple(str(f) for f in fresh_files(cfg, "latents", key))

@@ -1,13 +1,15 @@
 """Execution engines: where the shards of a stage run, kept apart from what a shard does (the stages say that).
 
 An engine maps a module-level function over a list of shard descriptions and returns the results in the
-shards' order. `local` runs them in this process, one after another; `ray` submits each as a Ray task. A
-shard writes its own part file and is safe to run twice, so an engine may rerun a lost one.
+shards' order. `local` runs them in this process, one after another; `ray` hands them to a pool of Ray actors,
+long-lived worker processes that keep what a shard loaded (the subject model, an LLM engine) for the next one.
+A shard writes its own part files and is safe to run twice, so an engine may rerun a lost one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from ..config import ExecutionConfig
@@ -15,6 +17,21 @@ from ..config import ExecutionConfig
 Shard = TypeVar("Shard")
 Result = TypeVar("Result")
 Progress = Callable[[int, int], None]  # (shards done, shards in all), called as each one finishes
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The kind of worker a stage's shards run on. Workers of one kind serve every shard of that kind and keep
+    what the shards loaded; asking for another kind retires them first, so that a GPU that held the subject
+    model is free before an LLM engine claims it."""
+
+    name: str
+    runs_models: bool  # reserves `execution.gpus_per_shard` GPUs (the selection, plain DuckDB, reserves none)
+
+
+SELECTION = Workers("selection", runs_models=False)
+SUBJECT_MODEL = Workers("subject model", runs_models=True)  # caching: the model and SAEs
+LLM = Workers("llm", runs_models=True)  # explanations and scoring: the LLM engine, the embedder
 
 
 class Engine(Protocol):
@@ -26,9 +43,9 @@ class Engine(Protocol):
     # cache) instead of loading their own in each worker.
     in_process: bool
 
-    def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard],
-            progress: Progress | None = None) -> list[Result]:
-        """`run_shard` over every shard; the results in the order of `shards`."""
+    def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard], progress: Progress | None = None,
+            workers: Workers = SELECTION) -> list[Result]:
+        """`run_shard` over every shard, on workers of the kind `workers`; the results in the order of `shards`."""
 
 
 def engine_for(execution: ExecutionConfig) -> Engine:
@@ -40,15 +57,16 @@ def engine_for(execution: ExecutionConfig) -> Engine:
     if execution.engine == "ray":
         from .ray import RayEngine
 
-        return RayEngine(execution.address, execution.max_retries, execution.cpus_per_shard)
+        return RayEngine(execution.address, execution.max_retries, execution.cpus_per_shard,
+                         execution.gpus_per_shard, execution.workers)
     raise ValueError(f"unknown execution engine {execution.engine!r}; valid: local, ray")
 
 
-def latent_ranges(n_latents: int, shards: int) -> list[tuple[int, int]]:
-    """[first, end) ranges that split latents 0..n_latents-1 into at most `shards` contiguous, near-equal parts
-    (never an empty one)."""
-    if n_latents < 1 or shards < 1:
-        raise ValueError(f"cannot split {n_latents} latents into {shards} shards: both must be positive")
-    parts = min(shards, n_latents)
-    bounds = [n_latents * i // parts for i in range(parts + 1)]
+def contiguous_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """[first, end) ranges that split 0..n-1 (latents, or chunks of contexts) into at most `parts` contiguous,
+    near-equal ranges (never an empty one)."""
+    if n < 1 or parts < 1:
+        raise ValueError(f"cannot split {n} items into {parts} shards: both must be positive")
+    parts = min(parts, n)
+    bounds = [n * i // parts for i in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from . import Progress, Result, Shard
+from . import SELECTION, Progress, Result, Shard, Workers
 
 
 class LocalEngine:
@@ -12,8 +12,8 @@ class LocalEngine:
     threads_per_shard = None  # one shard at a time: it has the machine
     in_process = True
 
-    def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard],
-            progress: Progress | None = None) -> list[Result]:
+    def map(self, run_shard: Callable[[Shard], Result], shards: Sequence[Shard], progress: Progress | None = None,
+            workers: Workers = SELECTION) -> list[Result]:
         results = []
         for shard in shards:
             results.append(run_shard(shard))

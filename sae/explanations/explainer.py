@@ -243,7 +243,7 @@ def explain_shards(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, cov
     this process the shards ask `client`; on Ray each worker loads the LLM once (llm.shared_client).
     `run_shard(shard, decode=, client=, progress=)` is what each shard runs (explain_shard; a wrapper that fails
     on purpose, in the tests). Returns the committed rows and each shard's report."""
-    from ..execution import engine_for, latent_ranges
+    from ..execution import LLM, contiguous_ranges, engine_for
     from .shards import ExplanationShard, explain_shard
 
     chosen = choose_latents(coverage, cfg, seed) if cfg.llm.backend != TOKENS_BACKEND else []
@@ -256,7 +256,7 @@ def explain_shards(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, cov
     covered = frame(coverage)["latent"]
     if n_latents is None:
         n_latents = int(covered.max()) + 1 if len(covered) else 1
-    ranges = latent_ranges(n_latents, execution.shards)
+    ranges = contiguous_ranges(n_latents, execution.shards)
     staging = lake.open_staging("explanations", hookpoint, sae,
                                 resume=f"{provenance.fingerprint} in {len(ranges)} shards")
     stored = lake.stored_provenance("explanations", hookpoint, sae)
@@ -278,7 +278,7 @@ def explain_shards(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, cov
     # this process's log; the engine reports each shard as it finishes instead.
     run = functools.partial(run_shard or explain_shard, decode=decode, client=client if engine.in_process else None,
                             progress=progress and engine.in_process)
-    reports = engine.map(run, shards, shard_progress)
+    reports = engine.map(run, shards, shard_progress, workers=LLM)
     folder = lake.commit(staging, "explanations", hookpoint, sae, provenance=provenance)
     return read_parts(sorted(folder.glob("part-*.parquet"))), reports
 

@@ -76,15 +76,16 @@ class Sink:
     table: str
 
     def __init__(self, lake: Lake, hookpoint: str, provenance: Provenance | None, sae_name: str | None = None,
-                 reads: str | None = None):
+                 reads: str | None = None, staging: Path | None = None):
         self.lake = lake
         self.hookpoint = hookpoint
         self.reads = reads or hookpoint  # the activations it is fed (the MLP input for a transcoder, ...)
         self.sae_name = sae_name
         self.provenance = provenance
-        # Chunks already staged with the same settings are kept: a rerun after a crash resumes from them.
-        self.staging = lake.open_staging(self.table, hookpoint, sae_name,
-                                         resume=provenance.fingerprint if provenance else "")
+        # Chunks already staged with the same settings are kept: a rerun after a crash resumes from them. A
+        # caching shard is handed the folder its driver opened (sae/latents/shards.py).
+        self.staging = staging or lake.open_staging(self.table, hookpoint, sae_name,
+                                                    resume=provenance.fingerprint if provenance else "")
         self.parts: list = []  # this chunk's batches, as host tensors (see `to_host`)
 
     @property
@@ -147,8 +148,8 @@ class LatentSink(Sink):
     table = "latents"
 
     def __init__(self, lake: Lake, hookpoint: str, provenance: Provenance | None, sae_name: str, sae: Sae,
-                 reads: str | None = None):
-        super().__init__(lake, hookpoint, provenance, sae_name, reads)
+                 reads: str | None = None, staging: Path | None = None):
+        super().__init__(lake, hookpoint, provenance, sae_name, reads, staging)
         self.sae = sae
 
     @torch.no_grad()
@@ -256,10 +257,17 @@ class CacheReport:
     seconds: float = 0.0
     chunks_computed: int = 0
     chunks_skipped: int = 0
+    shards: int = 1  # the context ranges the work was split into
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @classmethod
+    def of_shards(cls, reports: list[CacheReport], seconds: float) -> CacheReport:
+        """The shards' reports as one, over the `seconds` they took together (side by side on several workers)."""
+        return cls(sum(r.tokens for r in reports), seconds, sum(r.chunks_computed for r in reports),
+                   sum(r.chunks_skipped for r in reports), len(reports))
 
 
 def run_cache(
@@ -270,19 +278,23 @@ def run_cache(
     chunk_contexts: int,
     progress: bool = True,
     after_chunk: Callable[[int], None] | None = None,
+    chunks: range | None = None,
+    commit: bool = True,
 ) -> CacheReport:
-    """Run `model` over `tokens` [n_contexts, ctx_len] once, feeding every sink; then commit each partition.
+    """Run `model` over `tokens` [n_contexts, ctx_len] once, feeding every sink; then commit each partition
+    (unless `commit` is false: a shard of the stage, whose driver commits once every shard is staged).
 
-    `after_chunk(chunk)` is called after each chunk is handed to the writer (tests inject failures there).
+    `chunks` are the chunks to do (None: all of them). `after_chunk(chunk)` is called after each chunk is handed
+    to the writer (tests inject failures there).
     """
     n_contexts, ctx_len = tokens.shape
-    n_chunks = -(-n_contexts // chunk_contexts)
+    chunks = range(-(-n_contexts // chunk_contexts)) if chunks is None else chunks
     device = next(model.parameters()).device
     report = CacheReport()
-    todo = [c for c in range(n_chunks) if not all(s.done(c) for s in sinks)]
-    report.chunks_skipped = n_chunks - len(todo)
+    todo = [c for c in chunks if not all(s.done(c) for s in sinks)]
+    report.chunks_skipped = len(chunks) - len(todo)
     if report.chunks_skipped:
-        log.info("resuming: %d of %d chunks already on disk", report.chunks_skipped, n_chunks)
+        log.info("resuming: %d of %d chunks already on disk", report.chunks_skipped, len(chunks))
     start = time.perf_counter()
     pending: deque[Future] = deque()
     todo_tokens = sum(min(chunk_contexts, n_contexts - c * chunk_contexts) for c in todo) * ctx_len
@@ -314,8 +326,9 @@ def run_cache(
             pending.popleft().result()
     bar.close()
     report.seconds = time.perf_counter() - start
-    for sink in sinks:
-        sink.commit()
+    if commit:
+        for sink in sinks:
+            sink.commit()
     return report
 
 

@@ -3,6 +3,9 @@ forward pass, and per-latent statistics."""
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,41 +14,37 @@ import torch
 
 from ..checks import ERROR, WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
+from ..execution import SUBJECT_MODEL, Progress, contiguous_ranges, engine_for
 from ..corpus.stage import count_contexts, load_context_tokens
 from ..lake import LATENT_ROW_GROUP, Lake, lake_for
 from ..lake.sql import run_query
 from ..lineage import fresh_files, lineage_of
-from ..models import load_model, load_tokenizer
-from ..saes.stage import load_planted, load_stored_sae, num_latents_of, reads_from
-from .engine import ActivationSink, CacheReport, LatentSink, PlantedSink, chunk_contexts_for, run_cache, run_planted
+from ..models import load_tokenizer
+from ..saes.stage import load_planted, num_latents_of
+from .engine import CacheReport, PlantedSink, chunk_contexts_for, run_planted
+from .shards import CacheShard, cache_shard, load_subject
 
 
-def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True, **hooks) -> CacheReport:
-    """Dense float16 activations of `hookpoints`, all from one forward pass."""
-    lineage = lineage_of(cfg)
-    return _cache(cfg, lambda lake, device: [ActivationSink(lake, h, lineage.provenance("activations", h))
-                                             for h in hookpoints], progress, hooks)
+RunCacheShard = Callable[..., CacheReport]  # cache_shard, or a test's wrapper of it
+
+
+def cache_activations(cfg: PipelineConfig, hookpoints: list[str], progress: bool = True,
+                      shard_progress: Progress | None = None, run_shard: RunCacheShard = cache_shard,
+                      **hooks) -> CacheReport:
+    """Dense float16 activations of `hookpoints`, all from one forward pass. `shard_progress(done, total)` is
+    called as each context range finishes; `hooks` go to every shard (the tests' `after_chunk`)."""
+    return _cache(cfg, "activations", [(h, None) for h in hookpoints], progress, shard_progress, run_shard, hooks)
 
 
 def cache_latents(cfg: PipelineConfig, partitions: list[tuple[str, str]], progress: bool = True,
+                  shard_progress: Progress | None = None, run_shard: RunCacheShard = cache_shard,
                   **hooks) -> CacheReport:
     """Latents of every (hookpoint, sae) partition, all from one forward pass of the model; planted ones
     straight from the contexts' token ids. The report is the forward pass's (the planted one's without one)."""
-    lineage = lineage_of(cfg)
     planted = [(h, n) for h, n in partitions if cfg.sae(n).planted is not None]
     encoded = [key for key in partitions if key not in planted]
     report = cache_planted(cfg, planted) if planted else None
-
-    def sinks(lake: Lake, device: torch.device) -> list[LatentSink]:
-        made = []
-        for hookpoint, name in encoded:
-            sae = load_stored_sae(cfg, hookpoint, name).to(device)
-            reads = reads_from(cfg, hookpoint, name, sae)
-            provenance = lineage.provenance("latents", (hookpoint, name))
-            made.append(LatentSink(lake, hookpoint, provenance, name, sae, reads=reads))
-        return made
-
-    return _cache(cfg, sinks, progress, hooks) if encoded else report
+    return _cache(cfg, "latents", encoded, progress, shard_progress, run_shard, hooks) if encoded else report
 
 
 def cache_planted(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> CacheReport:
@@ -56,13 +55,32 @@ def cache_planted(cfg: PipelineConfig, partitions: list[tuple[str, str]]) -> Cac
     return run_planted(load_context_tokens(cfg), sinks, chunk_contexts_for(cfg.ctx_len, cfg.chunk_tokens))
 
 
-def _cache(cfg: PipelineConfig, make_sinks, progress: bool, hooks: dict) -> CacheReport:
-    lake = lake_for(cfg)
-    tokens = load_context_tokens(cfg)
-    model = load_model(cfg.model, lake.root)
-    sinks = make_sinks(lake, next(model.parameters()).device)
-    chunk = chunk_contexts_for(cfg.ctx_len, cfg.chunk_tokens)
-    return run_cache(model, tokens, sinks, cfg.batch_size, chunk, progress, **hooks)
+def _cache(cfg: PipelineConfig, table: str, partitions: list[tuple[str, str | None]], progress: bool,
+           shard_progress: Progress | None, run_shard: RunCacheShard, hooks: dict) -> CacheReport:
+    """The forward pass over every context for `partitions` of `table`, in `execution.shards` context ranges
+    run by the configured engine; each partition committed once every range is staged. A rerun with the same
+    settings keeps the chunks already staged, whatever the shard count. In this process the model is loaded
+    here; on Ray each worker loads it once for all its shards."""
+    lake, lineage = lake_for(cfg), lineage_of(cfg)
+    # The activations' partitions are keyed by hookpoint alone.
+    provenances = [lineage.provenance(table, key if table == "latents" else key[0]) for key in partitions]
+    staging = [lake.open_staging(table, hookpoint, name, resume=provenance.fingerprint)
+               for (hookpoint, name), provenance in zip(partitions, provenances)]
+    n_chunks = -(-count_contexts(cfg) // chunk_contexts_for(cfg.ctx_len, cfg.chunk_tokens))
+    shards = [CacheShard(cfg, table, tuple(partitions), tuple(p.fingerprint for p in provenances),
+                         tuple(str(folder) for folder in staging), chunks)
+              for chunks in contiguous_ranges(n_chunks, cfg.execution.shards)]
+    engine = engine_for(cfg.execution)
+    subject = load_subject(cfg, table, partitions) if engine.in_process else None
+    # A worker's progress bars would interleave in this process's log; the engine reports each shard instead.
+    run = functools.partial(run_shard, subject=subject, progress=progress and engine.in_process, **hooks)
+    start = time.perf_counter()
+    reports = engine.map(run, shards, shard_progress, workers=SUBJECT_MODEL)
+    seconds = time.perf_counter() - start
+    del run, subject  # the model's memory back before the commit
+    for (hookpoint, name), folder, provenance in zip(partitions, staging, provenances):
+        lake.commit(folder, table, hookpoint, name, provenance)
+    return CacheReport.of_shards(reports, seconds)
 
 
 HIST_BINS = 40  # bins of latent_stats.histogram (equal ones over each latent's (0, max_act])

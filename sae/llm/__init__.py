@@ -68,12 +68,11 @@ def shared_client(cfg: LLMConfig, lake_root: Path) -> CachedClient:
     """The backend of `cfg` behind the lake's response cache, loaded once per process and kept for every later
     shard that asks for it (the cache refreshed with the answers other processes wrote since).
 
-    Why a per-process cache and not a Ray actor that holds the engine: Ray runs a task in a worker process it keeps
-    and reuses for the next tasks, so the model a shard loaded serves every later shard of that worker without a
-    second kind of remote object; the shards stay plain tasks of the one `RayEngine.map`, which Ray reruns when
-    their worker dies (an actor would need restarts and task retries of its own); and the in-process engine finds
-    the same cache. What it costs: a worker keeps each engine it loaded (an explainer and a different scorer model
-    are two) until Ray retires the worker."""
+    Why a per-process cache: the Ray engine's workers are long-lived actors (sae/execution/ray.py), so what a
+    shard loaded here serves every later shard of that worker, while the shard functions stay plain functions
+    that the in-process engine runs too, finding the driver's engine the same way. What it costs: a worker keeps
+    each engine it loaded (an explainer and a different scorer model are two) until the engine retires it for
+    workers of another kind."""
     from .response_cache import CachedClient
 
     key = (cfg, str(Path(lake_root).resolve()))

@@ -57,7 +57,7 @@ def score_shards(cfg: PipelineConfig, hookpoint: str, name: str, client, embedde
     them); on Ray each worker loads its own once. `run_shard(shard, decode=, client=, embedder=)` is what each
     shard runs (score_shard; a wrapper that fails on purpose, in the tests). Returns the committed rows and each
     shard's report."""
-    from ..execution import engine_for, latent_ranges
+    from ..execution import LLM, contiguous_ranges, engine_for
     from ..llm import shared_client
     from ..saes.stage import num_latents_of
     from .scorers import judged_latents_of, partition_scoring
@@ -82,7 +82,7 @@ def score_shards(cfg: PipelineConfig, hookpoint: str, name: str, client, embedde
     scoring = partition_scoring(read_parts(examples), explanations, score, decode, cfg.seed, cfg.examples.n_quantiles,
                                 cfg.explain.prompt.highlight_threshold, progress=progress and engine.in_process,
                                 generations=generations, output_explanations=output)
-    ranges = latent_ranges(num_latents_of(cfg, hookpoint, name), cfg.execution.shards)
+    ranges = contiguous_ranges(num_latents_of(cfg, hookpoint, name), cfg.execution.shards)
     staging = lake.open_staging("scores", hookpoint, name, resume=f"{provenance.fingerprint} in {len(ranges)} shards")
     llm = scorer_llm(cfg) if any(s in LLM_SCORERS for s in score.scorers) else None
     embedding = (cfg.score.embedder, cfg.score.embedder_device) if "embedding" in score.scorers else None
@@ -91,7 +91,7 @@ def score_shards(cfg: PipelineConfig, hookpoint: str, name: str, client, embedde
     # A worker cannot receive this process's client or embedder: it loads its own there.
     run = functools.partial(run_shard or score_shard, decode=decode, client=client if engine.in_process else None,
                             embedder=embedder if engine.in_process else None)
-    reports = engine.map(run, shards, shard_progress)
+    reports = engine.map(run, shards, shard_progress, workers=LLM)
     folder = lake.commit(staging, "scores", hookpoint, name, provenance=provenance)
     return read_parts(sorted(folder.glob("part-*.parquet"))), reports
 

@@ -1,4 +1,4 @@
-"""The examples stage in latent-range shards, in this process and as tasks on a real local Ray cluster (two
+"""The examples stage in latent-range shards, in this process and on the actors of a real local Ray cluster (two
 worker processes): the committed rows equal the single-process run's, and a worker killed mid-shard loses
 nothing."""
 
@@ -113,7 +113,7 @@ def test_a_worker_killed_mid_shard_loses_no_rows(planted, ray_cluster, workers_s
 
     # No retries: the lost shard fails the run, the other shards are staged, the committed partition is untouched.
     marker.write_text("2")
-    with pytest.raises(ray_cluster.exceptions.WorkerCrashedError):
+    with pytest.raises(ray_cluster.exceptions.RayActorError):
         build_examples(with_execution(cfg, engine="ray", shards=3, max_retries=0), *KEY, run_shard=run)
     assert not marker.exists()
     staging = lake.staging("examples", *KEY)
@@ -127,7 +127,7 @@ def test_a_worker_killed_mid_shard_loses_no_rows(planted, ray_cluster, workers_s
     assert committed_rows(cfg) == reference
     assert not list(lake.partition("examples", *KEY).glob(f".*{TEMP_SUFFIX}"))
 
-    # With retries, Ray reruns the task of the killed worker and the one run commits the same rows.
+    # With retries, Ray restarts the killed actor and reruns its shard, and the one run commits the same rows.
     marker.write_text("4")
     _, _, reports = build_examples(with_execution(cfg, engine="ray", shards=2, max_retries=1), *KEY, run_shard=run)
     assert not marker.exists() and not any(r.resumed for r in reports)

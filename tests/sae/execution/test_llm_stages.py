@@ -1,6 +1,7 @@
 """The explanations and scoring stages in latent-range shards on a real local Ray cluster (two worker processes),
 with the real SmolLM2 and embedder loaded in the workers: the committed rows equal the single-process run's, each
-worker loads the LLM once for all its shards, and a worker killed mid-shard loses nothing."""
+worker loads the LLM once for all its shards, a worker killed mid-shard loses nothing, and with the OpenAI backend
+every worker sends its own requests."""
 
 import contextlib
 import dataclasses
@@ -15,16 +16,18 @@ import pytest
 
 from sae import llm as llm_module
 from sae.config import ExecutionConfig
-from sae.execution import latent_ranges
+from sae.execution import contiguous_ranges
 from sae.explanations import shards as explanation_shards
 from sae.explanations.shards import explain_shard
 from sae.explanations.stage import build_explanations, open_llm
 from sae.lake import lake_for
+from sae.models import BUILTIN_GGUF, builtin_gguf_folder
 from sae.saes.stage import num_latents_of
 from sae.scoring import shards as score_shards_module
 from sae.scoring.shards import score_shard
 from sae.scoring.stage import open_embedder, score_shards
 from tests.conftest import build_planted_lake
+from tests.sae.llm.llm_server import FaultyProxy, LlamaServer
 
 KEY = ("layers.1", "planted")
 # Three planted latents (every one explained and scored), one per shard.
@@ -78,7 +81,7 @@ def planted(tmp_path_factory, converted_model):
     with open_llm(cfg, cfg.explain.llm) as client:
         build_explanations(cfg, *KEY, client, progress=False)
         score_shards(cfg, *KEY, client, embedder, progress=False)
-    ranges = latent_ranges(num_latents_of(cfg, *KEY), 3)  # the shards of every stage: the same latent ranges
+    ranges = contiguous_ranges(num_latents_of(cfg, *KEY), 3)  # the shards of every stage: the same latent ranges
     return cfg, {table: committed(cfg, table) for table in ("explanations", "scores")}, ranges
 
 
@@ -164,7 +167,7 @@ def test_a_worker_killed_mid_shard_loses_no_explanations(planted, ray_cluster, w
     # No retries: the shard dies after staging its first batch, the run fails, nothing is committed.
     forget(cfg, "explanations")
     marker.write_text(str(ranges[victim][0]))
-    with pytest.raises(ray_cluster.exceptions.WorkerCrashedError):
+    with pytest.raises(ray_cluster.exceptions.RayActorError):
         build_explanations(on(cfg, engine="ray", shards=3, max_retries=0), *KEY, None, progress=False, run_shard=run)
     staging = lake.staging("explanations", *KEY)
     staged = sorted(p.name for p in staging.glob("part-*.parquet"))
@@ -178,7 +181,7 @@ def test_a_worker_killed_mid_shard_loses_no_explanations(planted, ray_cluster, w
     assert committed(cfg, "explanations") == reference["explanations"]
     assert [p.name for p in lake.files("explanations", *KEY)] == [f"part-{i:05d}.parquet" for i in range(3)]
 
-    # With retries, Ray reruns the task of the killed worker and the one run commits the same rows.
+    # With retries, Ray restarts the killed actor and reruns its shard, and the one run commits the same rows.
     forget(cfg, "explanations")
     marker.write_text(str(ranges[victim][0]))
     _, reports = build_explanations(on(cfg, engine="ray", shards=3, max_retries=1), *KEY, None, progress=False,
@@ -194,7 +197,7 @@ def test_a_worker_killed_mid_shard_loses_no_scores(planted, ray_cluster, workers
     run = functools.partial(dies_at_a_write, score_shards_module, marker, score_shard, False)
     committed_files = lake.files("scores", *KEY)
     marker.write_text(str(ranges[1][0]))
-    with pytest.raises(ray_cluster.exceptions.WorkerCrashedError):
+    with pytest.raises(ray_cluster.exceptions.RayActorError):
         score_shards(on(cfg, engine="ray", shards=3, max_retries=0), *KEY, None, None, progress=False, run_shard=run)
     assert sorted(p.name for p in lake.staging("scores", *KEY).glob("part-*.parquet")) == [
         "part-00000.parquet", "part-00002.parquet"]
@@ -204,3 +207,37 @@ def test_a_worker_killed_mid_shard_loses_no_scores(planted, ray_cluster, workers
     _, reports = score_shards(on(cfg, engine="ray", shards=3, max_retries=0), *KEY, None, None, progress=False,
                               run_shard=run)
     assert [r.resumed for r in reports] == [True, False, True] and committed(cfg, "scores") == reference["scores"]
+
+
+def noting_process(folder: Path, shard, **kwargs):
+    """explain_shard, noting the process it ran in."""
+    (folder / f"{os.getpid()}-{shard.latent_range[0]}").touch()
+    return explain_shard(shard, **kwargs)
+
+
+@pytest.mark.slow
+def test_the_openai_client_fans_out_from_every_worker(tmp_path, converted_model, ray_cluster,
+                                                      workers_see_this_module):
+    """The explanation shards on two Ray workers with the OpenAI backend, against llama.cpp's server on 127.0.0.1
+    behind the counting proxy, which holds the first request until a second is in flight: each worker's client
+    sends its own shards' requests (one at a time each, `max_in_flight: 1`), the two side by side."""
+    pytest.importorskip("xllamacpp", reason="the test server is llama.cpp's, from the xllamacpp package")
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    server = LlamaServer(builtin_gguf_folder() / BUILTIN_GGUF).start()
+    try:
+        with FaultyProxy(server.base_url, gather=2) as proxy:
+            llm = {"backend": "openai", "base_url": proxy.base_url, "api_key": "sk-unused", "max_in_flight": 1}
+            cfg = build_planted_lake(tmp_path / "lake", converted_model, FAMILIES, explain={**EXPLAIN, "llm": llm},
+                                     score=SCORE)
+            _, reports = build_explanations(on(cfg, engine="ray", shards=3), *KEY, None, progress=False,
+                                            run_shard=functools.partial(noting_process, ran))
+    finally:
+        server.stop()
+    assert sum(r.llm_calls for r in reports) == proxy.forwarded == len(FAMILIES)  # all sent by the workers
+    assert proxy.peak_in_flight == 2
+    pids = {p.name.split("-")[0] for p in ran.iterdir()}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    answered = [r for r in committed(cfg, "explanations") if r["explainer"] == "llm"]
+    assert len(answered) == len(FAMILIES) and {r["backend"] for r in answered} == {"openai"}
+    assert all(r["explanation"] for r in answered)

@@ -3,7 +3,8 @@
 - LlamaServer: llama.cpp's OpenAI-compatible server (xllamacpp) over the shipped SmolLM2 GGUF, in a child
   process so a test can stop it and start it again on the same port.
 - FaultyProxy: a small HTTP proxy in a thread that answers scripted failures (503, 429 with Retry-After, ...)
-  to the first requests, then forwards to the real server; it counts what it did.
+  to the first requests, then forwards to the real server; it counts what it did, and can hold requests until
+  several are in flight at once (to see whether clients send side by side).
 
 Run as a module, it is the child process: `python -m tests.sae.llm.llm_server GGUF PORT [API_KEY]`.
 """
@@ -97,16 +98,21 @@ def serve(gguf: str, port: int, api_key: str | None) -> None:
 
 
 class FaultyProxy:
-    """Answers `failures` [(status, headers), ...] to the first POSTs, then forwards to `upstream`."""
+    """Answers `failures` [(status, headers), ...] to the first POSTs, then forwards to `upstream`. With `gather`
+    above 1, a forwarded request waits (up to `gather_s`) until `gather` requests are in flight together, once."""
 
-    def __init__(self, upstream: str, failures: list[tuple[int, dict[str, str]]] = ()):
+    def __init__(self, upstream: str, failures: list[tuple[int, dict[str, str]]] = (), gather: int = 1,
+                 gather_s: float = 60.0):
         target = urllib.parse.urlsplit(upstream)
         self.upstream = (target.hostname, target.port)
         self.failures = list(failures)
         self.failed = 0  # failures answered
         self.forwarded = 0  # requests passed to the upstream server
         self.authorization: list[str | None] = []  # the Authorization header of every request
+        self.in_flight = self.peak_in_flight = 0  # forwarded requests not yet answered: now, and at most
         lock = threading.Lock()
+        met = threading.Event()  # set once `gather` requests were in flight together, or the wait gave up
+        gathered = threading.Barrier(gather, action=met.set, timeout=gather_s) if gather > 1 else None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -119,18 +125,28 @@ class FaultyProxy:
                         proxy.failed += 1
                     else:
                         proxy.forwarded += 1
+                        proxy.in_flight += 1
+                        proxy.peak_in_flight = max(proxy.peak_in_flight, proxy.in_flight)
                 if failure:
                     status, headers = failure
                     self.reply(status, json.dumps({"error": {"message": f"injected {status}"}}).encode(), headers)
                     return
+                if gathered is not None and not met.is_set():
+                    try:
+                        gathered.wait()
+                    except threading.BrokenBarrierError:  # too few came within gather_s: go on without them
+                        met.set()
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
                 headers = {"Content-Type": "application/json"}
                 if self.headers.get("Authorization"):
                     headers["Authorization"] = self.headers["Authorization"]
                 conn.request("POST", self.path, body, headers)
                 response = conn.getresponse()
-                self.reply(response.status, response.read(), {})
+                answer = response.read()
                 conn.close()
+                with lock:
+                    proxy.in_flight -= 1
+                self.reply(response.status, answer, {})
 
             def reply(self, status: int, body: bytes, headers: dict[str, str]):
                 self.send_response(status)
