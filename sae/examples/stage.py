@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -10,7 +11,7 @@ import pyarrow.compute as pc
 from ..checks import ERROR, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..execution import Progress, contiguous_ranges, engine_for
-from ..lake import lake_for, read_parts
+from ..lake import lake_for, read_parts, require_staged
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
 from ..saes.stage import load_planted, load_stored_sae, num_latents_of
@@ -47,6 +48,10 @@ def build_examples(cfg: PipelineConfig, hookpoint: str, name: str, progress: Pro
               for i, latent_range in enumerate(ranges)]
     reports = engine.map(run_shard, shards, progress)
     tables = []
+    parts = {"examples": [Path(s.examples_part).name for s in shards],
+             "example_coverage": [Path(s.coverage_part).name for s in shards]}
+    for table in TABLES:  # both complete before either is committed
+        require_staged(staging[table], parts[table])
     for table in TABLES:
         folder = lake.commit(staging[table], table, hookpoint, name, provenance=provenance)
         tables.append(read_parts(sorted(folder.glob("part-*.parquet"))))

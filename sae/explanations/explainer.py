@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -23,7 +24,7 @@ import pyarrow as pa
 from ..config import TOKENS_BACKEND, ExecutionConfig, ExplainConfig
 from ..execution import Progress
 from ..frames import frame, to_arrow
-from ..lake import Lake, read_parts
+from ..lake import Lake, read_parts, require_staged
 from ..lineage import Provenance
 from ..llm.base import ChatRequest, Completion, LLMClient, SamplingParams
 from ..prompts import Window, example_rotation, explainer_messages, marked_text, parse_explanation
@@ -279,6 +280,7 @@ def explain_shards(lake: Lake, hookpoint: str, sae: str, examples: pa.Table, cov
     run = functools.partial(run_shard or explain_shard, decode=decode, client=client if engine.in_process else None,
                             progress=progress and engine.in_process)
     reports = engine.map(run, shards, shard_progress, workers=LLM)
+    require_staged(staging, [Path(shard.part).name for shard in shards])
     folder = lake.commit(staging, "explanations", hookpoint, sae, provenance=provenance)
     return read_parts(sorted(folder.glob("part-*.parquet"))), reports
 

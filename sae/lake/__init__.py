@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -140,6 +141,25 @@ class Lake:
         from .access import write_views_script
 
         return write_views_script(self.root)
+
+
+class StagingError(RuntimeError):
+    """A staged partition lacks part files its shards should have written: it is not committed."""
+
+
+def require_staged(staging: Path, expected: Sequence[str]) -> None:
+    """StagingError unless every `expected` part file is in `staging`; the staged files are kept for a rerun. A
+    sharded stage calls it for each of its partitions before it commits any.
+
+    Why check: a shard that wrote somewhere else (a Ray worker on another machine, writing to its own disk at the
+    same path) reports success, and its partition would be committed short of its rows."""
+    missing = [name for name in expected if not (staging / name).is_file()]
+    if missing:
+        raise StagingError(
+            f"{len(missing)} of {len(expected)} part files the shards write are not in {staging} (the first: "
+            f"{missing[0]}); nothing was committed, and what is staged is kept for the rerun. Shards on other "
+            "machines must write into a lake folder every node mounts (NFS, Lustre); an S3 lake stages on the "
+            "driver's machine, so its shards must run there")
 
 
 def seal(staging: Path, provenance: Provenance | None) -> None:

@@ -93,7 +93,7 @@ class Sink:
         return f"{self.table}[{self.hookpoint}{'|' + self.sae_name if self.sae_name else ''}]"
 
     def chunk_path(self, chunk: int) -> Path:
-        return self.staging / f"part-{chunk:05d}.parquet"
+        return self.staging / chunk_file(chunk)
 
     def done(self, chunk: int) -> bool:
         return self.chunk_path(chunk).exists()
@@ -334,3 +334,8 @@ def run_cache(
 
 def chunk_contexts_for(ctx_len: int, chunk_tokens: int) -> int:
     return max(1, chunk_tokens // ctx_len)
+
+
+def chunk_file(chunk: int) -> str:
+    """The name of a chunk's part file in its partition."""
+    return f"part-{chunk:05d}.parquet"

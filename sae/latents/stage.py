@@ -16,12 +16,12 @@ from ..checks import ERROR, WARN, CheckOutcome, CheckSpec, record_checks
 from ..config import PipelineConfig
 from ..execution import SUBJECT_MODEL, Progress, contiguous_ranges, engine_for
 from ..corpus.stage import count_contexts, load_context_tokens
-from ..lake import LATENT_ROW_GROUP, Lake, lake_for
+from ..lake import LATENT_ROW_GROUP, Lake, lake_for, require_staged
 from ..lake.sql import run_query
 from ..lineage import fresh_files, lineage_of
 from ..models import load_tokenizer
 from ..saes.stage import load_planted, num_latents_of
-from .engine import CacheReport, PlantedSink, chunk_contexts_for, run_planted
+from .engine import CacheReport, PlantedSink, chunk_contexts_for, chunk_file, run_planted
 from .shards import CacheShard, cache_shard, load_subject
 
 
@@ -78,6 +78,9 @@ def _cache(cfg: PipelineConfig, table: str, partitions: list[tuple[str, str | No
     reports = engine.map(run, shards, shard_progress, workers=SUBJECT_MODEL)
     seconds = time.perf_counter() - start
     del run, subject  # the model's memory back before the commit
+    chunk_files = [chunk_file(chunk) for chunk in range(n_chunks)]
+    for folder in staging:  # every partition complete before any is committed
+        require_staged(folder, chunk_files)
     for (hookpoint, name), folder, provenance in zip(partitions, staging, provenances):
         lake.commit(folder, table, hookpoint, name, provenance)
     return CacheReport.of_shards(reports, seconds)

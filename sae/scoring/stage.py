@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -16,7 +17,7 @@ from ..execution import Progress
 from ..explanations.explainer import LLM
 from ..explanations.explainer import SCHEMA as EXPLANATIONS_SCHEMA
 from ..explanations.stage import token_decoder
-from ..lake import lake_for, read_parts
+from ..lake import lake_for, read_parts, require_staged
 from ..lake.sql import run_query
 from ..lineage import connect_fresh, fresh_files, lineage_of
 
@@ -92,6 +93,7 @@ def score_shards(cfg: PipelineConfig, hookpoint: str, name: str, client, embedde
     run = functools.partial(run_shard or score_shard, decode=decode, client=client if engine.in_process else None,
                             embedder=embedder if engine.in_process else None)
     reports = engine.map(run, shards, shard_progress, workers=LLM)
+    require_staged(staging, [Path(shard.part).name for shard in shards])
     folder = lake.commit(staging, "scores", hookpoint, name, provenance=provenance)
     return read_parts(sorted(folder.glob("part-*.parquet"))), reports
 

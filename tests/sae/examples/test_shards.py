@@ -16,7 +16,7 @@ from sae.examples import shards as shards_module
 from sae.examples.shards import select_shard
 from sae.examples.stage import build_examples, check_examples
 from sae.explanations.stage import explain_latents
-from sae.lake import TEMP_SUFFIX, lake_for
+from sae.lake import TEMP_SUFFIX, StagingError, lake_for
 from tests.conftest import build_planted_lake
 
 KEY = ("layers.1", "planted")
@@ -54,6 +54,27 @@ def test_local_shards_commit_the_rows_of_one_shard(planted):
         cfg.explain, llm=dataclasses.replace(cfg.explain.llm, backend="tokens")))
     explained = explain_latents(tokens_only, *KEY, client=None, progress=False)
     assert set(explained.column("latent").to_pylist()) == {row["latent"] for row in reference["example_coverage"]}
+
+
+def writes_elsewhere(other: Path, shard):
+    """select_shard, except that the shard of latent 2 writes its examples part under `other` (as a worker on
+    another machine writes to its own disk): it succeeds, and the driver never sees that file."""
+    if shard.latent_range[0] == 2:
+        shard = dataclasses.replace(shard, examples_part=str(other / Path(shard.examples_part).name))
+    return select_shard(shard)
+
+
+def test_a_shard_whose_part_is_not_staged_commits_nothing(planted, tmp_path):
+    cfg, reference = planted
+    lake = lake_for(cfg)
+    committed = {table: lake.files(table, *KEY) for table in reference}
+    with pytest.raises(StagingError, match=r"1 of 3 part files .* \(the first: part-00001.parquet\)"):
+        build_examples(with_execution(cfg, shards=3), *KEY, run_shard=functools.partial(writes_elsewhere, tmp_path))
+    assert {table: lake.files(table, *KEY) for table in reference} == committed
+    assert committed_rows(cfg) == reference
+    # The rerun keeps the two ranges staged and selects the missing one.
+    _, _, reports = build_examples(with_execution(cfg, shards=3), *KEY)
+    assert [r.resumed for r in reports] == [True, False, True] and committed_rows(cfg) == reference
 
 
 def ran_in_worker(pids: Path, shard):

@@ -1,6 +1,7 @@
 """The caching stage in context-range shards, in this process and on the actors of a real local Ray cluster (two
 worker processes): the committed files equal the one-shard run's file for file, each worker loads the subject
-model once for all its shards, and a worker killed mid-shard loses nothing."""
+model once for all its shards, a worker killed mid-shard loses nothing, and a partition missing a chunk (written
+where the driver cannot see it) is never committed."""
 
 import dataclasses
 import functools
@@ -16,7 +17,7 @@ from sae.corpus.stage import build_contexts
 from sae.latents import shards as shards_module
 from sae.latents.shards import cache_shard
 from sae.latents.stage import cache_activations, cache_latents
-from sae.lake import lake_for
+from sae.lake import StagingError, lake_for
 from sae.saes.stage import build_sae
 from tests.conftest import write_config
 
@@ -64,6 +65,35 @@ def test_local_context_shards_commit_the_files_of_one_shard(cached):
 
     cache_activations(with_execution(cfg, shards=3), cfg.hookpoints, progress=False)
     assert committed(cfg, "activations", activations) == dense
+
+
+def writes_elsewhere(other: Path, shard, **options):
+    """cache_shard, except that the shard of chunk 1 writes into folders under `other`, as a worker on another
+    machine writes to its own disk at the driver's path: it succeeds, and the driver never sees its files."""
+    if shard.chunks[0] == 1:
+        folders = [other / str(i) for i in range(len(shard.staging))]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        shard = dataclasses.replace(shard, staging=tuple(map(str, folders)))
+    return cache_shard(shard, **options)
+
+
+def test_a_partition_missing_a_chunk_is_never_committed(cached, tmp_path):
+    cfg, partitions, reference = cached
+    lake = lake_for(cfg)
+    before = {key: [f.stat().st_mtime_ns for f in lake.files("latents", *key)] for key in partitions}
+    with pytest.raises(StagingError, match=r"1 of 4 part files the shards write are not in .* \(the first: "
+                                           r"part-00001.parquet\); nothing was committed"):
+        cache_latents(with_execution(cfg, shards=3), partitions, progress=False,
+                      run_shard=functools.partial(writes_elsewhere, tmp_path))
+    for key in partitions:
+        assert [f.stat().st_mtime_ns for f in lake.files("latents", *key)] == before[key]
+        staged = sorted(p.name for p in lake.staging("latents", *key).glob("part-*.parquet"))
+        assert staged == ["part-00000.parquet", "part-00002.parquet", "part-00003.parquet"]
+    # The rerun keeps what was staged and computes the missing chunk alone.
+    report = cache_latents(with_execution(cfg, shards=3), partitions, progress=False)
+    assert (report.chunks_skipped, report.chunks_computed) == (3, 1)
+    assert committed(cfg, "latents", partitions) == reference
 
 
 def ran_in_worker(pids: Path, shard, **options):
