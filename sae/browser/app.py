@@ -303,10 +303,13 @@ class Browser:
         table: dict[tuple, dict] = {}
         for r in self.lake.rows("browser_latent_scores", layer=v.layer, sae=v.sae, latent=latent):
             metric = metric_of(r["scorer"])
+            # A source may have no row (a scorer without controls, a control that could not be drawn): its
+            # cell shows a dash, not an error.
             cell = table.setdefault((r["scorer"], r["explainer"]), {
                 "scorer": r["scorer"], "explainer": r["explainer"], "metric": metric,
                 "calibrated": calibration.get(r["scorer"], {}).get("calibrated"),
-                "calibration": calibration.get(r["scorer"])})
+                "calibration": calibration.get(r["scorer"]),
+                "real": None, "control": None, "real_row": None, "control_row": None})
             cell[r["source"]] = r[metric]
             cell[f"{r['source']}_row"] = r
         return list(table.values())

@@ -305,3 +305,25 @@ def test_explanation_free_scores_show_by_their_own_metric_and_sort(explanation_f
     line = next(li for li in calibration.split("<li>") if "intervention (smollm2)" in li)
     assert ">not applicable</span>" in line and "decoder direction" in line
     assert "embedding (" in calibration  # the scorer calibrated by the fixture is listed too
+
+
+def test_a_score_without_its_control_shows_a_dash(browser_lake, tmp_path):
+    """A latent's score with no control row beside it (a control that could not be drawn for it) shows a dash in
+    the control column, not a server error: a real pipeline run met this case."""
+    import pyarrow.compute as pc
+
+    from sae.lake.access import write_views_script
+
+    root = tmp_path / "lake"
+    shutil.copytree(browser_lake[1], root, symlinks=True)
+    lake = Lake(root)
+    scores = pa.concat_tables(pq.read_table(f) for f in lake.files("scores", LAYERS[0], SAE))
+    latent = scores.filter(pc.field("source") == "control").column("latent")[0].as_py()
+    kept = scores.filter(~((pc.field("latent") == latent) & (pc.field("source") == "control")))
+    assert kept.num_rows < scores.num_rows
+    lake.write_partition(kept, "scores", LAYERS[0], SAE)
+    write_views_script(root)
+    page = TestClient(make_app(browser_lake[0], root)).get(f"/latent/{LAYERS[0]}/{SAE}/{latent}")
+    assert page.status_code == 200
+    scores_card = page.text.split("<h2>Scores</h2>")[1].split("</section>")[0]
+    assert "<td>" in scores_card and "—" in scores_card
