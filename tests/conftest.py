@@ -199,6 +199,15 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.fixture
+def workers_see_this_module(ray_cluster, request):
+    """The test module's shard wrappers travel to the Ray workers by value (the workers cannot import the tests
+    package)."""
+    ray_cluster.cloudpickle.register_pickle_by_value(request.module)
+    yield
+    ray_cluster.cloudpickle.unregister_pickle_by_value(request.module)
+
+
 @dataclass
 class S3Server:
     """moto's S3 server on 127.0.0.1: a real HTTP S3 endpoint; each test takes a bucket of its own."""

@@ -5,7 +5,6 @@ nothing."""
 import dataclasses
 import functools
 import os
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -101,14 +100,6 @@ def dies_once_while_writing(marker: Path, shard):
 
         shards_module.write_parquet = write_then_die  # only in this worker, which dies with it
     return select_shard(shard)
-
-
-@pytest.fixture
-def workers_see_this_module(ray_cluster):
-    """The shard wrappers above travel to the workers by value (the workers cannot import the tests package)."""
-    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray_cluster.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -83,14 +82,6 @@ def planted(tmp_path_factory, converted_model):
         score_shards(cfg, *KEY, client, embedder, progress=False)
     ranges = contiguous_ranges(num_latents_of(cfg, *KEY), 3)  # the shards of every stage: the same latent ranges
     return cfg, {table: committed(cfg, table) for table in ("explanations", "scores")}, ranges
-
-
-@pytest.fixture
-def workers_see_this_module(ray_cluster):
-    """The shard wrappers below travel to the workers by value (the workers cannot import the tests package)."""
-    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray_cluster.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def noting_loads(folder: Path, shard, **kwargs):

@@ -6,7 +6,6 @@ where the driver cannot see it) is never committed."""
 import dataclasses
 import functools
 import os
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -112,14 +111,6 @@ def dies_mid_shard(marker: Path, shard, **options):
         marker.unlink()
         options["after_chunk"] = lambda chunk: os._exit(1)
     return cache_shard(shard, **options)
-
-
-@pytest.fixture
-def workers_see_this_module(ray_cluster):
-    """The shard wrappers above travel to the workers by value (the workers cannot import the tests package)."""
-    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray_cluster.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_ray_context_shards_commit_the_files_of_one_process(cached, ray_cluster, workers_see_this_module, tmp_path):
